@@ -1,0 +1,23 @@
+//! FlexCore's application layer.
+//!
+//! It coordinates the domain through abstract ports and knows no technology:
+//!
+//! * [`store`]: the event-store ports ([`store::EventAppender`], [`store::EventReader`],
+//!   [`store::SnapshotStore`], [`store::StreamAdmin`] ⇒ [`store::EventStore`]), the append
+//!   planner every backend shares, and an in-memory store for tests;
+//! * [`subscription`]: catch-up subscriptions over the global log;
+//! * [`repository`]: load aggregates (snapshot + later events), append with optimistic
+//!   concurrency, retry on conflict;
+//! * [`command`], [`query`], [`event_bus`]: the buses and their middleware decorators;
+//! * [`users`]: the sample domain's command and query handlers.
+
+pub mod command;
+mod error;
+pub mod event_bus;
+pub mod query;
+pub mod repository;
+pub mod store;
+pub mod subscription;
+pub mod users;
+
+pub use error::{Error, ErrorKind, Result};

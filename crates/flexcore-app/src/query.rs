@@ -1,0 +1,109 @@
+//! The query bus: routes each query to one handler, through middleware decorators.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use serde_json::Value;
+use tracing::Instrument;
+
+use crate::{Error, Result};
+
+/// A query: a type and JSON parameters.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Query {
+    /// Selects the handler, e.g. `get_user`.
+    pub query_type: String,
+    /// The query's parameters.
+    pub params: Value,
+}
+
+/// Who asks.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct QueryContext {
+    /// The authenticated principal, if any.
+    pub actor: Option<String>,
+    /// The tenant, if any.
+    pub tenant: Option<String>,
+}
+
+/// Answers one query type.
+#[async_trait]
+pub trait QueryHandler: Send + Sync {
+    /// Validates the parameters and answers.
+    async fn handle(&self, ctx: &QueryContext, params: &Value) -> Result<Value>;
+}
+
+/// Asks queries. Implemented by the router and by every middleware decorator.
+#[async_trait]
+pub trait QueryBus: Send + Sync {
+    /// Answers a query.
+    async fn ask(&self, ctx: &QueryContext, query: &Query) -> Result<Value>;
+}
+
+/// The innermost query bus: a table from query type to handler.
+#[derive(Default, Clone)]
+pub struct QueryRouter {
+    handlers: HashMap<String, Arc<dyn QueryHandler>>,
+}
+
+impl QueryRouter {
+    /// An empty router.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Registers the handler of a query type; a second handler for one type is a bug.
+    pub fn register(
+        &mut self,
+        query_type: impl Into<String>,
+        handler: Arc<dyn QueryHandler>,
+    ) -> Result<()> {
+        let query_type = query_type.into();
+        if self.handlers.contains_key(&query_type) {
+            return Err(Error::Internal(format!(
+                "query type '{query_type}' already has a handler"
+            )));
+        }
+        self.handlers.insert(query_type, handler);
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl QueryBus for QueryRouter {
+    async fn ask(&self, ctx: &QueryContext, query: &Query) -> Result<Value> {
+        let handler = self
+            .handlers
+            .get(&query.query_type)
+            .ok_or_else(|| Error::UnknownQuery(query.query_type.clone()))?;
+        handler.handle(ctx, &query.params).await
+    }
+}
+
+/// Runs each query in a `query` span and logs failures.
+pub struct TracedQueries<B> {
+    inner: B,
+}
+
+#[async_trait]
+impl<B: QueryBus> QueryBus for TracedQueries<B> {
+    async fn ask(&self, ctx: &QueryContext, query: &Query) -> Result<Value> {
+        let span = tracing::info_span!("query", query_type = %query.query_type);
+        let result = self.inner.ask(ctx, query).instrument(span.clone()).await;
+        if let Err(e) = &result {
+            tracing::info!(parent: &span, error = %e, "query failed");
+        }
+        result
+    }
+}
+
+/// Attaches middleware to any query bus.
+pub trait QueryBusExt: QueryBus + Sized {
+    /// Traces every query.
+    fn with_tracing(self) -> TracedQueries<Self> {
+        TracedQueries { inner: self }
+    }
+}
+
+impl<B: QueryBus + Sized> QueryBusExt for B {}

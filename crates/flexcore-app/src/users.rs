@@ -1,0 +1,189 @@
+//! The sample domain's handlers: `create_user`, `change_email`, `get_user`.
+//!
+//! Email uniqueness is enforced by claiming the address's reservation stream in the same
+//! atomic append as the user's event; a concurrent claim fails its expectation, the retry
+//! middleware re-runs the command, and the re-run sees the address taken (409).
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use flexcore_domain::users::{Email, EmailReservation, ReservationCommand, User, UserCommand};
+use flexcore_domain::{Aggregate, DomainError};
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
+use serde_json::{Map, Value, json};
+use uuid::Uuid;
+
+use crate::command::{CommandContext, CommandHandler, CommandRouter};
+use crate::query::{QueryContext, QueryHandler, QueryRouter};
+use crate::repository::Repository;
+use crate::store::StreamWriteResult;
+use crate::{Error, Result};
+
+/// Registers the sample domain's command and query handlers.
+pub fn register(
+    commands: &mut CommandRouter,
+    queries: &mut QueryRouter,
+    repository: Repository,
+) -> Result<()> {
+    let handlers = Arc::new(UserHandlers { repository });
+    commands.register("create_user", Arc::new(CreateUser(Arc::clone(&handlers))))?;
+    commands.register("change_email", Arc::new(ChangeEmail(Arc::clone(&handlers))))?;
+    queries.register("get_user", Arc::new(GetUser(handlers)))?;
+    Ok(())
+}
+
+struct UserHandlers {
+    repository: Repository,
+}
+
+/// `create_user {email, profile?}`.
+struct CreateUser(Arc<UserHandlers>);
+
+/// `change_email {user_id, email}`.
+struct ChangeEmail(Arc<UserHandlers>);
+
+/// `get_user {user_id}`, answered from the aggregate's stream.
+struct GetUser(Arc<UserHandlers>);
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CreateUserPayload {
+    email: String,
+    #[serde(default)]
+    profile: Option<Map<String, Value>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ChangeEmailPayload {
+    user_id: Uuid,
+    email: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct GetUserParams {
+    user_id: Uuid,
+}
+
+fn parse<T: DeserializeOwned>(what: &str, value: &Value) -> Result<T> {
+    T::deserialize(value).map_err(|e| Error::validation(format!("invalid {what}: {e}")))
+}
+
+#[async_trait]
+impl CommandHandler for CreateUser {
+    async fn handle(&self, ctx: &CommandContext, payload: &Value) -> Result<StreamWriteResult> {
+        let payload: CreateUserPayload = parse("create_user command", payload)?;
+        let email = Email::parse(&payload.email)?;
+        let user_id = Uuid::now_v7();
+        let metadata = ctx.event_metadata();
+        let repo = &self.0.repository;
+
+        let user = repo.load::<User>(&user_id.to_string()).await?;
+        let reservation = repo.load::<EmailReservation>(email.as_str()).await?;
+        let (_, reserve) = reservation.decide(
+            &ReservationCommand::Reserve {
+                email: email.clone(),
+                user_id,
+            },
+            &metadata,
+        )?;
+        let (state, create) = user.decide(
+            &UserCommand::Create {
+                user_id,
+                email,
+                profile: payload.profile.unwrap_or_default(),
+            },
+            &metadata,
+        )?;
+        let result = repo.store().append_atomic(vec![create, reserve]).await?;
+        let user_write = first_stream(result.streams)?;
+        repo.maybe_snapshot(&state, user.version, &user_write).await;
+        Ok(user_write)
+    }
+}
+
+#[async_trait]
+impl CommandHandler for ChangeEmail {
+    async fn handle(&self, ctx: &CommandContext, payload: &Value) -> Result<StreamWriteResult> {
+        let payload: ChangeEmailPayload = parse("change_email command", payload)?;
+        let email = Email::parse(&payload.email)?;
+        let metadata = ctx.event_metadata();
+        let repo = &self.0.repository;
+
+        let user = repo.load::<User>(&payload.user_id.to_string()).await?;
+        let Some(old_email) = user.state.email.clone() else {
+            return Err(
+                DomainError::NotFound(format!("user {} does not exist", payload.user_id)).into(),
+            );
+        };
+        let (state, change) = user.decide(
+            &UserCommand::ChangeEmail {
+                email: email.clone(),
+            },
+            &metadata,
+        )?;
+        if change.events.is_empty() {
+            return Ok(StreamWriteResult {
+                stream_id: user.stream_id,
+                current_version: user.version,
+                events: Vec::new(),
+            });
+        }
+        let new_reservation = repo.load::<EmailReservation>(email.as_str()).await?;
+        let (_, reserve) = new_reservation.decide(
+            &ReservationCommand::Reserve {
+                email,
+                user_id: payload.user_id,
+            },
+            &metadata,
+        )?;
+        let old_reservation = repo.load::<EmailReservation>(old_email.as_str()).await?;
+        let (_, release) = old_reservation.decide(
+            &ReservationCommand::Release {
+                email: old_email,
+                user_id: payload.user_id,
+            },
+            &metadata,
+        )?;
+        let result = repo
+            .store()
+            .append_atomic(vec![change, reserve, release])
+            .await?;
+        let user_write = first_stream(result.streams)?;
+        repo.maybe_snapshot(&state, user.version, &user_write).await;
+        Ok(user_write)
+    }
+}
+
+#[async_trait]
+impl QueryHandler for GetUser {
+    async fn handle(&self, _ctx: &QueryContext, params: &Value) -> Result<Value> {
+        let params: GetUserParams = parse("get_user query", params)?;
+        let user = self
+            .0
+            .repository
+            .load::<User>(&params.user_id.to_string())
+            .await?;
+        let (Some(id), Some(email)) = (user.state.id, &user.state.email) else {
+            return Err(
+                DomainError::NotFound(format!("user {} does not exist", params.user_id)).into(),
+            );
+        };
+        Ok(json!({
+            "user_id": id,
+            "email": email,
+            "profile": user.state.profile,
+            "version": user.version,
+            "stream_id": format!("{}-{id}", User::TYPE),
+        }))
+    }
+}
+
+fn first_stream(streams: Vec<StreamWriteResult>) -> Result<StreamWriteResult> {
+    streams
+        .into_iter()
+        .next()
+        .ok_or_else(|| Error::Internal("append returned no stream result".into()))
+}

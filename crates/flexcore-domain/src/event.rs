@@ -1,0 +1,294 @@
+//! Events: what a writer proposes ([`NewEvent`]) and what the store hands back ([`EventEnvelope`]).
+
+use std::fmt;
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+use serde_json::{Map, Value};
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+use crate::error::DomainError;
+use crate::stream::StreamId;
+
+/// The longest event type accepted, in bytes.
+pub const MAX_EVENT_TYPE_LEN: usize = 256;
+
+/// The unique id of an event (a UUIDv7 when FlexCore makes it). Re-sending an event with the
+/// same id is how clients retry safely: the store answers with the original result.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct EventId(pub Uuid);
+
+impl EventId {
+    /// A new time-ordered id.
+    pub fn new() -> Self {
+        Self(Uuid::now_v7())
+    }
+}
+
+impl Default for EventId {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl fmt::Display for EventId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+/// A JSON document kept as its original text: events are stored and served without being
+/// re-parsed into a tree on the hot paths.
+#[derive(Clone, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct RawJson(Box<RawValue>);
+
+impl RawJson {
+    /// Parses (and so validates) JSON text.
+    pub fn from_string(text: String) -> Result<Self, DomainError> {
+        RawValue::from_string(text)
+            .map(Self)
+            .map_err(|e| DomainError::validation(format!("invalid JSON: {e}")))
+    }
+
+    /// Serialises a value.
+    pub fn from_value(value: &Value) -> Self {
+        // Serialising a `Value` cannot fail: its keys are strings.
+        Self(serde_json::value::to_raw_value(value).expect("a JSON value serialises"))
+    }
+
+    /// Serialises any serde value.
+    pub fn to_raw<T: Serialize + ?Sized>(value: &T) -> Result<Self, DomainError> {
+        serde_json::value::to_raw_value(value)
+            .map(Self)
+            .map_err(|e| DomainError::validation(format!("cannot encode as JSON: {e}")))
+    }
+
+    /// The empty object `{}`.
+    pub fn empty_object() -> Self {
+        Self::from_string("{}".to_owned()).expect("valid JSON")
+    }
+
+    /// The JSON text.
+    pub fn get(&self) -> &str {
+        self.0.get()
+    }
+
+    /// Whether the document is a JSON object.
+    pub fn is_object(&self) -> bool {
+        self.get().trim_start().starts_with('{')
+    }
+
+    /// Parses the document into a typed value.
+    pub fn decode<T: DeserializeOwned>(&self) -> Result<T, serde_json::Error> {
+        serde_json::from_str(self.get())
+    }
+}
+
+impl fmt::Debug for RawJson {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.get())
+    }
+}
+
+impl PartialEq for RawJson {
+    fn eq(&self, other: &Self) -> bool {
+        self.get() == other.get()
+    }
+}
+
+impl Eq for RawJson {}
+
+/// What travels beside an event's data: who caused it, why, and the trace it belongs to.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EventMetadata {
+    /// Groups every message caused by one original request.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub correlation_id: Option<String>,
+    /// The id of the message (command or event) that caused this one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub causation_id: Option<String>,
+    /// The principal on whose behalf the event was written.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub actor: Option<String>,
+    /// The tenant the event belongs to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tenant: Option<String>,
+    /// W3C trace context (`traceparent` header value).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub traceparent: Option<String>,
+    /// W3C trace state (`tracestate` header value).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tracestate: Option<String>,
+    /// Any other keys the writer supplied, kept as they came.
+    #[serde(flatten)]
+    pub extra: Map<String, Value>,
+}
+
+impl EventMetadata {
+    /// Whether no field is set (stored as `{}`).
+    pub fn is_empty(&self) -> bool {
+        *self == Self::default()
+    }
+}
+
+/// An event proposed for appending; the store gives it a stream version and a global position.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewEvent {
+    /// The event's id; re-sending the same id makes an append idempotent.
+    pub event_id: EventId,
+    /// What happened, e.g. `user.created`.
+    pub event_type: String,
+    /// The version of the data's schema for this event type.
+    pub schema_version: u32,
+    /// The payload, always a JSON object.
+    pub data: RawJson,
+    /// Causation, correlation, actor, trace context.
+    pub metadata: EventMetadata,
+}
+
+impl NewEvent {
+    /// Validates a new event with a fresh id, schema version 1 and empty metadata.
+    pub fn new(event_type: impl Into<String>, data: RawJson) -> Result<Self, DomainError> {
+        let event_type = event_type.into();
+        validate_event_type(&event_type)?;
+        if !data.is_object() {
+            return Err(DomainError::validation("event data must be a JSON object"));
+        }
+        Ok(Self {
+            event_id: EventId::new(),
+            event_type,
+            schema_version: 1,
+            data,
+            metadata: EventMetadata::default(),
+        })
+    }
+
+    /// Replaces the id (clients that retry send their own).
+    pub fn with_id(mut self, event_id: EventId) -> Self {
+        self.event_id = event_id;
+        self
+    }
+
+    /// Replaces the metadata.
+    pub fn with_metadata(mut self, metadata: EventMetadata) -> Self {
+        self.metadata = metadata;
+        self
+    }
+}
+
+fn validate_event_type(event_type: &str) -> Result<(), DomainError> {
+    if event_type.trim().is_empty() {
+        return Err(DomainError::validation("event_type must not be empty"));
+    }
+    if event_type.len() > MAX_EVENT_TYPE_LEN {
+        return Err(DomainError::validation(format!(
+            "event_type is longer than {MAX_EVENT_TYPE_LEN} bytes"
+        )));
+    }
+    if event_type
+        .chars()
+        .any(|c| c.is_control() || c.is_whitespace())
+    {
+        return Err(DomainError::validation(
+            "event_type must not contain whitespace or control characters",
+        ));
+    }
+    Ok(())
+}
+
+/// A stored event with everything the store knows about it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EventEnvelope {
+    /// The event's unique id.
+    pub event_id: EventId,
+    /// The stream the event belongs to.
+    pub stream_id: StreamId,
+    /// Its place in the stream; the first event of a stream has version 0.
+    pub stream_version: u64,
+    /// Its place in the whole store; strictly increasing in commit order, never reused.
+    pub global_position: u64,
+    /// What happened, e.g. `user.created`.
+    pub event_type: String,
+    /// The version of the data's schema.
+    pub schema_version: u32,
+    /// The payload (a JSON object).
+    pub data: RawJson,
+    /// Causation, correlation, actor, trace context.
+    pub metadata: EventMetadata,
+    /// When the store committed it (UTC).
+    #[serde(with = "time::serde::rfc3339")]
+    pub recorded_at: OffsetDateTime,
+}
+
+/// A typed domain event.
+///
+/// Implementors derive serde with `#[serde(tag = "type", content = "data")]` and rename each
+/// variant to its event type (`#[serde(rename = "user.created")]`); the default methods then
+/// turn the enum into [`NewEvent`]s and stored envelopes back into the enum.
+pub trait DomainEvent: Serialize + DeserializeOwned {
+    /// The wire name of this event, e.g. `user.created`.
+    fn event_type(&self) -> &'static str;
+
+    /// Encodes the event for appending.
+    fn to_new_event(&self) -> Result<NewEvent, DomainError> {
+        let mut tagged = serde_json::to_value(self)
+            .map_err(|e| DomainError::validation(format!("cannot encode event: {e}")))?;
+        let data = tagged
+            .get_mut("data")
+            .map(Value::take)
+            .unwrap_or_else(|| Value::Object(Map::new()));
+        NewEvent::new(self.event_type(), RawJson::from_value(&data))
+    }
+
+    /// Decodes a stored event of this family.
+    fn from_envelope(envelope: &EventEnvelope) -> Result<Self, DomainError> {
+        let data: Value = envelope
+            .data
+            .decode()
+            .map_err(|e| DomainError::validation(format!("stored event is not valid JSON: {e}")))?;
+        let tagged = serde_json::json!({ "type": envelope.event_type, "data": data });
+        serde_json::from_value(tagged).map_err(|e| {
+            DomainError::validation(format!(
+                "cannot decode event {} of type '{}': {e}",
+                envelope.event_id, envelope.event_type
+            ))
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn new_events_are_validated() {
+        let obj = RawJson::from_string("{\"a\":1}".into()).unwrap();
+        assert!(NewEvent::new("a.b", obj.clone()).is_ok());
+        assert!(NewEvent::new("", obj.clone()).is_err());
+        assert!(NewEvent::new("   ", obj.clone()).is_err());
+        assert!(NewEvent::new("a b", obj.clone()).is_err());
+        assert!(NewEvent::new("x".repeat(MAX_EVENT_TYPE_LEN + 1), obj).is_err());
+        for not_object in ["[]", "1", "\"s\"", "null"] {
+            let raw = RawJson::from_string(not_object.into()).unwrap();
+            assert!(NewEvent::new("t", raw).is_err(), "{not_object}");
+        }
+        assert!(RawJson::from_string("{".into()).is_err());
+    }
+
+    #[test]
+    fn metadata_keeps_unknown_keys() {
+        let m: EventMetadata =
+            serde_json::from_str(r#"{"actor":"ann","source":"import"}"#).unwrap();
+        assert_eq!(m.actor.as_deref(), Some("ann"));
+        assert_eq!(m.extra["source"], "import");
+        assert_eq!(
+            serde_json::to_string(&m).unwrap(),
+            r#"{"actor":"ann","source":"import"}"#
+        );
+        assert!(EventMetadata::default().is_empty());
+    }
+}
