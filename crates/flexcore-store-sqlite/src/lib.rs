@@ -1,0 +1,229 @@
+//! FlexCore's embedded default event store: SQLite in WAL mode.
+//!
+//! * **One writer thread** owns the only write connection. Appends queue up while it commits;
+//!   it then takes everything queued (up to a limit) and writes it in one transaction and one
+//!   fsync — group commit — while the shared planner gives every request its own expectation
+//!   check and its own result.
+//! * **Durable by default**: `synchronous=FULL`, so an acknowledged append survives a crash or
+//!   power loss.
+//! * **Readers** use a small pool of read-only connections on blocking threads; WAL lets them
+//!   read while the writer writes. Positions are assigned by the single writer in commit order,
+//!   so the global log has no commit-order race here.
+//! * One process per database file, enforced by an exclusive lock on `<file>.lock`.
+
+mod error;
+mod reader;
+mod schema;
+mod writer;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use async_trait::async_trait;
+use flexcore_app::store::{
+    AllSlice, AppendResult, EventAppender, EventReader, ReadAll, ReadStream, Snapshot,
+    SnapshotStore, StreamAdmin, StreamSlice, StreamWrite,
+};
+use flexcore_domain::{ExpectedVersion, StreamId};
+use tokio::sync::{mpsc, oneshot, watch};
+
+pub use error::SqliteError;
+
+use reader::ReaderPool;
+use writer::{Job, Writer};
+
+/// How durable a commit is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Synchronous {
+    /// fsync on every commit: an acknowledged append survives power loss (the default).
+    #[default]
+    Full,
+    /// fsync at checkpoints only: survives a process crash, not a power loss.
+    Normal,
+}
+
+/// Settings of the SQLite store.
+#[derive(Debug, Clone)]
+pub struct SqliteConfig {
+    /// The database file; its directory is created if missing.
+    pub path: PathBuf,
+    /// Commit durability.
+    pub synchronous: Synchronous,
+    /// The most events one group commit takes (a single larger append still goes alone).
+    /// `1` disables group commit: one transaction per append.
+    pub max_batch_events: usize,
+    /// Read connections.
+    pub readers: usize,
+}
+
+impl SqliteConfig {
+    /// Defaults for a database file: durable, group commit up to 4096 events, 4 readers.
+    pub fn new(path: impl Into<PathBuf>) -> Self {
+        Self {
+            path: path.into(),
+            synchronous: Synchronous::Full,
+            max_batch_events: 4096,
+            readers: 4,
+        }
+    }
+
+    /// Parses `sqlite://path/to/file.db` (also `sqlite:path`), as in `FLEXCORE_STORE_URL`.
+    pub fn from_url(url: &str) -> Result<Self, SqliteError> {
+        let path = url
+            .strip_prefix("sqlite://")
+            .or_else(|| url.strip_prefix("sqlite:"))
+            .ok_or_else(|| SqliteError::Config(format!("'{url}' is not a sqlite:// URL")))?;
+        let path = path.split('?').next().unwrap_or_default();
+        if path.is_empty() {
+            return Err(SqliteError::Config(format!("'{url}' names no file")));
+        }
+        Ok(Self::new(path))
+    }
+}
+
+/// The SQLite event store. Cheap to share behind an `Arc`; dropping the last handle stops the
+/// writer thread after it finishes what is queued.
+pub struct SqliteStore {
+    jobs: mpsc::UnboundedSender<Job>,
+    readers: Arc<ReaderPool>,
+    head: Arc<AtomicU64>,
+    head_watch: watch::Receiver<u64>,
+    path: PathBuf,
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the database and starts the writer thread.
+    pub async fn open(config: SqliteConfig) -> Result<Self, SqliteError> {
+        tokio::task::spawn_blocking(move || Self::open_blocking(config))
+            .await
+            .map_err(|e| SqliteError::Config(format!("opening the store panicked: {e}")))?
+    }
+
+    fn open_blocking(config: SqliteConfig) -> Result<Self, SqliteError> {
+        if let Some(dir) = config.path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|e| SqliteError::Io(dir.to_path_buf(), e))?;
+        }
+        let lock = schema::lock_file(&config.path)?;
+        let conn = schema::open_writer(&config.path, config.synchronous)?;
+        schema::migrate(&conn)?;
+        let head_value = schema::head_position(&conn)?;
+        let head = Arc::new(AtomicU64::new(head_value));
+        let (head_tx, head_watch) = watch::channel(head_value);
+        let readers = Arc::new(ReaderPool::open(
+            &config.path,
+            config.readers.max(1),
+            Arc::clone(&head),
+        )?);
+        let (jobs, queue) = mpsc::unbounded_channel();
+        Writer::spawn(
+            conn,
+            lock,
+            queue,
+            Arc::clone(&head),
+            head_tx,
+            config.max_batch_events.max(1),
+        )?;
+        Ok(Self {
+            jobs,
+            readers,
+            head,
+            head_watch,
+            path: config.path,
+        })
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The last committed global position.
+    pub fn head_position(&self) -> u64 {
+        self.head.load(Ordering::Acquire)
+    }
+
+    async fn submit<T>(
+        &self,
+        job: impl FnOnce(oneshot::Sender<T>) -> Job,
+    ) -> flexcore_app::Result<T> {
+        let (reply, answer) = oneshot::channel();
+        self.jobs
+            .send(job(reply))
+            .map_err(|_| SqliteError::WriterGone)?;
+        Ok(answer.await.map_err(|_| SqliteError::WriterGone)?)
+    }
+}
+
+#[async_trait]
+impl EventAppender for SqliteStore {
+    async fn append_atomic(&self, writes: Vec<StreamWrite>) -> flexcore_app::Result<AppendResult> {
+        self.submit(|reply| Job::Append { writes, reply }).await?
+    }
+}
+
+#[async_trait]
+impl EventReader for SqliteStore {
+    async fn read_stream(&self, request: ReadStream) -> flexcore_app::Result<StreamSlice> {
+        Ok(self.readers.run(move |r| r.read_stream(&request)).await?)
+    }
+
+    async fn read_all(&self, request: ReadAll) -> flexcore_app::Result<AllSlice> {
+        Ok(self.readers.run(move |r| r.read_all(&request)).await?)
+    }
+
+    fn head(&self) -> watch::Receiver<u64> {
+        self.head_watch.clone()
+    }
+
+    async fn ping(&self) -> flexcore_app::Result<()> {
+        Ok(self.readers.run(|r| r.ping()).await?)
+    }
+}
+
+#[async_trait]
+impl SnapshotStore for SqliteStore {
+    async fn save_snapshot(&self, snapshot: Snapshot) -> flexcore_app::Result<()> {
+        self.submit(|reply| Job::SaveSnapshot { snapshot, reply })
+            .await?
+    }
+
+    async fn load_snapshot(&self, stream_id: &StreamId) -> flexcore_app::Result<Option<Snapshot>> {
+        let stream_id = stream_id.clone();
+        Ok(self
+            .readers
+            .run(move |r| r.load_snapshot(&stream_id))
+            .await?)
+    }
+}
+
+#[async_trait]
+impl StreamAdmin for SqliteStore {
+    async fn delete_stream(
+        &self,
+        stream_id: &StreamId,
+        expected: ExpectedVersion,
+    ) -> flexcore_app::Result<()> {
+        let stream_id = stream_id.clone();
+        self.submit(|reply| Job::Delete {
+            stream_id,
+            expected,
+            reply,
+        })
+        .await?
+    }
+
+    async fn truncate_before(
+        &self,
+        stream_id: &StreamId,
+        version: u64,
+    ) -> flexcore_app::Result<()> {
+        let stream_id = stream_id.clone();
+        self.submit(|reply| Job::Truncate {
+            stream_id,
+            version,
+            reply,
+        })
+        .await?
+    }
+}

@@ -1,0 +1,392 @@
+//! The single writer thread and its group commit.
+
+use std::collections::{HashMap, VecDeque};
+use std::fs::File;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use flexcore_app::store::plan::{self, KnownEvent, Outcome, StreamState};
+use flexcore_app::store::{AppendResult, Snapshot, StreamWrite};
+use flexcore_app::{Error, ErrorKind};
+use flexcore_domain::{DomainError, EventId, ExpectedVersion, StreamId};
+use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
+use time::OffsetDateTime;
+use tokio::sync::{mpsc, oneshot, watch};
+
+use crate::SqliteError;
+
+type Reply<T> = oneshot::Sender<flexcore_app::Result<T>>;
+
+/// Work for the writer thread.
+pub(crate) enum Job {
+    /// An atomic append.
+    Append {
+        writes: Vec<StreamWrite>,
+        reply: Reply<AppendResult>,
+    },
+    /// Save a snapshot if newer.
+    SaveSnapshot {
+        snapshot: Snapshot,
+        reply: Reply<()>,
+    },
+    /// Soft-delete a stream.
+    Delete {
+        stream_id: StreamId,
+        expected: ExpectedVersion,
+        reply: Reply<()>,
+    },
+    /// Hide a stream's events before a version.
+    Truncate {
+        stream_id: StreamId,
+        version: u64,
+        reply: Reply<()>,
+    },
+}
+
+struct PendingAppend {
+    writes: Vec<StreamWrite>,
+    reply: Reply<AppendResult>,
+}
+
+pub(crate) struct Writer {
+    conn: Connection,
+    _lock: File,
+    queue: mpsc::UnboundedReceiver<Job>,
+    head: Arc<AtomicU64>,
+    head_tx: watch::Sender<u64>,
+    max_batch_events: usize,
+}
+
+impl Writer {
+    pub(crate) fn spawn(
+        conn: Connection,
+        lock: File,
+        queue: mpsc::UnboundedReceiver<Job>,
+        head: Arc<AtomicU64>,
+        head_tx: watch::Sender<u64>,
+        max_batch_events: usize,
+    ) -> Result<(), SqliteError> {
+        let writer = Self {
+            conn,
+            _lock: lock,
+            queue,
+            head,
+            head_tx,
+            max_batch_events,
+        };
+        std::thread::Builder::new()
+            .name("flexcore-sqlite-writer".into())
+            .spawn(move || writer.run())
+            .map(drop)
+            .map_err(|e| SqliteError::Io("writer thread".into(), e))
+    }
+
+    /// Takes whatever is queued, commits the appends as one batch, then runs the other jobs.
+    /// Returns when every store handle is gone and the queue is empty.
+    fn run(mut self) {
+        let mut deferred: VecDeque<PendingAppend> = VecDeque::new();
+        loop {
+            let mut batch: Vec<PendingAppend> = deferred.drain(..).collect();
+            let mut others = Vec::new();
+            let mut events: usize = batch.iter().map(|p| count_events(&p.writes)).sum();
+            if batch.is_empty() {
+                match self.queue.blocking_recv() {
+                    None => return,
+                    Some(job) => take(job, &mut batch, &mut others, &mut events),
+                }
+            }
+            while events < self.max_batch_events && others.is_empty() {
+                match self.queue.try_recv() {
+                    Ok(job) => take(job, &mut batch, &mut others, &mut events),
+                    Err(_) => break,
+                }
+            }
+            if !batch.is_empty() {
+                self.commit_batch(batch, &mut deferred);
+            }
+            for job in others {
+                self.run_other(job);
+            }
+        }
+    }
+
+    fn commit_batch(&mut self, batch: Vec<PendingAppend>, deferred: &mut VecDeque<PendingAppend>) {
+        let (requests, replies): (Vec<_>, Vec<_>) =
+            batch.into_iter().map(|p| (p.writes, p.reply)).unzip();
+        let size = requests.len();
+        let outcomes = self.write_batch(requests);
+        debug_assert_eq!(outcomes.len(), size);
+        for (outcome, reply) in outcomes.into_iter().zip(replies) {
+            match outcome {
+                Outcome::Done(result) => {
+                    // The caller may have given up waiting; the write stands regardless.
+                    let _ = reply.send(result);
+                }
+                Outcome::Defer(writes) => deferred.push_back(PendingAppend { writes, reply }),
+            }
+        }
+    }
+
+    /// Plans and writes one batch in one transaction.
+    fn write_batch(&mut self, requests: Vec<Vec<StreamWrite>>) -> Vec<Outcome> {
+        let failed = |requests: Vec<Vec<StreamWrite>>, e: SqliteError| {
+            let error = shareable(e);
+            requests
+                .iter()
+                .map(|_| Outcome::Done(Err(error())))
+                .collect()
+        };
+        let tx = match self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+        {
+            Ok(tx) => tx,
+            Err(e) => return failed(requests, e.into()),
+        };
+        let (states, known) = match load_state(&tx, &requests) {
+            Ok(loaded) => loaded,
+            Err(e) => return failed(requests, e),
+        };
+        let plan = plan::plan_batch(requests, states, &known);
+        if plan.rows.is_empty() {
+            // Nothing to write: every request was rejected, replayed or expectation-only.
+            drop(tx);
+            return plan.into_outcomes(0);
+        }
+        let first_position = self.head.load(Ordering::Acquire) + 1;
+        let written = (|| -> Result<(), SqliteError> {
+            let recorded_at = micros(OffsetDateTime::now_utc());
+            {
+                let mut insert = tx.prepare_cached(
+                    "INSERT INTO events (position, event_id, stream_id, stream_version, category, \
+                     event_type, schema_version, data, metadata, recorded_at) \
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+                )?;
+                for (i, row) in plan.rows.iter().enumerate() {
+                    let metadata = if row.event.metadata.is_empty() {
+                        "{}".to_owned()
+                    } else {
+                        serde_json::to_string(&row.event.metadata)
+                            .map_err(|e| SqliteError::Corrupt(e.to_string()))?
+                    };
+                    insert.execute(params![
+                        (first_position + i as u64) as i64,
+                        row.event.event_id.0.as_bytes(),
+                        row.stream_id.as_str(),
+                        row.stream_version as i64,
+                        row.stream_id.category(),
+                        row.event.event_type,
+                        row.event.schema_version,
+                        row.event.data.get(),
+                        metadata,
+                        recorded_at,
+                    ])?;
+                }
+                let mut upsert = tx.prepare_cached(
+                    "INSERT INTO streams (stream_id, last_version, deleted) VALUES (?1, ?2, ?3) \
+                     ON CONFLICT (stream_id) DO UPDATE SET last_version = excluded.last_version, \
+                     deleted = excluded.deleted",
+                )?;
+                for (stream_id, state) in plan.changed_streams() {
+                    upsert.execute(params![
+                        stream_id.as_str(),
+                        state.last_version.map(|v| v as i64),
+                        state.deleted,
+                    ])?;
+                }
+            }
+            tx.commit()?;
+            Ok(())
+        })();
+        match written {
+            Ok(()) => {
+                let head = first_position + plan.rows.len() as u64 - 1;
+                self.head.store(head, Ordering::Release);
+                self.head_tx.send_replace(head);
+                plan.into_outcomes(first_position)
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "sqlite group commit failed");
+                plan.fail_writes(shareable(e))
+            }
+        }
+    }
+
+    fn run_other(&mut self, job: Job) {
+        match job {
+            Job::Append { .. } => unreachable!("appends are batched"),
+            Job::SaveSnapshot { snapshot, reply } => {
+                let _ = reply.send(self.save_snapshot(&snapshot).map_err(Into::into));
+            }
+            Job::Delete {
+                stream_id,
+                expected,
+                reply,
+            } => {
+                let _ = reply.send(self.delete(&stream_id, expected));
+            }
+            Job::Truncate {
+                stream_id,
+                version,
+                reply,
+            } => {
+                let _ = reply.send(self.truncate(&stream_id, version));
+            }
+        }
+    }
+
+    fn save_snapshot(&mut self, snapshot: &Snapshot) -> Result<(), SqliteError> {
+        self.conn.prepare_cached(
+            "INSERT INTO snapshots (stream_id, version, state, taken_at) VALUES (?1, ?2, ?3, ?4) \
+             ON CONFLICT (stream_id) DO UPDATE SET version = excluded.version, \
+             state = excluded.state, taken_at = excluded.taken_at \
+             WHERE excluded.version > snapshots.version",
+        )?
+        .execute(params![
+            snapshot.stream_id.as_str(),
+            snapshot.version as i64,
+            snapshot.state.get(),
+            micros(OffsetDateTime::now_utc()),
+        ])?;
+        Ok(())
+    }
+
+    fn delete(
+        &mut self,
+        stream_id: &StreamId,
+        expected: ExpectedVersion,
+    ) -> flexcore_app::Result<()> {
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(SqliteError::from)?;
+        let state = stream_state(&tx, stream_id)?.unwrap_or_default();
+        let current = state.current_version();
+        if current.is_none() {
+            return Err(
+                DomainError::NotFound(format!("stream '{stream_id}' does not exist")).into(),
+            );
+        }
+        if !expected.is_satisfied_by(current) {
+            return Err(DomainError::WrongExpectedVersion {
+                stream_id: stream_id.to_string(),
+                expected,
+                current,
+            }
+            .into());
+        }
+        (|| -> Result<(), rusqlite::Error> {
+            tx.execute(
+                "UPDATE streams SET deleted = 1, truncate_before = last_version + 1 WHERE stream_id = ?1",
+                [stream_id.as_str()],
+            )?;
+            tx.execute("DELETE FROM snapshots WHERE stream_id = ?1", [stream_id.as_str()])?;
+            tx.commit()
+        })()
+        .map_err(SqliteError::from)?;
+        Ok(())
+    }
+
+    fn truncate(&mut self, stream_id: &StreamId, version: u64) -> flexcore_app::Result<()> {
+        let changed = self
+            .conn
+            .execute(
+                "UPDATE streams SET truncate_before = max(truncate_before, ?2) \
+                 WHERE stream_id = ?1 AND deleted = 0",
+                params![stream_id.as_str(), version as i64],
+            )
+            .map_err(SqliteError::from)?;
+        if changed == 0 {
+            return Err(
+                DomainError::NotFound(format!("stream '{stream_id}' does not exist")).into(),
+            );
+        }
+        Ok(())
+    }
+}
+
+fn take(job: Job, batch: &mut Vec<PendingAppend>, others: &mut Vec<Job>, events: &mut usize) {
+    match job {
+        Job::Append { writes, reply } => {
+            *events += count_events(&writes);
+            batch.push(PendingAppend { writes, reply });
+        }
+        other => others.push(other),
+    }
+}
+
+fn count_events(writes: &[StreamWrite]) -> usize {
+    writes.iter().map(|w| w.events.len()).sum::<usize>().max(1)
+}
+
+/// Turns one error into a factory of equivalent application errors, one per request.
+fn shareable(error: SqliteError) -> impl Fn() -> Error {
+    let app: Error = error.into();
+    let (kind, message) = (app.kind(), app.to_string());
+    move || match kind {
+        ErrorKind::Unavailable => Error::Unavailable(message.clone()),
+        _ => Error::Internal(message.clone()),
+    }
+}
+
+fn load_state(
+    conn: &Connection,
+    requests: &[Vec<StreamWrite>],
+) -> Result<(HashMap<StreamId, StreamState>, HashMap<EventId, KnownEvent>), SqliteError> {
+    let mut states = HashMap::new();
+    for stream_id in plan::stream_ids(requests) {
+        if let Some(state) = stream_state(conn, &stream_id)? {
+            states.insert(stream_id, state);
+        }
+    }
+    let mut known = HashMap::new();
+    let mut lookup = conn.prepare_cached(
+        "SELECT stream_id, stream_version, position, event_type FROM events WHERE event_id = ?1",
+    )?;
+    for event_id in plan::event_ids(requests) {
+        let found = lookup
+            .query_row([event_id.0.as_bytes()], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, i64>(1)?,
+                    r.get::<_, i64>(2)?,
+                    r.get::<_, String>(3)?,
+                ))
+            })
+            .optional()?;
+        if let Some((stream_id, version, position, event_type)) = found {
+            let stream_id =
+                StreamId::new(stream_id).map_err(|e| SqliteError::Corrupt(e.to_string()))?;
+            known.insert(
+                event_id,
+                KnownEvent {
+                    stream_id,
+                    stream_version: version as u64,
+                    global_position: position as u64,
+                    event_type,
+                },
+            );
+        }
+    }
+    Ok((states, known))
+}
+
+fn stream_state(
+    conn: &Connection,
+    stream_id: &StreamId,
+) -> Result<Option<StreamState>, SqliteError> {
+    Ok(conn
+        .prepare_cached("SELECT last_version, deleted FROM streams WHERE stream_id = ?1")?
+        .query_row([stream_id.as_str()], |r| {
+            Ok(StreamState {
+                last_version: r.get::<_, Option<i64>>(0)?.map(|v| v as u64),
+                deleted: r.get(1)?,
+            })
+        })
+        .optional()?)
+}
+
+/// Microseconds since the Unix epoch, how `recorded_at` is stored.
+pub(crate) fn micros(at: OffsetDateTime) -> i64 {
+    (at.unix_timestamp_nanos() / 1000) as i64
+}
