@@ -39,3 +39,24 @@ impl StoreFixture {
         }
     }
 }
+
+/// The sample domain's buses over `store`, wired as the server wires them (retry on conflict).
+pub fn sample_buses(
+    store: Arc<dyn EventStore>,
+) -> (
+    Arc<dyn flexcore_app::command::CommandBus>,
+    Arc<dyn flexcore_app::query::QueryBus>,
+) {
+    use flexcore_app::command::{CommandBusExt, CommandRouter};
+    use flexcore_app::query::QueryRouter;
+    use flexcore_app::repository::{Repository, RetryPolicy};
+
+    let mut commands = CommandRouter::new();
+    let mut queries = QueryRouter::new();
+    flexcore_app::users::register(&mut commands, &mut queries, Repository::new(store))
+        .expect("the sample domain registers once");
+    (
+        Arc::new(commands.with_retry(RetryPolicy::default())),
+        Arc::new(queries),
+    )
+}

@@ -1,0 +1,151 @@
+//! The one place where failures become HTTP answers.
+
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use flexcore_app::{Error, ErrorKind};
+use flexcore_domain::DomainError;
+use serde_json::{Map, Value, json};
+
+/// An error answer: `application/problem+json` with a stable machine-readable `code`.
+#[derive(Debug, Clone)]
+pub struct ApiError {
+    status: StatusCode,
+    code: &'static str,
+    detail: String,
+    extra: Map<String, Value>,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, code: &'static str, detail: impl Into<String>) -> Self {
+        Self {
+            status,
+            code,
+            detail: detail.into(),
+            extra: Map::new(),
+        }
+    }
+
+    /// 400 `bad_request`: the request cannot be parsed.
+    pub fn bad_request(detail: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "bad_request", detail)
+    }
+
+    /// 422 `validation_failed`: the request parses but breaks a rule.
+    pub fn validation(detail: impl Into<String>) -> Self {
+        Self::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "validation_failed",
+            detail,
+        )
+    }
+
+    /// 404 `not_found`.
+    pub fn not_found(detail: impl Into<String>) -> Self {
+        Self::new(StatusCode::NOT_FOUND, "not_found", detail)
+    }
+
+    /// 405 `method_not_allowed`.
+    pub fn method_not_allowed() -> Self {
+        Self::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method_not_allowed",
+            "this route does not accept that method",
+        )
+    }
+
+    /// 413 `payload_too_large`.
+    pub fn payload_too_large(limit: usize) -> Self {
+        Self::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+            format!("the request body is larger than the limit of {limit} bytes"),
+        )
+    }
+
+    /// 415 `unsupported_media_type`.
+    pub fn unsupported_media_type() -> Self {
+        Self::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            "the request body must be JSON, sent with 'Content-Type: application/json'",
+        )
+    }
+
+    /// 503 `unavailable`.
+    pub fn unavailable(detail: impl Into<String>) -> Self {
+        Self::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", detail)
+    }
+
+    /// The HTTP status.
+    pub fn status(&self) -> StatusCode {
+        self.status
+    }
+
+    /// The stable code.
+    pub fn code(&self) -> &'static str {
+        self.code
+    }
+}
+
+impl From<Error> for ApiError {
+    fn from(error: Error) -> Self {
+        match (&error, error.kind()) {
+            (Error::Domain(DomainError::Validation(message)), _) => Self::validation(message),
+            (
+                Error::Domain(DomainError::WrongExpectedVersion {
+                    current, expected, ..
+                }),
+                _,
+            ) => {
+                let mut e = Self::new(StatusCode::CONFLICT, "conflict", error.to_string());
+                e.extra.insert("current_version".into(), json!(current));
+                e.extra.insert("expected_version".into(), json!(expected));
+                e
+            }
+            (_, ErrorKind::Validation) => Self::validation(error.to_string()),
+            (_, ErrorKind::Conflict) => {
+                Self::new(StatusCode::CONFLICT, "conflict", error.to_string())
+            }
+            (_, ErrorKind::NotFound) => Self::not_found(error.to_string()),
+            (_, ErrorKind::Unauthorized) => {
+                Self::new(StatusCode::UNAUTHORIZED, "unauthorized", error.to_string())
+            }
+            (_, ErrorKind::Forbidden) => {
+                Self::new(StatusCode::FORBIDDEN, "forbidden", error.to_string())
+            }
+            (_, ErrorKind::Unavailable) => {
+                tracing::warn!(error = %error, "backend unavailable");
+                Self::unavailable("a backend is unavailable; retry later")
+            }
+            (_, ErrorKind::Internal) => {
+                tracing::error!(error = %error, "internal error");
+                Self::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "internal",
+                    "internal server error",
+                )
+            }
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut body = Map::new();
+        body.insert("type".into(), json!("about:blank"));
+        body.insert(
+            "title".into(),
+            json!(self.status.canonical_reason().unwrap_or("Error")),
+        );
+        body.insert("status".into(), json!(self.status.as_u16()));
+        body.insert("code".into(), json!(self.code));
+        body.insert("detail".into(), json!(self.detail));
+        body.extend(self.extra);
+        let mut response = (self.status, Value::Object(body).to_string()).into_response();
+        response.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/problem+json"),
+        );
+        response
+    }
+}

@@ -1,0 +1,71 @@
+//! FlexCore's HTTP gateway.
+//!
+//! [`router`] builds the whole API as an axum `Router`, so tests drive it without a socket;
+//! [`serve`] runs it on a listener until a shutdown future resolves. Every error leaves through
+//! one type, [`ApiError`], as `application/problem+json` with a stable `code`.
+//!
+//! | route | does |
+//! |---|---|
+//! | `POST /v1/commands/{command_type}` | send a command |
+//! | `GET`/`POST /v1/queries/{query_type}` | ask a query |
+//! | `POST /v1/streams/{stream_id}` | raw append with an expected version |
+//! | `GET /v1/streams/{stream_id}` | read a stream (paged, both directions) |
+//! | `GET /v1/events` | read the global log (paged, filtered) |
+//! | `GET /health`, `GET /ready` | liveness, readiness |
+
+mod body;
+mod error;
+mod routes;
+
+use std::future::Future;
+use std::sync::Arc;
+
+use flexcore_app::command::CommandBus;
+use flexcore_app::query::QueryBus;
+use flexcore_app::store::EventStore;
+use tokio::net::TcpListener;
+
+pub use error::ApiError;
+pub use routes::router;
+
+/// Request limits.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// The largest request body accepted, in bytes (larger → 413).
+    pub max_body_bytes: usize,
+    /// The deepest JSON nesting accepted (deeper → 400).
+    pub max_json_depth: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_body_bytes: 4 * 1024 * 1024,
+            max_json_depth: 64,
+        }
+    }
+}
+
+/// What the handlers need.
+#[derive(Clone)]
+pub struct AppState {
+    /// Sends commands (with the server's middleware already attached).
+    pub commands: Arc<dyn CommandBus>,
+    /// Answers queries.
+    pub queries: Arc<dyn QueryBus>,
+    /// The event store, for raw appends and reads.
+    pub store: Arc<dyn EventStore>,
+    /// Request limits.
+    pub limits: Limits,
+}
+
+/// Serves the API on `listener` until `shutdown` resolves, then lets in-flight requests finish.
+pub async fn serve(
+    listener: TcpListener,
+    state: AppState,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, router(state))
+        .with_graceful_shutdown(shutdown)
+        .await
+}

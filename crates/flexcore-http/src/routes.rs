@@ -1,0 +1,269 @@
+//! Routes and handlers.
+
+use std::collections::HashMap;
+
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Path, Query as QueryParams, State};
+use axum::http::HeaderMap;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use flexcore_app::command::{Command, CommandContext};
+use flexcore_app::query::{Query, QueryContext};
+use flexcore_app::store::{Direction, EventFilter, ReadAll, ReadStream};
+use flexcore_domain::{EventId, EventMetadata, ExpectedVersion, NewEvent, RawJson, StreamId};
+use serde::Deserialize;
+use serde_json::{Map, Value, json};
+use uuid::Uuid;
+
+use crate::body::JsonBody;
+use crate::{ApiError, AppState};
+
+/// The default page size of stream and global reads.
+const DEFAULT_PAGE: usize = 100;
+
+/// Builds the whole HTTP API.
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/health", get(health))
+        .route("/ready", get(ready))
+        .route("/v1/commands/{command_type}", post(send_command))
+        .route("/v1/queries/{query_type}", get(ask_get).post(ask_post))
+        .route("/v1/streams/{stream_id}", post(append).get(read_stream))
+        .route("/v1/events", get(read_all))
+        .fallback(|| async { ApiError::not_found("no such route") })
+        .method_not_allowed_fallback(|| async { ApiError::method_not_allowed() })
+        .with_state(state)
+}
+
+async fn health() -> Json<Value> {
+    Json(json!({ "status": "ok" }))
+}
+
+async fn ready(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
+    state
+        .store
+        .ping()
+        .await
+        .map_err(|e| ApiError::unavailable(format!("the event store is not reachable: {e}")))?;
+    Ok(Json(json!({ "status": "ready" })))
+}
+
+/// Reads the trace and correlation headers into a command context.
+fn command_context(headers: &HeaderMap) -> CommandContext {
+    let header = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .filter(|v| !v.is_empty() && v.len() <= 512)
+            .map(str::to_owned)
+    };
+    CommandContext {
+        correlation_id: header("x-correlation-id"),
+        traceparent: header("traceparent"),
+        tracestate: header("tracestate"),
+        ..CommandContext::default()
+    }
+}
+
+async fn send_command(
+    State(state): State<AppState>,
+    Path(command_type): Path<String>,
+    headers: HeaderMap,
+    JsonBody(payload): JsonBody<Value>,
+) -> Result<Response, ApiError> {
+    if !payload.is_object() {
+        return Err(ApiError::validation("a command body must be a JSON object"));
+    }
+    let ctx = command_context(&headers);
+    let outcome = state
+        .commands
+        .send(
+            &ctx,
+            &Command {
+                command_type,
+                payload,
+            },
+        )
+        .await?;
+    Ok(Json(outcome).into_response())
+}
+
+async fn ask_get(
+    State(state): State<AppState>,
+    Path(query_type): Path<String>,
+    params: Result<QueryParams<HashMap<String, String>>, QueryRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let QueryParams(params) = params.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    let params: Map<String, Value> = params
+        .into_iter()
+        .map(|(k, v)| {
+            let value = match v.parse::<i64>() {
+                Ok(n) => json!(n),
+                Err(_) => match v.as_str() {
+                    "true" => json!(true),
+                    "false" => json!(false),
+                    _ => json!(v),
+                },
+            };
+            (k, value)
+        })
+        .collect();
+    ask(&state, query_type, Value::Object(params)).await
+}
+
+async fn ask_post(
+    State(state): State<AppState>,
+    Path(query_type): Path<String>,
+    JsonBody(params): JsonBody<Value>,
+) -> Result<Json<Value>, ApiError> {
+    ask(&state, query_type, params).await
+}
+
+async fn ask(state: &AppState, query_type: String, params: Value) -> Result<Json<Value>, ApiError> {
+    let answer = state
+        .queries
+        .ask(&QueryContext::default(), &Query { query_type, params })
+        .await?;
+    Ok(Json(answer))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AppendBody {
+    #[serde(default)]
+    expected_version: ExpectedVersion,
+    events: Vec<AppendEvent>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AppendEvent {
+    #[serde(default)]
+    event_id: Option<String>,
+    event_type: String,
+    data: RawJson,
+    #[serde(default)]
+    metadata: Option<EventMetadata>,
+    #[serde(default)]
+    schema_version: Option<u32>,
+}
+
+fn stream_id(raw: String) -> Result<StreamId, ApiError> {
+    StreamId::new(raw).map_err(|e| ApiError::validation(e.to_string()))
+}
+
+async fn append(
+    State(state): State<AppState>,
+    Path(raw_stream_id): Path<String>,
+    JsonBody(body): JsonBody<AppendBody>,
+) -> Result<Json<Value>, ApiError> {
+    let stream_id = stream_id(raw_stream_id)?;
+    if body.events.is_empty() {
+        return Err(ApiError::validation(
+            "'events' must contain at least one event",
+        ));
+    }
+    let events = body
+        .events
+        .into_iter()
+        .enumerate()
+        .map(|(i, e)| {
+            let at = |message: String| ApiError::validation(format!("events[{i}]: {message}"));
+            let mut event = NewEvent::new(e.event_type, e.data).map_err(|err| {
+                at(err
+                    .to_string()
+                    .trim_start_matches("validation failed: ")
+                    .to_owned())
+            })?;
+            if let Some(raw) = e.event_id {
+                let id = Uuid::parse_str(&raw)
+                    .map_err(|_| at(format!("event_id '{raw}' is not a UUID")))?;
+                event = event.with_id(EventId(id));
+            }
+            if let Some(version) = e.schema_version {
+                event.schema_version = version;
+            }
+            Ok(event.with_metadata(e.metadata.unwrap_or_default()))
+        })
+        .collect::<Result<Vec<_>, ApiError>>()?;
+    let result = state
+        .store
+        .append(stream_id, body.expected_version, events)
+        .await?;
+    Ok(Json(json!({
+        "next_version": result.current_version,
+        "first_position": result.first_position(),
+        "last_position": result.last_position(),
+    })))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StreamParams {
+    from_version: Option<u64>,
+    limit: Option<usize>,
+    #[serde(default)]
+    direction: Direction,
+}
+
+async fn read_stream(
+    State(state): State<AppState>,
+    Path(raw_stream_id): Path<String>,
+    params: Result<QueryParams<StreamParams>, QueryRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let stream_id = stream_id(raw_stream_id)?;
+    let QueryParams(params) = params.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    let slice = state
+        .store
+        .read_stream(ReadStream {
+            stream_id,
+            from_version: params.from_version,
+            limit: params.limit.unwrap_or(DEFAULT_PAGE),
+            direction: params.direction,
+        })
+        .await?;
+    let Some(version) = slice.current_version else {
+        return Err(ApiError::not_found(format!(
+            "stream '{}' does not exist",
+            slice.stream_id
+        )));
+    };
+    Ok(Json(json!({
+        "stream_id": slice.stream_id,
+        "version": version,
+        "events": slice.events,
+    })))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AllParams {
+    #[serde(default)]
+    from_position: u64,
+    limit: Option<usize>,
+    type_prefix: Option<String>,
+    category: Option<String>,
+}
+
+async fn read_all(
+    State(state): State<AppState>,
+    params: Result<QueryParams<AllParams>, QueryRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let QueryParams(params) = params.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    let slice = state
+        .store
+        .read_all(ReadAll {
+            from_position: params.from_position,
+            limit: params.limit.unwrap_or(DEFAULT_PAGE),
+            filter: EventFilter {
+                type_prefix: params.type_prefix.filter(|p| !p.is_empty()),
+                category: params.category.filter(|c| !c.is_empty()),
+            },
+        })
+        .await?;
+    Ok(Json(json!({
+        "events": slice.events,
+        "next_position": slice.next_position,
+    })))
+}
