@@ -103,7 +103,10 @@ impl PartialEq for RawJson {
 impl Eq for RawJson {}
 
 /// What travels beside an event's data: who caused it, why, and the trace it belongs to.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+///
+/// Deserialised by hand (see below) rather than with `#[serde(flatten)]`, which buffers every
+/// field and costs more than the rest of an envelope on the read path.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct EventMetadata {
     /// Groups every message caused by one original request.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -126,6 +129,43 @@ pub struct EventMetadata {
     /// Any other keys the writer supplied, kept as they came.
     #[serde(flatten)]
     pub extra: Map<String, Value>,
+}
+
+impl<'de> Deserialize<'de> for EventMetadata {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = EventMetadata;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a JSON object of metadata")
+            }
+
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<Self::Value, A::Error> {
+                let mut metadata = EventMetadata::default();
+                while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+                    let slot = match key.as_ref() {
+                        "correlation_id" => &mut metadata.correlation_id,
+                        "causation_id" => &mut metadata.causation_id,
+                        "actor" => &mut metadata.actor,
+                        "tenant" => &mut metadata.tenant,
+                        "traceparent" => &mut metadata.traceparent,
+                        "tracestate" => &mut metadata.tracestate,
+                        _ => {
+                            metadata.extra.insert(key.into_owned(), map.next_value()?);
+                            continue;
+                        }
+                    };
+                    *slot = map.next_value()?;
+                }
+                Ok(metadata)
+            }
+        }
+        deserializer.deserialize_map(Visitor)
+    }
 }
 
 impl EventMetadata {

@@ -1,0 +1,242 @@
+//! Settings: defaults < `flexcore.toml` < `FLEXCORE_*` variables < flags.
+//!
+//! The file uses the same names as the variables, lower-cased and without the prefix
+//! (`FLEXCORE_HTTP_ADDR` ↔ `http_addr`). Unknown keys and ill-typed values fail at start with
+//! the file, the key and what was expected.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::cli::ServeArgs;
+
+/// The default HTTP address.
+pub const DEFAULT_HTTP_ADDR: &str = "127.0.0.1:8080";
+/// The default gRPC address.
+pub const DEFAULT_GRPC_ADDR: &str = "127.0.0.1:50051";
+/// The default store: the embedded SQLite file.
+pub const DEFAULT_STORE_URL: &str = "sqlite://./data/flexcore.db";
+/// The default config file, used when present.
+pub const DEFAULT_CONFIG_FILE: &str = "flexcore.toml";
+
+/// A configuration problem, reported before anything starts.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The config file cannot be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The config file is not valid.
+    #[error("invalid config file {path}: {message}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// The parser's explanation, naming the key and the line.
+        message: String,
+    },
+    /// A setting has an unusable value.
+    #[error("invalid setting {key} = '{value}': expected {expected}")]
+    Invalid {
+        /// The setting's name (file key / variable).
+        key: &'static str,
+        /// The value given.
+        value: String,
+        /// What would be accepted.
+        expected: &'static str,
+    },
+}
+
+/// How logs are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// The effective settings of `flexcore serve`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Settings {
+    /// Where HTTP listens.
+    pub http_addr: SocketAddr,
+    /// Where gRPC listens.
+    pub grpc_addr: SocketAddr,
+    /// The event store URL.
+    pub store_url: String,
+    /// The log filter (RUST_LOG syntax).
+    pub log: String,
+    /// The log format.
+    pub log_format: LogFormat,
+    /// The largest request body accepted.
+    pub max_body_bytes: usize,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileSettings {
+    http_addr: Option<String>,
+    grpc_addr: Option<String>,
+    store_url: Option<String>,
+    log: Option<String>,
+    log_format: Option<String>,
+    max_body_bytes: Option<usize>,
+}
+
+impl Settings {
+    /// Resolves the settings from flags/variables (already merged by clap) and the file.
+    pub fn resolve(args: ServeArgs) -> Result<Self, ConfigError> {
+        let file = match &args.config {
+            Some(path) => load_file(path)?,
+            None if Path::new(DEFAULT_CONFIG_FILE).exists() => {
+                load_file(Path::new(DEFAULT_CONFIG_FILE))?
+            }
+            None => FileSettings::default(),
+        };
+        let pick = |flag: Option<String>, file: Option<String>, default: &str| {
+            flag.or(file).unwrap_or_else(|| default.to_owned())
+        };
+        let addr = |key: &'static str, value: String| {
+            value
+                .parse::<SocketAddr>()
+                .map_err(|_| ConfigError::Invalid {
+                    key,
+                    value,
+                    expected: "a socket address such as 127.0.0.1:8080",
+                })
+        };
+        let log_format = match pick(args.log_format, file.log_format, "text").as_str() {
+            "text" => LogFormat::Text,
+            "json" => LogFormat::Json,
+            other => {
+                return Err(ConfigError::Invalid {
+                    key: "log_format",
+                    value: other.to_owned(),
+                    expected: "text or json",
+                });
+            }
+        };
+        let store_url = pick(args.store_url, file.store_url, DEFAULT_STORE_URL);
+        if !["sqlite:", "postgres://", "postgresql://"]
+            .iter()
+            .any(|scheme| store_url.starts_with(scheme))
+        {
+            return Err(ConfigError::Invalid {
+                key: "store_url",
+                value: store_url,
+                expected: "sqlite://path/to/file.db or postgres://user@host:port/db",
+            });
+        }
+        let max_body_bytes = args
+            .max_body_bytes
+            .or(file.max_body_bytes)
+            .unwrap_or(4 * 1024 * 1024);
+        if max_body_bytes == 0 {
+            return Err(ConfigError::Invalid {
+                key: "max_body_bytes",
+                value: "0".into(),
+                expected: "a positive number of bytes",
+            });
+        }
+        Ok(Self {
+            http_addr: addr(
+                "http_addr",
+                pick(args.http_addr, file.http_addr, DEFAULT_HTTP_ADDR),
+            )?,
+            grpc_addr: addr(
+                "grpc_addr",
+                pick(args.grpc_addr, file.grpc_addr, DEFAULT_GRPC_ADDR),
+            )?,
+            store_url,
+            log: pick(args.log, file.log, "info"),
+            log_format,
+            max_body_bytes,
+        })
+    }
+}
+
+fn load_file(path: &Path) -> Result<FileSettings, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_owned(),
+        source,
+    })?;
+    toml::from_str(&text).map_err(|e| ConfigError::Parse {
+        path: path.to_owned(),
+        message: e.to_string(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn with_file(contents: &str) -> (tempfile::TempDir, ServeArgs) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("flexcore.toml");
+        std::fs::write(&path, contents).unwrap();
+        let args = ServeArgs {
+            config: Some(path),
+            ..ServeArgs::default()
+        };
+        (dir, args)
+    }
+
+    #[test]
+    fn defaults_apply_without_a_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let args = ServeArgs {
+            config: Some(dir.path().join("absent.toml")),
+            ..ServeArgs::default()
+        };
+        assert!(matches!(
+            Settings::resolve(args),
+            Err(ConfigError::Read { .. })
+        ));
+        let (_dir, args) = with_file("");
+        let s = Settings::resolve(args).unwrap();
+        assert_eq!(s.http_addr.to_string(), DEFAULT_HTTP_ADDR);
+        assert_eq!(s.store_url, DEFAULT_STORE_URL);
+        assert_eq!(s.log_format, LogFormat::Text);
+    }
+
+    #[test]
+    fn flags_beat_the_file() {
+        let (_dir, mut args) = with_file("http_addr = \"127.0.0.1:9000\"\nlog = \"debug\"\n");
+        args.http_addr = Some("127.0.0.1:9100".into());
+        let s = Settings::resolve(args).unwrap();
+        assert_eq!(s.http_addr.to_string(), "127.0.0.1:9100");
+        assert_eq!(s.log, "debug");
+    }
+
+    #[test]
+    fn bad_files_name_the_key() {
+        let (_dir, args) = with_file("http_adr = \"x\"\n");
+        let err = Settings::resolve(args).unwrap_err().to_string();
+        assert!(
+            err.contains("http_adr") && err.contains("flexcore.toml"),
+            "{err}"
+        );
+        let (_dir, args) = with_file("max_body_bytes = \"big\"\n");
+        let err = Settings::resolve(args).unwrap_err().to_string();
+        assert!(err.contains("max_body_bytes"), "{err}");
+        let (_dir, args) = with_file("http_addr = \"localhost\"\n");
+        let err = Settings::resolve(args).unwrap_err().to_string();
+        assert!(
+            err.contains("http_addr") && err.contains("socket address"),
+            "{err}"
+        );
+        let (_dir, args) = with_file("store_url = \"mysql://x\"\n");
+        assert!(
+            Settings::resolve(args)
+                .unwrap_err()
+                .to_string()
+                .contains("store_url")
+        );
+    }
+}

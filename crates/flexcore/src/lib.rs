@@ -1,0 +1,12 @@
+//! FlexCore's composition root: the only place that picks adapters.
+//!
+//! * [`cli`]: the command line (`serve`, `bench`);
+//! * [`config`]: settings from `flexcore.toml`, `FLEXCORE_*` variables and flags;
+//! * [`server`]: opens the store named by the store URL, wires the buses and the sample
+//!   domain, and serves HTTP until shutdown;
+//! * [`bench`]: `flexcore bench`, the store benchmarks with their baselines.
+
+pub mod bench;
+pub mod cli;
+pub mod config;
+pub mod server;

@@ -1,0 +1,129 @@
+//! `flexcore serve`: open the store, wire the buses and the sample domain, serve HTTP.
+
+use std::future::Future;
+use std::io::IsTerminal;
+use std::sync::Arc;
+
+use anyhow::Context;
+use flexcore_app::command::{CommandBusExt, CommandRouter};
+use flexcore_app::query::{QueryBusExt, QueryRouter};
+use flexcore_app::repository::{Repository, RetryPolicy};
+use flexcore_app::store::EventStore;
+use flexcore_http::{AppState, Limits};
+use flexcore_store_sqlite::{SqliteConfig, SqliteStore};
+use tokio::net::TcpListener;
+use tracing_subscriber::EnvFilter;
+
+use crate::cli::ServeArgs;
+use crate::config::{LogFormat, Settings};
+
+/// Snapshots of aggregates are taken every this many events.
+const SNAPSHOT_EVERY: u64 = 100;
+
+/// Opens the event store a URL names: `sqlite://…` or `postgres://…`.
+pub async fn open_store(url: &str) -> anyhow::Result<Arc<dyn EventStore>> {
+    if url.starts_with("sqlite:") {
+        let store = SqliteStore::open(SqliteConfig::from_url(url)?)
+            .await
+            .with_context(|| format!("cannot open the SQLite store {url}"))?;
+        return Ok(Arc::new(store));
+    }
+    anyhow::bail!("unsupported store URL '{url}'")
+}
+
+/// Wires the buses, their middleware and the sample domain over a store.
+pub fn app_state(store: Arc<dyn EventStore>, settings: &Settings) -> anyhow::Result<AppState> {
+    let repository = Repository::new(Arc::clone(&store)).with_snapshots_every(SNAPSHOT_EVERY);
+    let mut commands = CommandRouter::new();
+    let mut queries = QueryRouter::new();
+    flexcore_app::users::register(&mut commands, &mut queries, repository)?;
+    Ok(AppState {
+        commands: Arc::new(commands.with_retry(RetryPolicy::default()).with_tracing()),
+        queries: Arc::new(queries.with_tracing()),
+        store,
+        limits: Limits {
+            max_body_bytes: settings.max_body_bytes,
+            ..Limits::default()
+        },
+    })
+}
+
+/// Runs the server on an already bound listener until `shutdown` resolves.
+pub async fn run(
+    settings: Settings,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let store = open_store(&settings.store_url).await?;
+    let state = app_state(store, &settings)?;
+    let addr = listener.local_addr()?;
+    tracing::warn!("authentication is OFF: every client may send any command (embedded default)");
+    tracing::info!(http = %addr, store = %mask_password(&settings.store_url), "flexcore is listening");
+    flexcore_http::serve(listener, state, shutdown)
+        .await
+        .context("the HTTP server failed")?;
+    tracing::info!("flexcore stopped");
+    Ok(())
+}
+
+/// `flexcore serve`: resolve settings, start logging, bind, run until SIGINT/SIGTERM.
+pub async fn serve_from_args(args: ServeArgs) -> anyhow::Result<()> {
+    let settings = Settings::resolve(args)?;
+    init_logging(&settings)?;
+    let listener = TcpListener::bind(settings.http_addr)
+        .await
+        .with_context(|| format!("cannot listen on {}", settings.http_addr))?;
+    run(settings, listener, shutdown_signal()).await
+}
+
+fn init_logging(settings: &Settings) -> anyhow::Result<()> {
+    let filter = EnvFilter::try_new(&settings.log)
+        .with_context(|| format!("invalid log filter '{}'", settings.log))?;
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal());
+    let installed = match settings.log_format {
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder.json().try_init(),
+    };
+    installed.map_err(|e| anyhow::anyhow!("cannot install the logger: {e}"))
+}
+
+/// Resolves on SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
+    let interrupt = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(signal) => signal,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot listen for SIGTERM");
+                    let _ = interrupt.await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = interrupt => {},
+            _ = term.recv() => {},
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = interrupt.await;
+    tracing::info!("shutting down: finishing in-flight requests");
+}
+
+/// Hides the password of a URL for logs.
+pub fn mask_password(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let Some((credentials, host)) = rest.split_once('@') else {
+        return url.to_owned();
+    };
+    match credentials.split_once(':') {
+        Some((user, _)) => format!("{scheme}://{user}:****@{host}"),
+        None => url.to_owned(),
+    }
+}

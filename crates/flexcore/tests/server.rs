@@ -1,0 +1,203 @@
+//! The real binary: durability across `kill -9`, start-up errors, graceful shutdown.
+
+use std::net::TcpListener;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+struct Server {
+    child: Child,
+    base: String,
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+impl Server {
+    async fn start(data: &Path) -> Self {
+        let port = free_port();
+        let child = Command::new(env!("CARGO_BIN_EXE_flexcore"))
+            .arg("serve")
+            .env("FLEXCORE_HTTP_ADDR", format!("127.0.0.1:{port}"))
+            .env(
+                "FLEXCORE_STORE_URL",
+                format!("sqlite://{}", data.join("flexcore.db").display()),
+            )
+            .env("FLEXCORE_LOG", "warn")
+            .env_remove("FLEXCORE_CONFIG")
+            .current_dir(data)
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let server = Self {
+            child,
+            base: format!("http://127.0.0.1:{port}"),
+        };
+        let client = reqwest::Client::new();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while client
+            .get(format!("{}/health", server.base))
+            .send()
+            .await
+            .is_err()
+        {
+            assert!(Instant::now() < deadline, "the server did not start");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        server
+    }
+
+    fn kill_9(mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn acknowledged_writes_survive_kill_9() {
+    let data = tempfile::tempdir().unwrap();
+    let server = Server::start(data.path()).await;
+    let client = reqwest::Client::new();
+
+    let mut tasks = Vec::new();
+    for i in 0..40 {
+        let (client, base) = (client.clone(), server.base.clone());
+        tasks.push(tokio::spawn(async move {
+            let body = json!({"expected_version": "no_stream", "events": [
+                {"event_type": "crash.test", "data": {"i": i}},
+                {"event_type": "crash.test", "data": {"i": i, "second": true}}
+            ]});
+            let r = client
+                .post(format!("{base}/v1/streams/crash-{i}"))
+                .json(&body)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 200);
+            (i, r.json::<Value>().await.unwrap())
+        }));
+    }
+    let mut acked = Vec::new();
+    for t in tasks {
+        acked.push(t.await.unwrap());
+    }
+    let user = client
+        .post(format!("{}/v1/commands/create_user", server.base))
+        .json(&json!({"email": "durable@example.com"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(user.status(), 200);
+    let user: Value = user.json().await.unwrap();
+    server.kill_9();
+
+    let server = Server::start(data.path()).await;
+    for (i, ack) in acked {
+        let r: Value = client
+            .get(format!("{}/v1/streams/crash-{i}", server.base))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(r["version"], 1, "stream crash-{i} after restart: {r}");
+        assert_eq!(r["events"][1]["global_position"], ack["last_position"]);
+        assert_eq!(r["events"][0]["data"]["i"], i);
+    }
+    let stream = user["stream_id"].as_str().unwrap();
+    let r = client
+        .get(format!("{}/v1/streams/{stream}", server.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let again = client
+        .post(format!("{}/v1/commands/create_user", server.base))
+        .json(&json!({"email": "durable@example.com"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(again.status(), 409, "the email reservation survived too");
+    let page: Value = client
+        .get(format!("{}/v1/events?limit=1000", server.base))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(page["events"].as_array().unwrap().len(), 82);
+}
+
+#[test]
+fn a_bad_config_file_fails_at_start_naming_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("flexcore.toml");
+    std::fs::write(
+        &config,
+        "http_addr = \"127.0.0.1:0\"\nstore_urll = \"sqlite://x.db\"\n",
+    )
+    .unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_flexcore"))
+        .args(["serve", "--config"])
+        .arg(&config)
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("store_urll") && stderr.contains("flexcore.toml"),
+        "{stderr}"
+    );
+    assert!(!dir.path().join("data").exists(), "nothing was created");
+}
+
+#[tokio::test]
+async fn the_library_server_runs_on_an_ephemeral_port_and_shuts_down() {
+    let data = tempfile::tempdir().unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let settings = flexcore::config::Settings {
+        http_addr: addr,
+        grpc_addr: "127.0.0.1:0".parse().unwrap(),
+        store_url: format!("sqlite://{}", data.path().join("db.sqlite").display()),
+        log: "warn".into(),
+        log_format: flexcore::config::LogFormat::Text,
+        max_body_bytes: 1024 * 1024,
+    };
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(flexcore::server::run(settings, listener, async {
+        let _ = stopped.await;
+    }));
+    let client = reqwest::Client::new();
+    let r = client
+        .post(format!("http://{addr}/v1/commands/create_user"))
+        .json(&json!({"email": "lib@example.com", "profile": {"name": "Lib"}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    stop.send(()).unwrap();
+    tokio::time::timeout(Duration::from_secs(10), server)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+}
