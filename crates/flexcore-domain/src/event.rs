@@ -131,6 +131,43 @@ pub struct EventMetadata {
     pub extra: Map<String, Value>,
 }
 
+/// A metadata key, read without allocating unless it is not one of the known fields.
+enum MetadataKey {
+    CorrelationId,
+    CausationId,
+    Actor,
+    Tenant,
+    Traceparent,
+    Tracestate,
+    Other(String),
+}
+
+impl<'de> Deserialize<'de> for MetadataKey {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct KeyVisitor;
+        impl serde::de::Visitor<'_> for KeyVisitor {
+            type Value = MetadataKey;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a metadata key")
+            }
+
+            fn visit_str<E: serde::de::Error>(self, key: &str) -> Result<MetadataKey, E> {
+                Ok(match key {
+                    "correlation_id" => MetadataKey::CorrelationId,
+                    "causation_id" => MetadataKey::CausationId,
+                    "actor" => MetadataKey::Actor,
+                    "tenant" => MetadataKey::Tenant,
+                    "traceparent" => MetadataKey::Traceparent,
+                    "tracestate" => MetadataKey::Tracestate,
+                    other => MetadataKey::Other(other.to_owned()),
+                })
+            }
+        }
+        deserializer.deserialize_identifier(KeyVisitor)
+    }
+}
+
 impl<'de> Deserialize<'de> for EventMetadata {
     fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         struct Visitor;
@@ -146,16 +183,16 @@ impl<'de> Deserialize<'de> for EventMetadata {
                 mut map: A,
             ) -> Result<Self::Value, A::Error> {
                 let mut metadata = EventMetadata::default();
-                while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
-                    let slot = match key.as_ref() {
-                        "correlation_id" => &mut metadata.correlation_id,
-                        "causation_id" => &mut metadata.causation_id,
-                        "actor" => &mut metadata.actor,
-                        "tenant" => &mut metadata.tenant,
-                        "traceparent" => &mut metadata.traceparent,
-                        "tracestate" => &mut metadata.tracestate,
-                        _ => {
-                            metadata.extra.insert(key.into_owned(), map.next_value()?);
+                while let Some(key) = map.next_key::<MetadataKey>()? {
+                    let slot = match key {
+                        MetadataKey::CorrelationId => &mut metadata.correlation_id,
+                        MetadataKey::CausationId => &mut metadata.causation_id,
+                        MetadataKey::Actor => &mut metadata.actor,
+                        MetadataKey::Tenant => &mut metadata.tenant,
+                        MetadataKey::Traceparent => &mut metadata.traceparent,
+                        MetadataKey::Tracestate => &mut metadata.tracestate,
+                        MetadataKey::Other(key) => {
+                            metadata.extra.insert(key, map.next_value()?);
                             continue;
                         }
                     };

@@ -198,7 +198,7 @@ fn query_events(
 ) -> Result<Vec<EventEnvelope>, SqliteError> {
     let mut stmt = conn.prepare_cached(sql)?;
     let mut rows = stmt.query(args)?;
-    let mut events = Vec::new();
+    let mut events = Vec::with_capacity(64);
     while let Some(row) = rows.next()? {
         events.push(envelope(row)?);
     }
@@ -209,11 +209,15 @@ fn envelope(row: &Row<'_>) -> Result<EventEnvelope, SqliteError> {
     let corrupt =
         |what: &str, e: &dyn std::fmt::Display| SqliteError::Corrupt(format!("{what}: {e}"));
     let id: [u8; 16] = row.get(1)?;
-    let metadata: String = row.get(7)?;
-    let metadata = if metadata == "{}" {
+    // Parsed straight from SQLite's buffer: no intermediate copy.
+    let metadata = row
+        .get_ref(7)?
+        .as_bytes()
+        .map_err(|e| corrupt("metadata", &e))?;
+    let metadata = if metadata == b"{}" {
         EventMetadata::default()
     } else {
-        serde_json::from_str(&metadata).map_err(|e| corrupt("metadata", &e))?
+        serde_json::from_slice(metadata).map_err(|e| corrupt("metadata", &e))?
     };
     let micros: i64 = row.get(8)?;
     Ok(EventEnvelope {
