@@ -175,9 +175,7 @@ impl Repository {
     }
 
     async fn load_snapshot<A: Aggregate>(&self, stream_id: &StreamId) -> Option<(A, u64)> {
-        if self.snapshot_every.is_none() {
-            return None;
-        }
+        self.snapshot_every?;
         match self.store.load_snapshot(stream_id).await {
             Ok(Some(s)) => match s.state.decode::<A>() {
                 Ok(state) => Some((state, s.version)),

@@ -1,14 +1,16 @@
 //! The single writer thread and its group commit.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::fs::File;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use flexcore_app::store::plan::{self, KnownEvent, Outcome, StreamState};
+use flexcore_app::store::plan::{
+    self, KnownEvent, KnownEvents, Outcome, StreamState, StreamStates,
+};
 use flexcore_app::store::{AppendResult, Snapshot, StreamWrite};
 use flexcore_app::{Error, ErrorKind};
-use flexcore_domain::{DomainError, EventId, ExpectedVersion, StreamId};
+use flexcore_domain::{DomainError, ExpectedVersion, StreamId};
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 use time::OffsetDateTime;
 use tokio::sync::{mpsc, oneshot, watch};
@@ -332,14 +334,14 @@ fn shareable(error: SqliteError) -> impl Fn() -> Error {
 fn load_state(
     conn: &Connection,
     requests: &[Vec<StreamWrite>],
-) -> Result<(HashMap<StreamId, StreamState>, HashMap<EventId, KnownEvent>), SqliteError> {
-    let mut states = HashMap::new();
+) -> Result<(StreamStates, KnownEvents), SqliteError> {
+    let mut states = StreamStates::new();
     for stream_id in plan::stream_ids(requests) {
         if let Some(state) = stream_state(conn, &stream_id)? {
             states.insert(stream_id, state);
         }
     }
-    let mut known = HashMap::new();
+    let mut known = KnownEvents::new();
     let mut lookup = conn.prepare_cached(
         "SELECT stream_id, stream_version, position, event_type FROM events WHERE event_id = ?1",
     )?;

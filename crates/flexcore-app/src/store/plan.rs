@@ -16,6 +16,12 @@ use flexcore_domain::{DomainError, EventId, NewEvent, StreamId};
 use super::{AppendResult, AppendedEvent, StreamWrite, StreamWriteResult};
 use crate::{Error, Result};
 
+/// The state of a batch's streams, by id (missing streams may be absent).
+pub type StreamStates = HashMap<StreamId, StreamState>;
+
+/// The already stored events among a batch's event ids.
+pub type KnownEvents = HashMap<EventId, KnownEvent>;
+
 /// What a backend knows of a stream before a batch.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct StreamState {
