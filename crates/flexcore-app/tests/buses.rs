@@ -229,7 +229,12 @@ struct Recorder {
 #[async_trait]
 impl EventHandler for Recorder {
     async fn handle(&self, event: &EventEnvelope) -> Result<()> {
-        if self.fail_first && self.attempts.fetch_add(1, Ordering::SeqCst) % 2 == 0 {
+        if self.fail_first
+            && self
+                .attempts
+                .fetch_add(1, Ordering::SeqCst)
+                .is_multiple_of(2)
+        {
             return Err(Error::Unavailable("flaky downstream".into()));
         }
         self.seen.lock().await.push(event.clone());
