@@ -88,15 +88,12 @@ impl Reader {
 
     pub(crate) fn read_stream(&mut self, request: &ReadStream) -> Result<StreamSlice, SqliteError> {
         let tx = self.conn.transaction()?;
-        let stream: Option<(Option<i64>, bool, i64)> = tx
-            .prepare_cached(
-                "SELECT last_version, deleted, truncate_before FROM streams WHERE stream_id = ?1",
-            )?
+        let stream: (Option<i64>, bool, i64) = tx
+            .prepare_cached(crate::schema::STREAM_STATE_SQL)?
             .query_row([request.stream_id.as_str()], |r| {
                 Ok((r.get(0)?, r.get(1)?, r.get(2)?))
-            })
-            .optional()?;
-        let Some((last_version, false, truncate_before)) = stream else {
+            })?;
+        let (last_version @ Some(_), false, truncate_before) = stream else {
             return Ok(StreamSlice {
                 stream_id: request.stream_id.clone(),
                 current_version: None,

@@ -23,9 +23,11 @@ CREATE TABLE events (
     UNIQUE (stream_id, stream_version)
 );
 CREATE INDEX events_by_category ON events (category, position);
-CREATE TABLE streams (
+-- Only streams that were deleted or truncated have a row: a stream's version is the largest
+-- stream_version in `events`, read from the (stream_id, stream_version) index, so an append
+-- touches no per-stream row.
+CREATE TABLE stream_flags (
     stream_id       TEXT    PRIMARY KEY,
-    last_version    INTEGER NOT NULL,
     deleted         INTEGER NOT NULL DEFAULT 0,
     truncate_before INTEGER NOT NULL DEFAULT 0
 ) WITHOUT ROWID;
@@ -103,6 +105,13 @@ pub(crate) fn migrate(conn: &Connection) -> Result<(), SqliteError> {
     }
     Ok(())
 }
+
+/// The state of one stream: its last version (deleted or not), the deleted flag and the first
+/// visible version.
+pub(crate) const STREAM_STATE_SQL: &str = "SELECT \
+    (SELECT max(stream_version) FROM events WHERE stream_id = ?1), \
+    coalesce((SELECT deleted FROM stream_flags WHERE stream_id = ?1), 0), \
+    coalesce((SELECT truncate_before FROM stream_flags WHERE stream_id = ?1), 0)";
 
 /// The last committed global position (0 for an empty store).
 pub(crate) fn head_position(conn: &Connection) -> Result<u64, SqliteError> {

@@ -149,6 +149,11 @@ impl Writer {
             Ok(loaded) => loaded,
             Err(e) => return failed(requests, e),
         };
+        let was_deleted: Vec<StreamId> = states
+            .iter()
+            .filter(|(_, state)| state.deleted)
+            .map(|(id, _)| id.clone())
+            .collect();
         let plan = plan::plan_batch(requests, states, &known);
         if plan.rows.is_empty() {
             // Nothing to write: every request was rejected, replayed or expectation-only.
@@ -184,17 +189,13 @@ impl Writer {
                         recorded_at,
                     ])?;
                 }
-                let mut upsert = tx.prepare_cached(
-                    "INSERT INTO streams (stream_id, last_version, deleted) VALUES (?1, ?2, ?3) \
-                     ON CONFLICT (stream_id) DO UPDATE SET last_version = excluded.last_version, \
-                     deleted = excluded.deleted",
-                )?;
-                for (stream_id, state) in plan.changed_streams() {
-                    upsert.execute(params![
-                        stream_id.as_str(),
-                        state.last_version.map(|v| v as i64),
-                        state.deleted,
-                    ])?;
+                // A deleted stream that is written again is visible again.
+                let mut undelete =
+                    tx.prepare_cached("UPDATE stream_flags SET deleted = 0 WHERE stream_id = ?1")?;
+                for (stream_id, _) in plan.changed_streams() {
+                    if was_deleted.contains(stream_id) {
+                        undelete.execute([stream_id.as_str()])?;
+                    }
                 }
             }
             tx.commit()?;
@@ -277,10 +278,12 @@ impl Writer {
             }
             .into());
         }
+        let visible_from = state.next_version() as i64;
         (|| -> Result<(), rusqlite::Error> {
             tx.execute(
-                "UPDATE streams SET deleted = 1, truncate_before = last_version + 1 WHERE stream_id = ?1",
-                [stream_id.as_str()],
+                "INSERT INTO stream_flags (stream_id, deleted, truncate_before) VALUES (?1, 1, ?2) \
+                 ON CONFLICT (stream_id) DO UPDATE SET deleted = 1, truncate_before = excluded.truncate_before",
+                params![stream_id.as_str(), visible_from],
             )?;
             tx.execute("DELETE FROM snapshots WHERE stream_id = ?1", [stream_id.as_str()])?;
             tx.commit()
@@ -290,19 +293,26 @@ impl Writer {
     }
 
     fn truncate(&mut self, stream_id: &StreamId, version: u64) -> flexcore_app::Result<()> {
-        let changed = self
+        let tx = self
             .conn
-            .execute(
-                "UPDATE streams SET truncate_before = max(truncate_before, ?2) \
-                 WHERE stream_id = ?1 AND deleted = 0",
-                params![stream_id.as_str(), version as i64],
-            )
+            .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(SqliteError::from)?;
-        if changed == 0 {
+        let exists = stream_state(&tx, stream_id)?.is_some_and(|s| s.current_version().is_some());
+        if !exists {
             return Err(
                 DomainError::NotFound(format!("stream '{stream_id}' does not exist")).into(),
             );
         }
+        (|| -> Result<(), rusqlite::Error> {
+            tx.execute(
+                "INSERT INTO stream_flags (stream_id, truncate_before) VALUES (?1, ?2) \
+                 ON CONFLICT (stream_id) DO UPDATE SET \
+                 truncate_before = max(truncate_before, excluded.truncate_before)",
+                params![stream_id.as_str(), version.min(i64::MAX as u64) as i64],
+            )?;
+            tx.commit()
+        })()
+        .map_err(SqliteError::from)?;
         Ok(())
     }
 }
@@ -377,15 +387,13 @@ fn stream_state(
     conn: &Connection,
     stream_id: &StreamId,
 ) -> Result<Option<StreamState>, SqliteError> {
-    Ok(conn
-        .prepare_cached("SELECT last_version, deleted FROM streams WHERE stream_id = ?1")?
-        .query_row([stream_id.as_str()], |r| {
-            Ok(StreamState {
-                last_version: r.get::<_, Option<i64>>(0)?.map(|v| v as u64),
-                deleted: r.get(1)?,
-            })
-        })
-        .optional()?)
+    let (last_version, deleted): (Option<i64>, bool) = conn
+        .prepare_cached(crate::schema::STREAM_STATE_SQL)?
+        .query_row([stream_id.as_str()], |r| Ok((r.get(0)?, r.get(1)?)))?;
+    Ok(last_version.map(|v| StreamState {
+        last_version: Some(v as u64),
+        deleted,
+    }))
 }
 
 /// Microseconds since the Unix epoch, how `recorded_at` is stored.
