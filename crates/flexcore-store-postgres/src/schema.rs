@@ -40,6 +40,12 @@ pub(crate) fn pg_config(config: &PostgresConfig) -> Result<tokio_postgres::Confi
         .map_err(|e| PostgresError::Config(format!("invalid postgresql url: {e}")))?;
     let mut options = pg.get_options().unwrap_or_default().to_owned();
     // The schema is a checked identifier, so it needs no quoting or escaping here.
+    // `enable_seqscan=off`: every statement of the store is meant to be an index lookup or an
+    // index range scan, and each is prepared once per pooled connection. Once PostgreSQL
+    // switches a prepared statement to a generic plan, a plan chosen while the tables were small
+    // (a fresh store) would scan them sequentially for as long as the connection lives; with
+    // sequential scans priced out, the generic plans use the indexes whatever the table size,
+    // and we keep generic plans (no planning per execution).
     options.push_str(&format!(
         " -c search_path={} -c synchronous_commit=on",
         config.schema

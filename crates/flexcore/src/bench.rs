@@ -17,6 +17,7 @@ use anyhow::Context;
 use clap::Args;
 use flexcore_app::store::{EventFilter, EventStore, ReadAll};
 use flexcore_domain::{EventMetadata, ExpectedVersion, NewEvent, RawJson, StreamId};
+use flexcore_store_postgres::{PostgresConfig, PostgresStore};
 use flexcore_store_sqlite::{SqliteConfig, SqliteStore};
 use serde::Serialize;
 use serde_json::json;
@@ -42,6 +43,9 @@ pub struct BenchArgs {
     /// Runs per case; the median is reported.
     #[arg(long, default_value_t = 3)]
     pub repeat: usize,
+    /// PostgreSQL only: parallel group-commit transactions (default: the store's default).
+    #[arg(long)]
+    pub committers: Option<usize>,
     /// Print one JSON document instead of a table.
     #[arg(long)]
     pub json: bool,
@@ -89,7 +93,14 @@ pub struct ReadFigure {
 
 /// A backend under test that can hand out fresh, empty stores.
 enum Backend {
-    Sqlite { dir: tempfile_dir::Dir },
+    Sqlite {
+        dir: tempfile_dir::Dir,
+    },
+    Postgres {
+        url: String,
+        committers: Option<usize>,
+        schemas: std::sync::Mutex<Vec<String>>,
+    },
 }
 
 mod tempfile_dir {
@@ -125,14 +136,22 @@ struct Fresh {
 
 enum RawTable {
     Sqlite(std::path::PathBuf),
+    Postgres { url: String, schema: String },
 }
 
 impl Backend {
-    fn new(spec: &str) -> anyhow::Result<Self> {
+    fn new(spec: &str, committers: Option<usize>) -> anyhow::Result<Self> {
         match spec {
             "sqlite" => Ok(Self::Sqlite {
                 dir: tempfile_dir::Dir::new().context("cannot create a temp dir")?,
             }),
+            url if url.starts_with("postgres://") || url.starts_with("postgresql://") => {
+                Ok(Self::Postgres {
+                    url: url.to_owned(),
+                    committers,
+                    schemas: Default::default(),
+                })
+            }
             other => {
                 anyhow::bail!("unknown bench store '{other}': use sqlite or a postgres:// URL")
             }
@@ -142,10 +161,23 @@ impl Backend {
     fn name(&self) -> &'static str {
         match self {
             Self::Sqlite { .. } => "sqlite",
+            Self::Postgres { .. } => "postgres",
         }
     }
 
-    async fn fresh(&self, mode: CommitMode, case: usize, _writers: usize) -> anyhow::Result<Fresh> {
+    /// Drops the schemas the cases created.
+    async fn cleanup(&self) {
+        if let Self::Postgres { url, schemas, .. } = self {
+            let schemas = std::mem::take(&mut *schemas.lock().unwrap_or_else(|p| p.into_inner()));
+            for schema in schemas {
+                if let Err(e) = flexcore_store_postgres::drop_schema(url, &schema).await {
+                    eprintln!("cannot drop bench schema {schema}: {e}");
+                }
+            }
+        }
+    }
+
+    async fn fresh(&self, mode: CommitMode, case: usize, writers: usize) -> anyhow::Result<Fresh> {
         match self {
             Self::Sqlite { dir } => {
                 let path = dir.path().join(format!("case-{case}.db"));
@@ -156,6 +188,35 @@ impl Backend {
                 Ok(Fresh {
                     store: Arc::new(SqliteStore::open(config).await?),
                     raw: RawTable::Sqlite(path),
+                })
+            }
+            Self::Postgres {
+                url,
+                schemas,
+                committers,
+            } => {
+                let schema = format!("fc_bench_{}_{case}", std::process::id());
+                schemas
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .push(schema.clone());
+                let mut config = PostgresConfig::new(url.clone()).with_schema(schema.clone());
+                if let Some(committers) = committers {
+                    config.committers = *committers;
+                    config.pool_size = config.pool_size.max(committers + 4);
+                }
+                if mode == CommitMode::OneTxPerAppend {
+                    // Every writer gets its own transaction, in parallel: the classic baseline.
+                    config.max_batch_events = 1;
+                    config.committers = writers.max(1);
+                    config.pool_size = writers.max(1) + 4;
+                }
+                Ok(Fresh {
+                    store: Arc::new(PostgresStore::connect(config).await?),
+                    raw: RawTable::Postgres {
+                        url: url.clone(),
+                        schema,
+                    },
                 })
             }
         }
@@ -340,12 +401,51 @@ async fn raw_scan(table: &RawTable) -> anyhow::Result<usize> {
             })
             .await?
         }
+        RawTable::Postgres { url, schema } => {
+            let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls).await?;
+            let driver = tokio::spawn(connection);
+            let statement = client
+                .prepare(&format!(
+                    "SELECT position, event_id, stream_id, stream_version, event_type, schema_version, \
+                     data::text, metadata::text, recorded_at FROM \"{schema}\".events \
+                     WHERE position > $1 ORDER BY position LIMIT 1000"
+                ))
+                .await?;
+            let (mut last, mut count) = (0i64, 0usize);
+            loop {
+                let rows = client.query(&statement, &[&last]).await?;
+                if rows.is_empty() {
+                    break;
+                }
+                for row in &rows {
+                    last = row.get(0);
+                    let _id: uuid::Uuid = row.get(1);
+                    let _stream: String = row.get(2);
+                    let _version: i64 = row.get(3);
+                    let _type: String = row.get(4);
+                    let _schema: i32 = row.get(5);
+                    let _data: String = row.get(6);
+                    let _meta: String = row.get(7);
+                    let _at: time::OffsetDateTime = row.get(8);
+                }
+                count += rows.len();
+            }
+            drop(client);
+            let _ = driver.await;
+            Ok(count)
+        }
     }
 }
 
 /// Runs every case and prints the report.
 pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
-    let backend = Backend::new(&args.store)?;
+    let backend = Backend::new(&args.store, args.committers)?;
+    let result = run_cases(&backend, &args).await;
+    backend.cleanup().await;
+    result
+}
+
+async fn run_cases(backend: &Backend, args: &BenchArgs) -> anyhow::Result<()> {
     let duration = Duration::from_secs_f64(args.duration.max(0.1));
     let repeat = args.repeat.max(1);
     let mut figures = Vec::new();
@@ -398,7 +498,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     }
     let read = if args.read_events > 0 {
         case += 1;
-        let figure = read_case(&backend, args.read_events, repeat, case).await?;
+        let figure = read_case(backend, args.read_events, repeat, case).await?;
         if !args.json {
             eprintln!(
                 "{:<6} read_all {} events: {:.0} events/s; raw keyset SELECT {:.0} rows/s; ratio {:.2}",

@@ -10,6 +10,7 @@ use flexcore_app::query::{QueryBusExt, QueryRouter};
 use flexcore_app::repository::{Repository, RetryPolicy};
 use flexcore_app::store::EventStore;
 use flexcore_http::{AppState, Limits};
+use flexcore_store_postgres::{PostgresConfig, PostgresStore};
 use flexcore_store_sqlite::{SqliteConfig, SqliteStore};
 use tokio::net::TcpListener;
 use tracing_subscriber::EnvFilter;
@@ -28,7 +29,13 @@ pub async fn open_store(url: &str) -> anyhow::Result<Arc<dyn EventStore>> {
             .with_context(|| format!("cannot open the SQLite store {url}"))?;
         return Ok(Arc::new(store));
     }
-    anyhow::bail!("unsupported store URL '{url}'")
+    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        let store = PostgresStore::connect(PostgresConfig::new(url))
+            .await
+            .with_context(|| format!("cannot open the PostgreSQL store {}", mask_password(url)))?;
+        return Ok(Arc::new(store));
+    }
+    anyhow::bail!("unsupported store URL '{}'", mask_password(url))
 }
 
 /// Wires the buses, their middleware and the sample domain over a store.
