@@ -30,9 +30,14 @@ pub async fn open_store(url: &str) -> anyhow::Result<Arc<dyn EventStore>> {
         return Ok(Arc::new(store));
     }
     if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-        let store = PostgresStore::connect(PostgresConfig::new(url))
+        let (url, schema) = split_schema(url);
+        let mut config = PostgresConfig::new(url.clone());
+        if let Some(schema) = schema {
+            config = config.with_schema(schema);
+        }
+        let store = PostgresStore::connect(config)
             .await
-            .with_context(|| format!("cannot open the PostgreSQL store {}", mask_password(url)))?;
+            .with_context(|| format!("cannot open the PostgreSQL store {}", mask_password(&url)))?;
         return Ok(Arc::new(store));
     }
     anyhow::bail!("unsupported store URL '{}'", mask_password(url))
@@ -121,6 +126,31 @@ pub async fn shutdown_signal() {
     tracing::info!("shutting down: finishing in-flight requests");
 }
 
+/// Takes the FlexCore-specific `schema=` parameter out of a PostgreSQL URL
+/// (`postgres://host/db?schema=tenant_a`); the rest goes to the driver unchanged.
+pub fn split_schema(url: &str) -> (String, Option<String>) {
+    let Some((base, query)) = url.split_once('?') else {
+        return (url.to_owned(), None);
+    };
+    let mut schema = None;
+    let rest: Vec<&str> = query
+        .split('&')
+        .filter(|pair| match pair.strip_prefix("schema=") {
+            Some(value) => {
+                schema = Some(value.to_owned());
+                false
+            }
+            None => !pair.is_empty(),
+        })
+        .collect();
+    let url = if rest.is_empty() {
+        base.to_owned()
+    } else {
+        format!("{base}?{}", rest.join("&"))
+    };
+    (url, schema)
+}
+
 /// Hides the password of a URL for logs.
 pub fn mask_password(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else {
@@ -132,5 +162,39 @@ pub fn mask_password(url: &str) -> String {
     match credentials.split_once(':') {
         Some((user, _)) => format!("{scheme}://{user}:****@{host}"),
         None => url.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_schema_parameter_is_taken_out_of_postgres_urls() {
+        assert_eq!(
+            split_schema("postgres://h/db"),
+            ("postgres://h/db".into(), None)
+        );
+        assert_eq!(
+            split_schema("postgres://h/db?schema=a_1"),
+            ("postgres://h/db".into(), Some("a_1".into()))
+        );
+        assert_eq!(
+            split_schema("postgres://h/db?connect_timeout=3&schema=b&sslmode=disable"),
+            (
+                "postgres://h/db?connect_timeout=3&sslmode=disable".into(),
+                Some("b".into())
+            )
+        );
+    }
+
+    #[test]
+    fn passwords_are_masked() {
+        assert_eq!(
+            mask_password("postgres://u:secret@h/db"),
+            "postgres://u:****@h/db"
+        );
+        assert_eq!(mask_password("postgres://u@h/db"), "postgres://u@h/db");
+        assert_eq!(mask_password("sqlite://./x.db"), "sqlite://./x.db");
     }
 }

@@ -21,15 +21,12 @@ fn free_port() -> u16 {
 }
 
 impl Server {
-    async fn start(data: &Path) -> Self {
+    async fn start_with(data: &Path, store_url: &str) -> Self {
         let port = free_port();
         let child = Command::new(env!("CARGO_BIN_EXE_flexcore"))
             .arg("serve")
             .env("FLEXCORE_HTTP_ADDR", format!("127.0.0.1:{port}"))
-            .env(
-                "FLEXCORE_STORE_URL",
-                format!("sqlite://{}", data.join("flexcore.db").display()),
-            )
+            .env("FLEXCORE_STORE_URL", store_url)
             .env("FLEXCORE_LOG", "warn")
             .env_remove("FLEXCORE_CONFIG")
             .current_dir(data)
@@ -71,7 +68,25 @@ impl Drop for Server {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn acknowledged_writes_survive_kill_9() {
     let data = tempfile::tempdir().unwrap();
-    let server = Server::start(data.path()).await;
+    let url = format!("sqlite://{}", data.path().join("flexcore.db").display());
+    write_kill_restart_read(data.path(), &url).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn acknowledged_writes_survive_kill_9_on_postgres() {
+    let Some(base) = flexcore_test_support::services::postgres_url() else {
+        return;
+    };
+    let schema = flexcore_test_support::services::unique_name("fc_kill9");
+    let data = tempfile::tempdir().unwrap();
+    write_kill_restart_read(data.path(), &format!("{base}?schema={schema}")).await;
+    flexcore_store_postgres::drop_schema(&base, &schema)
+        .await
+        .unwrap();
+}
+
+async fn write_kill_restart_read(data: &Path, store_url: &str) {
+    let server = Server::start_with(data, store_url).await;
     let client = reqwest::Client::new();
 
     let mut tasks = Vec::new();
@@ -106,7 +121,7 @@ async fn acknowledged_writes_survive_kill_9() {
     let user: Value = user.json().await.unwrap();
     server.kill_9();
 
-    let server = Server::start(data.path()).await;
+    let server = Server::start_with(data, store_url).await;
     for (i, ack) in acked {
         let r: Value = client
             .get(format!("{}/v1/streams/crash-{i}", server.base))
