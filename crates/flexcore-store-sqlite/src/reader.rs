@@ -87,12 +87,15 @@ impl Reader {
     }
 
     pub(crate) fn read_stream(&mut self, request: &ReadStream) -> Result<StreamSlice, SqliteError> {
+        // Only flushed events are visible (see the syncer).
+        let durable = self.head.load(Ordering::Acquire).min(i64::MAX as u64) as i64;
         let tx = self.conn.transaction()?;
         let stream: (Option<i64>, bool, i64) = tx
             .prepare_cached(crate::schema::STREAM_STATE_SQL)?
-            .query_row([request.stream_id.as_str()], |r| {
-                Ok((r.get(0)?, r.get(1)?, r.get(2)?))
-            })?;
+            .query_row(
+                rusqlite::params![request.stream_id.as_str(), durable],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )?;
         let (last_version @ Some(_), false, truncate_before) = stream else {
             return Ok(StreamSlice {
                 stream_id: request.stream_id.clone(),
@@ -135,13 +138,16 @@ impl Reader {
     }
 
     pub(crate) fn read_all(&mut self, request: &ReadAll) -> Result<AllSlice, SqliteError> {
-        // Everything up to the head read now is committed, so it is in the snapshot the query
-        // below takes: a short page means the reader has seen all of it.
+        // Everything up to the durable head read now is committed and flushed, so it is in the
+        // snapshot the query below takes; nothing past it is returned (it may not be on disk
+        // yet). A short page means the reader has seen everything up to the head.
         let head = self.head.load(Ordering::Acquire);
         let limit = clamp_limit(request.limit);
         let from = request.from_position.min(i64::MAX as u64) as i64;
-        let mut sql = format!("SELECT {COLUMNS} FROM events WHERE position >= ?1");
-        let mut args: Vec<&dyn ToSql> = vec![&from];
+        let durable = head.min(i64::MAX as u64) as i64;
+        let mut sql =
+            format!("SELECT {COLUMNS} FROM events WHERE position >= ?1 AND position <= ?2");
+        let mut args: Vec<&dyn ToSql> = vec![&from, &durable];
         if let Some(category) = &request.filter.category {
             args.push(category);
             sql.push_str(&format!(" AND category = ?{}", args.len()));

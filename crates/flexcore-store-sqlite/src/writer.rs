@@ -3,7 +3,7 @@
 use std::collections::VecDeque;
 use std::fs::File;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use flexcore_app::store::plan::{
     self, KnownEvent, KnownEvents, Outcome, StreamState, StreamStates,
@@ -16,6 +16,7 @@ use time::OffsetDateTime;
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::SqliteError;
+use crate::syncer::{Ack, Flush, Syncer};
 
 type Reply<T> = oneshot::Sender<flexcore_app::Result<T>>;
 
@@ -54,27 +55,50 @@ pub(crate) struct Writer {
     conn: Connection,
     _lock: File,
     queue: mpsc::UnboundedReceiver<Job>,
-    head: Arc<AtomicU64>,
-    head_tx: watch::Sender<u64>,
+    /// The last position written (committed, maybe not yet flushed).
+    written: u64,
+    /// Where committed batches wait for their flush.
+    flushes: std::sync::mpsc::Sender<Flush>,
+    /// Set by the syncer when a flush failed: no write is accepted any more.
+    poisoned: Arc<AtomicBool>,
     max_batch_events: usize,
 }
 
+/// What the writer thread needs besides its connection.
+pub(crate) struct WriterSetup {
+    /// The exclusive process lock, held as long as the writer lives.
+    pub(crate) lock: File,
+    /// The job queue.
+    pub(crate) queue: mpsc::UnboundedReceiver<Job>,
+    /// The last position on disk when the store opened.
+    pub(crate) head: u64,
+    /// The durable head readers go by.
+    pub(crate) durable: Arc<AtomicU64>,
+    /// The wake-up signal for subscriptions.
+    pub(crate) head_tx: watch::Sender<u64>,
+    /// The WAL file to flush before answering (`None`: `synchronous=NORMAL`).
+    pub(crate) wal: Option<std::path::PathBuf>,
+    /// The most events per group commit.
+    pub(crate) max_batch_events: usize,
+}
+
 impl Writer {
-    pub(crate) fn spawn(
-        conn: Connection,
-        lock: File,
-        queue: mpsc::UnboundedReceiver<Job>,
-        head: Arc<AtomicU64>,
-        head_tx: watch::Sender<u64>,
-        max_batch_events: usize,
-    ) -> Result<(), SqliteError> {
+    pub(crate) fn spawn(conn: Connection, setup: WriterSetup) -> Result<(), SqliteError> {
+        let poisoned = Arc::new(AtomicBool::new(false));
+        let flushes = Syncer::spawn(
+            setup.wal,
+            setup.durable,
+            setup.head_tx,
+            Arc::clone(&poisoned),
+        )?;
         let writer = Self {
             conn,
-            _lock: lock,
-            queue,
-            head,
-            head_tx,
-            max_batch_events,
+            _lock: setup.lock,
+            queue: setup.queue,
+            written: setup.head,
+            flushes,
+            poisoned,
+            max_batch_events: setup.max_batch_events,
         };
         std::thread::Builder::new()
             .name("flexcore-sqlite-writer".into())
@@ -113,30 +137,55 @@ impl Writer {
     }
 
     fn commit_batch(&mut self, batch: Vec<PendingAppend>, deferred: &mut VecDeque<PendingAppend>) {
+        if self.poisoned.load(Ordering::Acquire) {
+            for pending in batch {
+                let _ = pending.reply.send(Err(poisoned_error()));
+            }
+            return;
+        }
         let (requests, replies): (Vec<_>, Vec<_>) =
             batch.into_iter().map(|p| (p.writes, p.reply)).unzip();
-        let size = requests.len();
-        let outcomes = self.write_batch(requests);
-        debug_assert_eq!(outcomes.len(), size);
+        let (outcomes, head) = self.write_batch(requests);
+        let mut acks: Vec<Ack> = Vec::with_capacity(replies.len());
         for (outcome, reply) in outcomes.into_iter().zip(replies) {
             match outcome {
-                Outcome::Done(result) => {
+                Outcome::Done(result) => acks.push(Box::new(move |failure: Option<&str>| {
                     // The caller may have given up waiting; the write stands regardless.
-                    let _ = reply.send(result);
-                }
+                    let _ = reply.send(match failure {
+                        None => result,
+                        Some(message) => Err(Error::Unavailable(message.to_owned())),
+                    });
+                })),
                 Outcome::Defer(writes) => deferred.push_back(PendingAppend { writes, reply }),
+            }
+        }
+        // Even a batch that wrote nothing (rejections, replays of events written by a batch
+        // still being flushed) is answered in order, after every earlier flush.
+        self.flush(Flush {
+            head,
+            wrote: head.is_some(),
+            acks,
+        });
+    }
+
+    fn flush(&self, flush: Flush) {
+        if let Err(std::sync::mpsc::SendError(flush)) = self.flushes.send(flush) {
+            for ack in flush.acks {
+                ack(Some("the sqlite syncer has stopped"));
             }
         }
     }
 
-    /// Plans and writes one batch in one transaction.
-    fn write_batch(&mut self, requests: Vec<Vec<StreamWrite>>) -> Vec<Outcome> {
+    /// Plans and writes one batch in one transaction; returns the outcomes and the last
+    /// position written, if any.
+    fn write_batch(&mut self, requests: Vec<Vec<StreamWrite>>) -> (Vec<Outcome>, Option<u64>) {
         let failed = |requests: Vec<Vec<StreamWrite>>, e: SqliteError| {
             let error = shareable(e);
-            requests
+            let outcomes = requests
                 .iter()
                 .map(|_| Outcome::Done(Err(error())))
-                .collect()
+                .collect();
+            (outcomes, None)
         };
         let tx = match self
             .conn
@@ -158,9 +207,9 @@ impl Writer {
         if plan.rows.is_empty() {
             // Nothing to write: every request was rejected, replayed or expectation-only.
             drop(tx);
-            return plan.into_outcomes(0);
+            return (plan.into_outcomes(0), None);
         }
-        let first_position = self.head.load(Ordering::Acquire) + 1;
+        let first_position = self.written + 1;
         let written = (|| -> Result<(), SqliteError> {
             let recorded_at = micros(OffsetDateTime::now_utc());
             {
@@ -203,39 +252,56 @@ impl Writer {
         })();
         match written {
             Ok(()) => {
-                let head = first_position + plan.rows.len() as u64 - 1;
-                self.head.store(head, Ordering::Release);
-                self.head_tx.send_replace(head);
-                plan.into_outcomes(first_position)
+                self.written = first_position + plan.rows.len() as u64 - 1;
+                (plan.into_outcomes(first_position), Some(self.written))
             }
             Err(e) => {
                 tracing::error!(error = %e, "sqlite group commit failed");
-                plan.fail_writes(shareable(e))
+                (plan.fail_writes(shareable(e)), None)
             }
         }
     }
 
     fn run_other(&mut self, job: Job) {
-        match job {
+        fn ack(reply: Reply<()>, result: flexcore_app::Result<()>) -> Ack {
+            Box::new(move |failure: Option<&str>| {
+                let _ = reply.send(match failure {
+                    None => result,
+                    Some(message) => Err(Error::Unavailable(message.to_owned())),
+                });
+            })
+        }
+        let poisoned = self.poisoned.load(Ordering::Acquire);
+        let (result, reply) = match job {
             Job::Append { .. } => unreachable!("appends are batched"),
+            _ if poisoned => {
+                let reply = match job {
+                    Job::SaveSnapshot { reply, .. }
+                    | Job::Delete { reply, .. }
+                    | Job::Truncate { reply, .. } => reply,
+                    Job::Append { .. } => unreachable!("appends are batched"),
+                };
+                (Err(poisoned_error()), reply)
+            }
             Job::SaveSnapshot { snapshot, reply } => {
-                let _ = reply.send(self.save_snapshot(&snapshot).map_err(Into::into));
+                (self.save_snapshot(&snapshot).map_err(Into::into), reply)
             }
             Job::Delete {
                 stream_id,
                 expected,
                 reply,
-            } => {
-                let _ = reply.send(self.delete(&stream_id, expected));
-            }
+            } => (self.delete(&stream_id, expected), reply),
             Job::Truncate {
                 stream_id,
                 version,
                 reply,
-            } => {
-                let _ = reply.send(self.truncate(&stream_id, version));
-            }
-        }
+            } => (self.truncate(&stream_id, version), reply),
+        };
+        self.flush(Flush {
+            head: None,
+            wrote: result.is_ok(),
+            acks: vec![ack(reply, result)],
+        });
     }
 
     fn save_snapshot(&mut self, snapshot: &Snapshot) -> Result<(), SqliteError> {
@@ -331,6 +397,12 @@ fn count_events(writes: &[StreamWrite]) -> usize {
     writes.iter().map(|w| w.events.len()).sum::<usize>().max(1)
 }
 
+fn poisoned_error() -> Error {
+    Error::Unavailable(
+        "the event store stopped accepting writes after a failed fsync; restart it".into(),
+    )
+}
+
 /// Turns one error into a factory of equivalent application errors, one per request.
 fn shareable(error: SqliteError) -> impl Fn() -> Error {
     let app: Error = error.into();
@@ -389,7 +461,9 @@ fn stream_state(
 ) -> Result<Option<StreamState>, SqliteError> {
     let (last_version, deleted): (Option<i64>, bool) = conn
         .prepare_cached(crate::schema::STREAM_STATE_SQL)?
-        .query_row([stream_id.as_str()], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        .query_row(params![stream_id.as_str(), i64::MAX], |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })?;
     Ok(last_version.map(|v| StreamState {
         last_version: Some(v as u64),
         deleted,

@@ -183,7 +183,7 @@ impl Backend {
                 let path = dir.path().join(format!("case-{case}.db"));
                 let mut config = SqliteConfig::new(&path);
                 if mode == CommitMode::OneTxPerAppend {
-                    config.max_batch_events = 1;
+                    config.group_commit = false;
                 }
                 Ok(Fresh {
                     store: Arc::new(SqliteStore::open(config).await?),

@@ -1,0 +1,154 @@
+//! SQLite specifics: reopening, the process lock, the commit modes, URLs.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use flexcore_app::store::{
+    EventAppender, EventFilter, EventReader, ReadAll, ReadStream, StreamAdmin,
+};
+use flexcore_domain::{ExpectedVersion, NewEvent, RawJson, StreamId};
+use flexcore_store_sqlite::{SqliteConfig, SqliteError, SqliteStore, Synchronous};
+use serde_json::json;
+
+fn event(n: u64) -> NewEvent {
+    NewEvent::new("t.happened", RawJson::from_value(&json!({ "n": n }))).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acknowledged_appends_survive_a_reopen_and_positions_continue() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("nested/dir/events.db");
+    let store = Arc::new(SqliteStore::open(SqliteConfig::new(&path)).await.unwrap());
+    let mut tasks = Vec::new();
+    for i in 0..50u64 {
+        let store = Arc::clone(&store);
+        tasks.push(tokio::spawn(async move {
+            let s = StreamId::new(format!("s-{i}")).unwrap();
+            store
+                .append(s, ExpectedVersion::NoStream, vec![event(i)])
+                .await
+                .unwrap()
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let deleted = StreamId::new("s-0").unwrap();
+    store
+        .delete_stream(&deleted, ExpectedVersion::Exact(0))
+        .await
+        .unwrap();
+    assert_eq!(store.head_position(), 50);
+    drop(store);
+
+    // The writer thread releases the process lock once it has drained its queue.
+    let mut reopened = None;
+    for _ in 0..100 {
+        match SqliteStore::open(SqliteConfig::new(&path)).await {
+            Ok(store) => {
+                reopened = Some(store);
+                break;
+            }
+            Err(SqliteError::InUse(_)) => tokio::time::sleep(Duration::from_millis(20)).await,
+            Err(e) => panic!("{e}"),
+        }
+    }
+    let store = reopened.expect("the store reopens");
+    assert_eq!(store.head_position(), 50);
+    let all = store
+        .read_all(ReadAll {
+            from_position: 0,
+            limit: 100,
+            filter: EventFilter::default(),
+        })
+        .await
+        .unwrap();
+    assert_eq!(all.events.len(), 50);
+    assert_eq!(all.next_position, 51);
+    let gone = store
+        .read_stream(ReadStream::forward(deleted.clone()))
+        .await
+        .unwrap();
+    assert_eq!(gone.current_version, None, "the delete survived too");
+    let next = store
+        .append(
+            StreamId::new("s-new").unwrap(),
+            ExpectedVersion::NoStream,
+            vec![event(99)],
+        )
+        .await
+        .unwrap();
+    assert_eq!(next.events[0].global_position, 51);
+}
+
+#[tokio::test]
+async fn one_process_per_database_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("events.db");
+    let _first = SqliteStore::open(SqliteConfig::new(&path)).await.unwrap();
+    match SqliteStore::open(SqliteConfig::new(&path)).await {
+        Err(SqliteError::InUse(p)) => assert_eq!(p, path),
+        Err(e) => panic!("unexpected error {e}"),
+        Ok(_) => panic!("a second store opened the same file"),
+    }
+}
+
+#[tokio::test]
+async fn every_commit_mode_appends_and_reads_back() {
+    for (group_commit, synchronous) in [
+        (true, Synchronous::Full),
+        (false, Synchronous::Full),
+        (true, Synchronous::Normal),
+        (false, Synchronous::Normal),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = SqliteConfig::new(dir.path().join("events.db"));
+        config.group_commit = group_commit;
+        config.synchronous = synchronous;
+        let store = Arc::new(SqliteStore::open(config).await.unwrap());
+        let mut tasks = Vec::new();
+        for i in 0..20u64 {
+            let store = Arc::clone(&store);
+            tasks.push(tokio::spawn(async move {
+                store
+                    .append(
+                        StreamId::new("one").unwrap(),
+                        ExpectedVersion::Any,
+                        vec![event(i), event(i)],
+                    )
+                    .await
+                    .unwrap()
+            }));
+        }
+        for t in tasks {
+            t.await.unwrap();
+        }
+        let slice = store
+            .read_stream(ReadStream::forward(StreamId::new("one").unwrap()))
+            .await
+            .unwrap();
+        assert_eq!(
+            slice.current_version,
+            Some(39),
+            "{group_commit} {synchronous:?}"
+        );
+        let versions: Vec<u64> = slice.events.iter().map(|e| e.stream_version).collect();
+        assert_eq!(versions, (0..40).collect::<Vec<_>>());
+    }
+}
+
+#[test]
+fn store_urls_are_parsed() {
+    assert_eq!(
+        SqliteConfig::from_url("sqlite://./data/x.db").unwrap().path,
+        std::path::Path::new("./data/x.db")
+    );
+    assert_eq!(
+        SqliteConfig::from_url("sqlite:/tmp/y.db?mode=rwc")
+            .unwrap()
+            .path,
+        std::path::Path::new("/tmp/y.db")
+    );
+    assert!(SqliteConfig::from_url("sqlite://").is_err());
+    assert!(SqliteConfig::from_url("postgres://x").is_err());
+}
