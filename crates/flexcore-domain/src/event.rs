@@ -42,39 +42,51 @@ impl fmt::Display for EventId {
 
 /// A JSON document kept as its original text: events are stored and served without being
 /// re-parsed into a tree on the hot paths.
-#[derive(Clone, Serialize, Deserialize)]
-#[serde(transparent)]
-pub struct RawJson(Box<RawValue>);
+#[derive(Clone)]
+pub struct RawJson(Box<str>);
+
+/// The name under which `serde_json` recognises a value to embed verbatim (what its own
+/// `RawValue` serialises as). `raw_json_serialises_verbatim` below fails if that ever changes.
+const SERDE_JSON_RAW_TOKEN: &str = "$serde_json::private::RawValue";
 
 impl RawJson {
     /// Parses (and so validates) JSON text.
     pub fn from_string(text: String) -> Result<Self, DomainError> {
         RawValue::from_string(text)
-            .map(Self)
+            .map(Self::from)
             .map_err(|e| DomainError::validation(format!("invalid JSON: {e}")))
+    }
+
+    /// Wraps text that this process validated before storing it, without parsing it again.
+    ///
+    /// Only for stores handing back what they were given through the checked constructors
+    /// (reading the log must not pay for a second parse); invalid text here would be served
+    /// as invalid JSON.
+    pub fn from_stored(text: String) -> Self {
+        Self(text.into_boxed_str())
     }
 
     /// Serialises a value.
     pub fn from_value(value: &Value) -> Self {
         // Serialising a `Value` cannot fail: its keys are strings.
-        Self(serde_json::value::to_raw_value(value).expect("a JSON value serialises"))
+        Self::from(serde_json::value::to_raw_value(value).expect("a JSON value serialises"))
     }
 
     /// Serialises any serde value.
     pub fn to_raw<T: Serialize + ?Sized>(value: &T) -> Result<Self, DomainError> {
         serde_json::value::to_raw_value(value)
-            .map(Self)
+            .map(Self::from)
             .map_err(|e| DomainError::validation(format!("cannot encode as JSON: {e}")))
     }
 
     /// The empty object `{}`.
     pub fn empty_object() -> Self {
-        Self::from_string("{}".to_owned()).expect("valid JSON")
+        Self("{}".into())
     }
 
     /// The JSON text.
     pub fn get(&self) -> &str {
-        self.0.get()
+        &self.0
     }
 
     /// Whether the document is a JSON object.
@@ -85,6 +97,34 @@ impl RawJson {
     /// Parses the document into a typed value.
     pub fn decode<T: DeserializeOwned>(&self) -> Result<T, serde_json::Error> {
         serde_json::from_str(self.get())
+    }
+}
+
+impl From<Box<RawValue>> for RawJson {
+    fn from(raw: Box<RawValue>) -> Self {
+        Self(raw.into())
+    }
+}
+
+impl Serialize for RawJson {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        let mut raw = serializer.serialize_struct(SERDE_JSON_RAW_TOKEN, 1)?;
+        raw.serialize_field(SERDE_JSON_RAW_TOKEN, self.get())?;
+        raw.end()
+    }
+}
+
+impl<'de> Deserialize<'de> for RawJson {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        Box::<RawValue>::deserialize(deserializer).map(Self::from)
+    }
+}
+
+impl Default for RawJson {
+    /// The empty object `{}`.
+    fn default() -> Self {
+        Self::empty_object()
     }
 }
 
@@ -210,6 +250,15 @@ impl EventMetadata {
     pub fn is_empty(&self) -> bool {
         *self == Self::default()
     }
+
+    /// The metadata as the JSON text stores keep (`{}` when empty).
+    pub fn to_raw(&self) -> RawJson {
+        if self.is_empty() {
+            return RawJson::empty_object();
+        }
+        // Every field is a string or a JSON value: serialising cannot fail.
+        RawJson::to_raw(self).expect("metadata serialises")
+    }
 }
 
 /// An event proposed for appending; the store gives it a stream version and a global position.
@@ -294,11 +343,22 @@ pub struct EventEnvelope {
     pub schema_version: u32,
     /// The payload (a JSON object).
     pub data: RawJson,
-    /// Causation, correlation, actor, trace context.
-    pub metadata: EventMetadata,
+    /// Causation, correlation, actor, trace context, as stored; typed access with
+    /// [`EventEnvelope::decode_metadata`]. Kept as text like `data`, so that reading the log
+    /// does not parse what most readers never look at.
+    pub metadata: RawJson,
     /// When the store committed it (UTC).
     #[serde(with = "time::serde::rfc3339")]
     pub recorded_at: OffsetDateTime,
+}
+
+impl EventEnvelope {
+    /// The metadata, typed.
+    pub fn decode_metadata(&self) -> Result<EventMetadata, DomainError> {
+        self.metadata
+            .decode()
+            .map_err(|e| DomainError::validation(format!("stored metadata is not valid: {e}")))
+    }
 }
 
 /// A typed domain event.
@@ -354,6 +414,26 @@ mod tests {
             assert!(NewEvent::new("t", raw).is_err(), "{not_object}");
         }
         assert!(RawJson::from_string("{".into()).is_err());
+    }
+
+    #[test]
+    fn raw_json_serialises_verbatim() {
+        let raw = RawJson::from_string(r#"{"b": [1, 2],  "a":"x"}"#.into()).unwrap();
+        let wrapped = serde_json::json!({ "data": serde_json::to_value(&raw).unwrap() });
+        assert_eq!(wrapped["data"]["b"][1], 2);
+        let text = serde_json::to_string(&Wrapper { data: raw.clone() }).unwrap();
+        assert_eq!(
+            text, r#"{"data":{"b": [1, 2],  "a":"x"}}"#,
+            "embedded as is"
+        );
+        let back: Wrapper = serde_json::from_str(&text).unwrap();
+        assert_eq!(back.data, raw);
+        assert_eq!(RawJson::from_stored("[1]".into()).get(), "[1]");
+    }
+
+    #[derive(Serialize, Deserialize)]
+    struct Wrapper {
+        data: RawJson,
     }
 
     #[test]

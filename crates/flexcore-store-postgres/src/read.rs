@@ -1,11 +1,11 @@
 //! The read path: stream pages, global-log pages under the watermark, and row decoding.
 //!
 //! Payloads are selected as `jsonb::text` and wrapped as [`RawJson`] without building a JSON
-//! tree; only metadata (small, typed) is parsed.
+//! tree.
 
 use deadpool_postgres::ClientWrapper;
 use flexcore_app::store::{AllSlice, Direction, ReadAll, ReadStream, StreamSlice, clamp_limit};
-use flexcore_domain::{EventEnvelope, EventId, EventMetadata, RawJson, StreamId};
+use flexcore_domain::{EventEnvelope, EventId, RawJson, StreamId};
 use tokio_postgres::Row;
 use tokio_postgres::types::ToSql;
 
@@ -199,11 +199,9 @@ fn envelope(
         None => StreamId::new(row.try_get::<_, String>(at + 2)?)
             .map_err(|e| PostgresError::Corrupt(e.to_string()))?,
     };
-    let data = RawJson::from_string(row.try_get(at + 6)?)
-        .map_err(|e| PostgresError::Corrupt(format!("event data: {e}")))?;
-    let metadata: String = row.try_get(at + 7)?;
-    let metadata: EventMetadata = serde_json::from_str(&metadata)
-        .map_err(|e| PostgresError::Corrupt(format!("event metadata: {e}")))?;
+    // `jsonb::text` is valid JSON by construction: no second parse on the read path.
+    let data = RawJson::from_stored(row.try_get(at + 6)?);
+    let metadata = RawJson::from_stored(row.try_get(at + 7)?);
     Ok(EventEnvelope {
         global_position: to_u64(row.try_get(at)?)?,
         event_id: EventId(row.try_get(at + 1)?),

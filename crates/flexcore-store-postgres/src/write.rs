@@ -346,12 +346,7 @@ async fn write_batch(
         // Stored as `integer`; the bit-cast round-trips every u32.
         schema_versions.push(row.event.schema_version.cast_signed());
         data.push(row.event.data.get());
-        metadata.push(if row.event.metadata.is_empty() {
-            "{}".to_owned()
-        } else {
-            serde_json::to_string(&row.event.metadata)
-                .map_err(|e| PostgresError::Corrupt(format!("cannot encode metadata: {e}")))?
-        });
+        metadata.push(row.event.metadata.to_raw().get().to_owned());
     }
     let mut changed_ids = Vec::new();
     let mut changed_versions = Vec::new();

@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 use flexcore_app::store::{
     AllSlice, Direction, ReadAll, ReadStream, Snapshot, StreamSlice, clamp_limit,
 };
-use flexcore_domain::{EventEnvelope, EventId, EventMetadata, RawJson, StreamId};
+use flexcore_domain::{EventEnvelope, EventId, RawJson, StreamId};
 use rusqlite::types::ToSql;
 use rusqlite::{Connection, OptionalExtension, Row};
 use time::OffsetDateTime;
@@ -212,16 +212,8 @@ fn envelope(row: &Row<'_>) -> Result<EventEnvelope, SqliteError> {
     let corrupt =
         |what: &str, e: &dyn std::fmt::Display| SqliteError::Corrupt(format!("{what}: {e}"));
     let id: [u8; 16] = row.get(1)?;
-    // Parsed straight from SQLite's buffer: no intermediate copy.
-    let metadata = row
-        .get_ref(7)?
-        .as_bytes()
-        .map_err(|e| corrupt("metadata", &e))?;
-    let metadata = if metadata == b"{}" {
-        EventMetadata::default()
-    } else {
-        serde_json::from_slice(metadata).map_err(|e| corrupt("metadata", &e))?
-    };
+    // Both documents were validated on their way in: no second parse on the read path.
+    let metadata = RawJson::from_stored(row.get(7)?);
     let micros: i64 = row.get(8)?;
     Ok(EventEnvelope {
         global_position: row.get::<_, i64>(0)? as u64,
@@ -230,7 +222,7 @@ fn envelope(row: &Row<'_>) -> Result<EventEnvelope, SqliteError> {
         stream_version: row.get::<_, i64>(3)? as u64,
         event_type: row.get(4)?,
         schema_version: row.get(5)?,
-        data: RawJson::from_string(row.get(6)?).map_err(|e| corrupt("data", &e))?,
+        data: RawJson::from_stored(row.get(6)?),
         metadata,
         recorded_at: OffsetDateTime::from_unix_timestamp_nanos(i128::from(micros) * 1000)
             .map_err(|e| corrupt("recorded_at", &e))?,

@@ -219,12 +219,7 @@ impl Writer {
                      VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
                 )?;
                 for (i, row) in plan.rows.iter().enumerate() {
-                    let metadata = if row.event.metadata.is_empty() {
-                        "{}".to_owned()
-                    } else {
-                        serde_json::to_string(&row.event.metadata)
-                            .map_err(|e| SqliteError::Corrupt(e.to_string()))?
-                    };
+                    let metadata = row.event.metadata.to_raw();
                     insert.execute(params![
                         (first_position + i as u64) as i64,
                         row.event.event_id.0.as_bytes(),
@@ -234,7 +229,7 @@ impl Writer {
                         row.event.event_type,
                         row.event.schema_version,
                         row.event.data.get(),
-                        metadata,
+                        metadata.get(),
                         recorded_at,
                     ])?;
                 }

@@ -864,7 +864,7 @@ pub async fn stream_ids_and_data_are_stored_literally(store: Arc<dyn EventStore>
     assert_eq!(read.stream_id, s);
     assert_eq!(read.event_type, "weird.Type_1:v2");
     assert_eq!(read.data.decode::<serde_json::Value>().unwrap(), data);
-    assert_eq!(read.metadata, metadata);
+    assert_eq!(read.decode_metadata().unwrap(), metadata);
     assert_eq!(read.event_id, e.event_id);
 }
 

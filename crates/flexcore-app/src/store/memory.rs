@@ -106,7 +106,7 @@ impl EventAppender for InMemoryStore {
                 event_type: row.event.event_type.clone(),
                 schema_version: row.event.schema_version,
                 data: row.event.data.clone(),
-                metadata: row.event.metadata.clone(),
+                metadata: row.event.metadata.to_raw(),
                 recorded_at,
             });
         }
