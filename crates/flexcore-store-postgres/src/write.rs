@@ -33,7 +33,8 @@ use crate::PostgresError;
 /// statements live as long as the pooled connection, and while a table is small PostgreSQL
 /// prefers sequential scans (and keeps re-planning them); pricing those out keeps the lookups on
 /// the indexes whatever the table's size or statistics, and doubled group-commit throughput.
-const BEGIN: &str = "BEGIN ISOLATION LEVEL READ COMMITTED; SET LOCAL enable_seqscan = off";
+const BEGIN: &str = "BEGIN ISOLATION LEVEL READ COMMITTED; SET LOCAL enable_seqscan = off; \
+                     SET LOCAL plan_cache_mode = force_generic_plan";
 
 /// Creates the batch's missing stream rows and locks the existing ones, returning their state.
 /// Rows are taken in array order, which is the planner's sorted order for every committer: no
