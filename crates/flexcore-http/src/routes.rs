@@ -11,8 +11,10 @@ use axum::{Json, Router};
 use flexcore_app::command::{Command, CommandContext};
 use flexcore_app::query::{Query, QueryContext};
 use flexcore_app::store::{Direction, EventFilter, ReadAll, ReadStream};
-use flexcore_domain::{EventId, EventMetadata, ExpectedVersion, NewEvent, RawJson, StreamId};
-use serde::Deserialize;
+use flexcore_domain::{
+    EventEnvelope, EventId, EventMetadata, ExpectedVersion, NewEvent, RawJson, StreamId,
+};
+use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 use uuid::Uuid;
 
@@ -211,7 +213,7 @@ async fn read_stream(
     State(state): State<AppState>,
     Path(raw_stream_id): Path<String>,
     params: Result<QueryParams<StreamParams>, QueryRejection>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Response, ApiError> {
     let stream_id = stream_id(raw_stream_id)?;
     let QueryParams(params) = params.map_err(|e| ApiError::bad_request(e.body_text()))?;
     let slice = state
@@ -229,11 +231,28 @@ async fn read_stream(
             slice.stream_id
         )));
     };
-    Ok(Json(json!({
-        "stream_id": slice.stream_id,
-        "version": version,
-        "events": slice.events,
-    })))
+    Ok(Json(StreamPage {
+        stream_id: slice.stream_id,
+        version,
+        events: slice.events,
+    })
+    .into_response())
+}
+
+/// `GET /v1/streams/{id}`'s answer, serialised straight from the envelopes (their payloads are
+/// raw JSON text, embedded as is).
+#[derive(Serialize)]
+struct StreamPage {
+    stream_id: StreamId,
+    version: u64,
+    events: Vec<EventEnvelope>,
+}
+
+/// `GET /v1/events`'s answer.
+#[derive(Serialize)]
+struct LogPage {
+    events: Vec<EventEnvelope>,
+    next_position: u64,
 }
 
 #[derive(Deserialize)]
@@ -249,7 +268,7 @@ struct AllParams {
 async fn read_all(
     State(state): State<AppState>,
     params: Result<QueryParams<AllParams>, QueryRejection>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Response, ApiError> {
     let QueryParams(params) = params.map_err(|e| ApiError::bad_request(e.body_text()))?;
     let slice = state
         .store
@@ -262,8 +281,9 @@ async fn read_all(
             },
         })
         .await?;
-    Ok(Json(json!({
-        "events": slice.events,
-        "next_position": slice.next_position,
-    })))
+    Ok(Json(LogPage {
+        events: slice.events,
+        next_position: slice.next_position,
+    })
+    .into_response())
 }
