@@ -251,19 +251,7 @@ impl StreamAdmin for PostgresStore {
             None => None,
         };
         // Dropping `tx` on the error paths rolls back (and releases the row lock).
-        if current.is_none() {
-            return Err(
-                DomainError::NotFound(format!("stream '{stream_id}' does not exist")).into(),
-            );
-        }
-        if !expected.is_satisfied_by(current) {
-            return Err(DomainError::WrongExpectedVersion {
-                stream_id: stream_id.to_string(),
-                expected,
-                current,
-            }
-            .into());
-        }
+        flexcore_app::store::plan::check_delete(stream_id, expected, current)?;
         let params: [&(dyn tokio_postgres::types::ToSql + Sync); 1] = [&id];
         tokio::try_join!(tx.execute(&delete, &params), tx.execute(&forget, &params))
             .map_err(PostgresError::from)?;

@@ -326,19 +326,7 @@ impl Writer {
             .map_err(SqliteError::from)?;
         let state = stream_state(&tx, stream_id)?.unwrap_or_default();
         let current = state.current_version();
-        if current.is_none() {
-            return Err(
-                DomainError::NotFound(format!("stream '{stream_id}' does not exist")).into(),
-            );
-        }
-        if !expected.is_satisfied_by(current) {
-            return Err(DomainError::WrongExpectedVersion {
-                stream_id: stream_id.to_string(),
-                expected,
-                current,
-            }
-            .into());
-        }
+        plan::check_delete(stream_id, expected, current)?;
         let visible_from = state.next_version() as i64;
         (|| -> Result<(), rusqlite::Error> {
             tx.execute(

@@ -214,19 +214,7 @@ impl StreamAdmin for InMemoryStore {
             .streams
             .get(stream_id)
             .and_then(|s| s.state.current_version());
-        if current.is_none() {
-            return Err(
-                DomainError::NotFound(format!("stream '{stream_id}' does not exist")).into(),
-            );
-        }
-        if !expected.is_satisfied_by(current) {
-            return Err(DomainError::WrongExpectedVersion {
-                stream_id: stream_id.to_string(),
-                expected,
-                current,
-            }
-            .into());
-        }
+        plan::check_delete(stream_id, expected, current)?;
         let stream = inner.streams.get_mut(stream_id).expect("checked above");
         stream.state.deleted = true;
         stream.truncate_before = stream.state.next_version();

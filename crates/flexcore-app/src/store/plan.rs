@@ -11,7 +11,7 @@
 use std::collections::{HashMap, HashSet};
 use std::ops::Range;
 
-use flexcore_domain::{DomainError, EventId, NewEvent, StreamId};
+use flexcore_domain::{DomainError, EventId, ExpectedVersion, NewEvent, StreamId};
 
 use super::{AppendResult, AppendedEvent, StreamWrite, StreamWriteResult};
 use crate::{Error, Result};
@@ -157,6 +157,27 @@ impl BatchPlan {
             })
             .collect()
     }
+}
+
+/// The rule of a soft delete: the stream must exist (and not be deleted already) and be where
+/// the caller expects it. `current` is its current version.
+pub fn check_delete(
+    stream_id: &StreamId,
+    expected: ExpectedVersion,
+    current: Option<u64>,
+) -> Result<()> {
+    if current.is_none() {
+        return Err(DomainError::NotFound(format!("stream '{stream_id}' does not exist")).into());
+    }
+    if !expected.is_satisfied_by(current) {
+        return Err(DomainError::WrongExpectedVersion {
+            stream_id: stream_id.to_string(),
+            expected,
+            current,
+        }
+        .into());
+    }
+    Ok(())
 }
 
 /// Every distinct stream id a batch touches, sorted (lock in this order to avoid deadlocks).
@@ -340,8 +361,8 @@ fn replay(
             k.stream_id == write.stream_id && k.stream_version == first.stream_version + i as u64
         });
         let expectation_fits = match write.expected {
-            flexcore_domain::ExpectedVersion::Exact(v) => first.stream_version == v + 1,
-            flexcore_domain::ExpectedVersion::StreamExists => first.stream_version > 0,
+            ExpectedVersion::Exact(v) => first.stream_version == v + 1,
+            ExpectedVersion::StreamExists => first.stream_version > 0,
             _ => true,
         };
         if !in_place || !expectation_fits {
