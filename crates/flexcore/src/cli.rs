@@ -6,7 +6,14 @@ use clap::{Args, Parser, Subcommand};
 
 /// FlexCore: a CQRS + event-sourcing engine — event store, buses, gateways — in one binary.
 #[derive(Debug, Parser)]
-#[command(name = "flexcore", version, about, long_about = None)]
+#[command(
+    name = "flexcore",
+    version,
+    about,
+    long_about = None,
+    after_help = "Client exit codes: 0 done, 1 refused by the server (4xx), 2 usage error, \
+                  3 server unreachable or failing (5xx)."
+)]
 pub struct Cli {
     /// What to do.
     #[command(subcommand)]
@@ -21,6 +28,16 @@ pub enum Command {
     /// Measure the event store: durable appends/s with group commit against one transaction
     /// per append, and read_all events/s against a raw keyset-paged SELECT.
     Bench(crate::bench::BenchArgs),
+    /// Send a command to a running server.
+    Send(crate::client::SendArgs),
+    /// Ask a running server a query.
+    Ask(crate::client::AskArgs),
+    /// Read streams from a running server.
+    #[command(subcommand)]
+    Stream(crate::client::StreamCommand),
+    /// Read the global log from a running server.
+    #[command(subcommand)]
+    Events(crate::client::EventsCommand),
 }
 
 /// Settings for `flexcore serve`; each also comes from its `FLEXCORE_*` variable or the config

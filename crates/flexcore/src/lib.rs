@@ -1,6 +1,7 @@
 //! FlexCore's composition root: the only place that picks adapters.
 //!
-//! * [`cli`]: the command line (`serve`, `bench`);
+//! * [`cli`]: the command line (`serve`, `bench`, and the client commands);
+//! * [`client`]: `send`, `ask`, `stream read`, `events tail` against a running server;
 //! * [`config`]: settings from `flexcore.toml`, `FLEXCORE_*` variables and flags;
 //! * [`server`]: opens the store named by the store URL, wires the buses and the sample
 //!   domain, and serves HTTP until shutdown;
@@ -8,5 +9,6 @@
 
 pub mod bench;
 pub mod cli;
+pub mod client;
 pub mod config;
 pub mod server;

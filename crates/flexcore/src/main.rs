@@ -14,12 +14,24 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let result = runtime.block_on(async {
+    let client = runtime.block_on(async {
         match cli.command {
-            Command::Serve(args) => flexcore::server::serve_from_args(args).await,
-            Command::Bench(args) => flexcore::bench::run(args).await,
+            Command::Serve(args) => Err(flexcore::server::serve_from_args(args).await),
+            Command::Bench(args) => Err(flexcore::bench::run(args).await),
+            Command::Send(args) => Ok(flexcore::client::send(args).await),
+            Command::Ask(args) => Ok(flexcore::client::ask(args).await),
+            Command::Stream(command) => Ok(flexcore::client::stream(command).await),
+            Command::Events(command) => Ok(flexcore::client::events(command).await),
         }
     });
+    let result = match client {
+        Ok(Ok(())) => return ExitCode::SUCCESS,
+        Ok(Err(e)) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(e.exit_code());
+        }
+        Err(result) => result,
+    };
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

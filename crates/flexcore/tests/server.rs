@@ -1,69 +1,14 @@
 //! The real binary: durability across `kill -9`, start-up errors, graceful shutdown.
 
-use std::net::TcpListener;
+mod common;
+
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
+
+use common::Server;
 
 use serde_json::{Value, json};
-
-struct Server {
-    child: Child,
-    base: String,
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-impl Server {
-    async fn start_with(data: &Path, store_url: &str) -> Self {
-        let port = free_port();
-        let child = Command::new(env!("CARGO_BIN_EXE_flexcore"))
-            .arg("serve")
-            .env("FLEXCORE_HTTP_ADDR", format!("127.0.0.1:{port}"))
-            .env("FLEXCORE_STORE_URL", store_url)
-            .env("FLEXCORE_LOG", "warn")
-            .env_remove("FLEXCORE_CONFIG")
-            .current_dir(data)
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap();
-        let server = Self {
-            child,
-            base: format!("http://127.0.0.1:{port}"),
-        };
-        let client = reqwest::Client::new();
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while client
-            .get(format!("{}/health", server.base))
-            .send()
-            .await
-            .is_err()
-        {
-            assert!(Instant::now() < deadline, "the server did not start");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        server
-    }
-
-    fn kill_9(mut self) {
-        self.child.kill().unwrap();
-        self.child.wait().unwrap();
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn acknowledged_writes_survive_kill_9() {

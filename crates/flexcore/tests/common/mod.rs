@@ -1,0 +1,70 @@
+//! Starting the real binary for tests.
+
+use std::net::TcpListener;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// A `flexcore serve` child process on a free port.
+pub struct Server {
+    child: Child,
+    /// `http://127.0.0.1:{port}`.
+    pub base: String,
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+impl Server {
+    /// Starts the server on `store_url` with `data` as working directory; waits for /health.
+    pub async fn start_with(data: &Path, store_url: &str) -> Self {
+        let port = free_port();
+        let child = Command::new(env!("CARGO_BIN_EXE_flexcore"))
+            .arg("serve")
+            .env("FLEXCORE_HTTP_ADDR", format!("127.0.0.1:{port}"))
+            .env("FLEXCORE_GRPC_ADDR", format!("127.0.0.1:{}", free_port()))
+            .env("FLEXCORE_STORE_URL", store_url)
+            .env("FLEXCORE_LOG", "warn")
+            .env_remove("FLEXCORE_CONFIG")
+            .current_dir(data)
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let server = Self {
+            child,
+            base: format!("http://127.0.0.1:{port}"),
+        };
+        let client = reqwest::Client::new();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while client
+            .get(format!("{}/health", server.base))
+            .send()
+            .await
+            .is_err()
+        {
+            assert!(Instant::now() < deadline, "the server did not start");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        server
+    }
+
+    /// Kills the server with SIGKILL.
+    #[allow(dead_code)]
+    pub fn kill_9(mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
