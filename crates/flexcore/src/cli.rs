@@ -28,6 +28,9 @@ pub enum Command {
     /// Measure the event store: durable appends/s with group commit against one transaction
     /// per append, and read_all events/s against a raw keyset-paged SELECT.
     Bench(crate::bench::BenchArgs),
+    /// Inspect the configuration.
+    #[command(subcommand)]
+    Config(ConfigCommand),
     /// Send a command to a running server.
     Send(crate::client::SendArgs),
     /// Ask a running server a query.
@@ -38,6 +41,21 @@ pub enum Command {
     /// Read the global log from a running server.
     #[command(subcommand)]
     Events(crate::client::EventsCommand),
+}
+
+/// `flexcore config …`.
+#[derive(Debug, Subcommand)]
+pub enum ConfigCommand {
+    /// Print the effective settings of `flexcore serve` (file, variables and flags merged),
+    /// with secrets masked.
+    Show {
+        /// The same settings `serve` takes.
+        #[command(flatten)]
+        settings: ServeArgs,
+        /// Print JSON instead of TOML.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 /// Settings for `flexcore serve`; each also comes from its `FLEXCORE_*` variable or the config

@@ -161,6 +161,39 @@ impl Settings {
     }
 }
 
+impl Settings {
+    /// The settings as `(file key, value)` pairs, secrets masked: what `flexcore config show`
+    /// prints.
+    pub fn effective(&self) -> Vec<(&'static str, serde_json::Value)> {
+        use serde_json::json;
+        vec![
+            ("http_addr", json!(self.http_addr.to_string())),
+            ("grpc_addr", json!(self.grpc_addr.to_string())),
+            (
+                "store_url",
+                json!(crate::server::mask_password(&self.store_url)),
+            ),
+            ("log", json!(self.log)),
+            (
+                "log_format",
+                json!(match self.log_format {
+                    LogFormat::Text => "text",
+                    LogFormat::Json => "json",
+                }),
+            ),
+            ("max_body_bytes", json!(self.max_body_bytes)),
+        ]
+    }
+
+    /// The effective settings as a `flexcore.toml` document.
+    pub fn to_toml(&self) -> String {
+        self.effective()
+            .into_iter()
+            .map(|(key, value)| format!("{key} = {value}\n"))
+            .collect()
+    }
+}
+
 fn load_file(path: &Path) -> Result<FileSettings, ConfigError> {
     let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
         path: path.to_owned(),
@@ -170,6 +203,22 @@ fn load_file(path: &Path) -> Result<FileSettings, ConfigError> {
         path: path.to_owned(),
         message: e.to_string(),
     })
+}
+
+/// `flexcore config show`: prints the effective settings (TOML, or JSON with `json`).
+pub fn show(args: ServeArgs, json: bool) -> anyhow::Result<()> {
+    let settings = Settings::resolve(args)?;
+    if json {
+        let map: serde_json::Map<String, serde_json::Value> = settings
+            .effective()
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), v))
+            .collect();
+        println!("{}", serde_json::Value::Object(map));
+    } else {
+        print!("{}", settings.to_toml());
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -203,6 +252,23 @@ mod tests {
         assert_eq!(s.http_addr.to_string(), DEFAULT_HTTP_ADDR);
         assert_eq!(s.store_url, DEFAULT_STORE_URL);
         assert_eq!(s.log_format, LogFormat::Text);
+    }
+
+    #[test]
+    fn the_effective_settings_round_trip_and_mask_secrets() {
+        let (_dir, mut args) = with_file("log = \"debug\"\n");
+        args.store_url = Some("postgres://app:s3cret@db:5432/events".into());
+        let settings = Settings::resolve(args).unwrap();
+        let shown = settings.to_toml();
+        assert!(
+            shown.contains("store_url = \"postgres://app:****@db:5432/events\""),
+            "{shown}"
+        );
+        assert!(!shown.contains("s3cret"));
+        let (_dir, args) = with_file(&shown);
+        let again = Settings::resolve(args).unwrap();
+        assert_eq!(again.log, "debug");
+        assert_eq!(again.http_addr, settings.http_addr);
     }
 
     #[test]

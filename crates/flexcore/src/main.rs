@@ -18,6 +18,9 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Serve(args) => Err(flexcore::server::serve_from_args(args).await),
             Command::Bench(args) => Err(flexcore::bench::run(args).await),
+            Command::Config(flexcore::cli::ConfigCommand::Show { settings, json }) => {
+                Err(flexcore::config::show(settings, json))
+            }
             Command::Send(args) => Ok(flexcore::client::send(args).await),
             Command::Ask(args) => Ok(flexcore::client::ask(args).await),
             Command::Stream(command) => Ok(flexcore::client::stream(command).await),
