@@ -44,6 +44,8 @@ pub struct CommandContext {
     pub traceparent: Option<String>,
     /// The caller's W3C `tracestate`.
     pub tracestate: Option<String>,
+    /// The client's idempotency key (see [`crate::idempotency`]).
+    pub idempotency_key: Option<String>,
 }
 
 impl Default for CommandContext {
@@ -55,6 +57,7 @@ impl Default for CommandContext {
             tenant: None,
             traceparent: None,
             tracestate: None,
+            idempotency_key: None,
         }
     }
 }
@@ -228,6 +231,15 @@ pub trait CommandBusExt: CommandBus + Sized {
     /// Traces and logs every command.
     fn with_tracing(self) -> Traced<Self> {
         Traced { inner: self }
+    }
+
+    /// Honours idempotency keys for `ttl`, remembering at most `capacity` keys.
+    fn with_idempotency(
+        self,
+        ttl: std::time::Duration,
+        capacity: usize,
+    ) -> crate::idempotency::Idempotent<Self> {
+        crate::idempotency::Idempotent::new(self, ttl, capacity)
     }
 }
 

@@ -9,11 +9,13 @@
 //! * [`repository`]: load aggregates (snapshot + later events), append with optimistic
 //!   concurrency, retry on conflict;
 //! * [`command`], [`query`], [`event_bus`]: the buses and their middleware decorators;
+//! * [`idempotency`]: the `Idempotency-Key` decorator of the command bus;
 //! * [`users`]: the sample domain's command and query handlers.
 
 pub mod command;
 mod error;
 pub mod event_bus;
+pub mod idempotency;
 pub mod query;
 pub mod repository;
 pub mod store;

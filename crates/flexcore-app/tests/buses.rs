@@ -314,3 +314,117 @@ async fn the_event_bus_delivers_committed_events_by_type_and_retries_failures() 
         .unwrap()
         .unwrap();
 }
+
+/// Counts executions; answers with a fresh command id each time.
+struct Counting {
+    calls: AtomicU32,
+    delay: Duration,
+}
+
+#[async_trait]
+impl CommandHandler for Counting {
+    async fn handle(&self, _ctx: &CommandContext, payload: &Value) -> Result<StreamWriteResult> {
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        tokio::time::sleep(self.delay).await;
+        match payload["outcome"].as_str() {
+            Some("unavailable") => Err(Error::Unavailable("try later".into())),
+            Some("taken") => Err(DomainError::AlreadyExists("taken".into()).into()),
+            _ => Ok(StreamWriteResult {
+                stream_id: StreamId::new("s-1").unwrap(),
+                current_version: Some(0),
+                events: vec![],
+            }),
+        }
+    }
+}
+
+#[tokio::test]
+async fn idempotency_keys_answer_retries_with_the_first_answer() {
+    let handler = Arc::new(Counting {
+        calls: AtomicU32::new(0),
+        delay: Duration::from_millis(20),
+    });
+    let mut router = CommandRouter::new();
+    router
+        .register("do", Arc::clone(&handler) as Arc<dyn CommandHandler>)
+        .unwrap();
+    let bus = Arc::new(router.with_idempotency(Duration::from_secs(60), 100));
+    let keyed = |key: &str| CommandContext {
+        idempotency_key: Some(key.into()),
+        ..CommandContext::default()
+    };
+
+    // Concurrent duplicates: one execution, one answer.
+    let mut tasks = Vec::new();
+    for _ in 0..5 {
+        let bus = Arc::clone(&bus);
+        let ctx = keyed("k-1");
+        tasks.push(tokio::spawn(async move {
+            bus.send(&ctx, &command(json!({"a": 1}))).await.unwrap()
+        }));
+    }
+    let mut ids = Vec::new();
+    for t in tasks {
+        ids.push(t.await.unwrap().command_id);
+    }
+    assert!(
+        ids.windows(2).all(|w| w[0] == w[1]),
+        "every retry gets the first answer"
+    );
+    assert_eq!(handler.calls.load(Ordering::SeqCst), 1);
+    let later = bus
+        .send(&keyed("k-1"), &command(json!({"a": 1})))
+        .await
+        .unwrap();
+    assert_eq!(later.command_id, ids[0]);
+    assert_eq!(handler.calls.load(Ordering::SeqCst), 1);
+
+    let other_body = bus
+        .send(&keyed("k-1"), &command(json!({"a": 2})))
+        .await
+        .unwrap_err();
+    assert_eq!(other_body.kind(), ErrorKind::Validation);
+    assert!(other_body.to_string().contains("different command"));
+
+    let rejected = bus
+        .send(&keyed("k-2"), &command(json!({"outcome": "taken"})))
+        .await
+        .unwrap_err();
+    assert_eq!(rejected.kind(), ErrorKind::Conflict);
+    let again = bus
+        .send(&keyed("k-2"), &command(json!({"outcome": "taken"})))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        again.kind(),
+        ErrorKind::Conflict,
+        "a refusal is remembered too"
+    );
+    assert_eq!(handler.calls.load(Ordering::SeqCst), 2);
+
+    bus.send(&keyed("k-3"), &command(json!({"outcome": "unavailable"})))
+        .await
+        .unwrap_err();
+    bus.send(&keyed("k-3"), &command(json!({"outcome": "unavailable"})))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        handler.calls.load(Ordering::SeqCst),
+        4,
+        "a transient failure is retried for real"
+    );
+
+    bus.send(&CommandContext::default(), &command(json!({"a": 1})))
+        .await
+        .unwrap();
+    bus.send(&CommandContext::default(), &command(json!({"a": 1})))
+        .await
+        .unwrap();
+    assert_eq!(
+        handler.calls.load(Ordering::SeqCst),
+        6,
+        "no key, no deduplication"
+    );
+    let bad = bus.send(&keyed(""), &command(json!({}))).await.unwrap_err();
+    assert_eq!(bad.kind(), ErrorKind::Validation);
+}

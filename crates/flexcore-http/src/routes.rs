@@ -64,6 +64,9 @@ fn command_context(headers: &HeaderMap) -> CommandContext {
         correlation_id: header("x-correlation-id"),
         traceparent: header("traceparent"),
         tracestate: header("tracestate"),
+        idempotency_key: headers
+            .get("idempotency-key")
+            .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned()),
         ..CommandContext::default()
     }
 }

@@ -288,6 +288,44 @@ async fn change_email_moves_the_reservation() {
 }
 
 #[tokio::test]
+async fn idempotency_keys_make_command_retries_safe() {
+    let app = app();
+    let send = |key: &'static str, email: &'static str| {
+        let request = Request::builder()
+            .method(Method::POST)
+            .uri("/v1/commands/create_user")
+            .header(header::CONTENT_TYPE, "application/json")
+            .header("Idempotency-Key", key)
+            .body(Body::from(json!({"email": email}).to_string()))
+            .unwrap();
+        let router = app.router.clone();
+        async move {
+            let response = router.oneshot(request).await.unwrap();
+            let status = response.status();
+            let bytes = response.into_body().collect().await.unwrap().to_bytes();
+            (status, serde_json::from_slice::<Value>(&bytes).unwrap())
+        }
+    };
+    let (status, first) = send("retry-1", "idem@example.com").await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, again) = send("retry-1", "idem@example.com").await;
+    assert_eq!(status, StatusCode::OK, "{again}");
+    assert_eq!(
+        again, first,
+        "the same key and body return the first answer"
+    );
+    assert_eq!(
+        app.event_count().await,
+        2,
+        "user.created + email.reserved, written once"
+    );
+    let (status, other) = send("retry-1", "other@example.com").await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(other["code"], "validation_failed");
+    assert_eq!(app.event_count().await, 2);
+}
+
+#[tokio::test]
 async fn raw_append_checks_expectations() {
     let app = app();
     let event = json!({"event_type": "order.placed", "data": {"total": 5}});

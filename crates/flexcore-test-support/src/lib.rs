@@ -40,7 +40,8 @@ impl StoreFixture {
     }
 }
 
-/// The sample domain's buses over `store`, wired as the server wires them (retry on conflict).
+/// The sample domain's buses over `store`, wired as the server wires them (retry on conflict,
+/// idempotency keys).
 pub fn sample_buses(
     store: Arc<dyn EventStore>,
 ) -> (
@@ -56,7 +57,11 @@ pub fn sample_buses(
     flexcore_app::users::register(&mut commands, &mut queries, Repository::new(store))
         .expect("the sample domain registers once");
     (
-        Arc::new(commands.with_retry(RetryPolicy::default())),
+        Arc::new(
+            commands
+                .with_retry(RetryPolicy::default())
+                .with_idempotency(std::time::Duration::from_secs(24 * 3600), 100_000),
+        ),
         Arc::new(queries),
     )
 }

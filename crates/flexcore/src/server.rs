@@ -21,6 +21,12 @@ use crate::config::{LogFormat, Settings};
 /// Snapshots of aggregates are taken every this many events.
 const SNAPSHOT_EVERY: u64 = 100;
 
+/// How long an idempotency key's answer is remembered.
+const IDEMPOTENCY_TTL: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
+
+/// How many idempotency keys are remembered at most.
+const IDEMPOTENCY_KEYS: usize = 100_000;
+
 /// Opens the event store a URL names: `sqlite://…` or `postgres://…`.
 pub async fn open_store(url: &str) -> anyhow::Result<Arc<dyn EventStore>> {
     if url.starts_with("sqlite:") {
