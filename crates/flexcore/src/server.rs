@@ -56,7 +56,12 @@ pub fn app_state(store: Arc<dyn EventStore>, settings: &Settings) -> anyhow::Res
     let mut queries = QueryRouter::new();
     flexcore_app::users::register(&mut commands, &mut queries, repository)?;
     Ok(AppState {
-        commands: Arc::new(commands.with_retry(RetryPolicy::default()).with_tracing()),
+        commands: Arc::new(
+            commands
+                .with_retry(RetryPolicy::default())
+                .with_idempotency(IDEMPOTENCY_TTL, IDEMPOTENCY_KEYS)
+                .with_tracing(),
+        ),
         queries: Arc::new(queries.with_tracing()),
         store,
         limits: Limits {
