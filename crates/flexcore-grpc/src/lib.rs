@@ -1,0 +1,202 @@
+//! FlexCore's gRPC gateway: the contract of `proto/flexcore/v1/*.proto` (package
+//! `flexcore.v1`) served with tonic.
+//!
+//! | service | rpc | does |
+//! |---|---|---|
+//! | `CommandService` | `Send` | send a command (trace metadata lands in its events) |
+//! | `QueryService` | `Ask` | ask a query |
+//! | `EventStore` | `Append` | raw append with an expected version |
+//! | | `ReadStream` | read a stream (paged, both directions) |
+//! | | `ReadAll` | read the global log (paged, filtered) |
+//! | | `SubscribeAll` | the global log from a position: history, then live (server streaming) |
+//! | `grpc.health.v1.Health` | `Check`, `Watch` | `SERVING` for `""` and each service above |
+//! | `grpc.reflection.v1(alpha).ServerReflection` | | the compiled contract, for `grpcurl` and friends |
+//!
+//! [`routes`] builds every service, so a caller can mount them on its own server; [`serve`]
+//! runs them on a listener until a shutdown future resolves. JSON travels as text fields
+//! (`*_json`) checked with the HTTP gateway's rules, and every failure leaves through one
+//! mapping to gRPC status codes (see the `error` module's table), the same semantics as
+//! `flexcore-http`.
+//!
+//! The `.proto` files are compiled by `build.rs` with `protox` (no system `protoc`); [`pb`]
+//! holds the generated messages, servers and clients.
+
+mod command;
+mod convert;
+mod error;
+mod event_store;
+mod query;
+
+use std::future::Future;
+use std::sync::Arc;
+
+use flexcore_app::command::CommandBus;
+use flexcore_app::query::QueryBus;
+use flexcore_app::store::EventStore;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic::service::Routes;
+use tonic_health::ServingStatus;
+use tonic_health::server::HealthReporter;
+
+pub use error::{CURRENT_VERSION_KEY, ERROR_CODE_KEY, EXPECTED_VERSION_KEY, GrpcError};
+
+/// The code generated from `proto/flexcore/v1/*.proto`: messages, servers and clients.
+pub mod pb {
+    #![allow(missing_docs, clippy::all)]
+    tonic::include_proto!("flexcore.v1");
+
+    /// The encoded `FileDescriptorSet` of the contract (with its imports), as served by
+    /// reflection.
+    pub const FILE_DESCRIPTOR_SET: &[u8] =
+        tonic::include_file_descriptor_set!("flexcore_descriptor");
+}
+
+/// Request limits.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// The largest request message accepted, in bytes (larger → `OUT_OF_RANGE`, as tonic answers).
+    pub max_message_bytes: usize,
+    /// The deepest JSON nesting accepted in a `*_json` field (deeper → `INVALID_ARGUMENT`).
+    pub max_json_depth: usize,
+}
+
+impl Default for Limits {
+    /// The HTTP gateway's defaults: 4 MiB, 64 levels.
+    fn default() -> Self {
+        Self {
+            max_message_bytes: 4 * 1024 * 1024,
+            max_json_depth: 64,
+        }
+    }
+}
+
+/// What the services need (the HTTP gateway's `AppState`, for gRPC).
+#[derive(Clone)]
+pub struct GrpcState {
+    /// Sends commands (with the server's middleware already attached).
+    pub commands: Arc<dyn CommandBus>,
+    /// Answers queries.
+    pub queries: Arc<dyn QueryBus>,
+    /// The event store, for raw appends, reads and subscriptions.
+    pub store: Arc<dyn EventStore>,
+    /// Request limits.
+    pub limits: Limits,
+}
+
+impl GrpcState {
+    /// A state with the default [`Limits`].
+    pub fn new(
+        commands: Arc<dyn CommandBus>,
+        queries: Arc<dyn QueryBus>,
+        store: Arc<dyn EventStore>,
+    ) -> Self {
+        Self {
+            commands,
+            queries,
+            store,
+            limits: Limits::default(),
+        }
+    }
+}
+
+/// The names of FlexCore's own services, as health checks and reflection know them.
+pub const SERVICE_NAMES: [&str; 3] = [
+    pb::command_service_server::SERVICE_NAME,
+    pb::query_service_server::SERVICE_NAME,
+    pb::event_store_server::SERVICE_NAME,
+];
+
+/// Builds every service: FlexCore's three, health and reflection (v1 and v1alpha).
+///
+/// Live subscriptions served from these routes end only when their client goes away; [`serve`]
+/// also ends them when it shuts down.
+pub async fn routes(state: GrpcState) -> Result<Routes, GrpcError> {
+    let (routes, _health) = build(state, Closing::never()).await?;
+    Ok(routes)
+}
+
+/// Serves the gRPC API on `listener` until `shutdown` resolves: health turns `NOT_SERVING`,
+/// live subscriptions end with `UNAVAILABLE`, in-flight calls finish, then it returns.
+pub async fn serve(
+    listener: TcpListener,
+    state: GrpcState,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), GrpcError> {
+    let (close, closing) = watch::channel(false);
+    let (routes, mut health) = build(state, Closing(closing)).await?;
+    let shutdown = async move {
+        shutdown.await;
+        // Health watchers see NOT_SERVING, then their streams end (a cleared status drops its
+        // sender) and live subscriptions end with UNAVAILABLE: open streams would otherwise
+        // hold the graceful shutdown open.
+        for name in std::iter::once("").chain(SERVICE_NAMES) {
+            health
+                .set_service_status(name, ServingStatus::NotServing)
+                .await;
+        }
+        for name in std::iter::once("").chain(SERVICE_NAMES) {
+            health.clear_service_status(name).await;
+        }
+        let _ = close.send(true);
+    };
+    tonic::transport::Server::builder()
+        .trace_fn(|request| tracing::info_span!("grpc", method = %request.uri().path()))
+        .add_routes(routes)
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+        .await?;
+    Ok(())
+}
+
+async fn build(state: GrpcState, closing: Closing) -> Result<(Routes, HealthReporter), GrpcError> {
+    use pb::command_service_server::CommandServiceServer;
+    use pb::event_store_server::EventStoreServer;
+    use pb::query_service_server::QueryServiceServer;
+
+    let max = state.limits.max_message_bytes;
+    let gateway = Gateway { state, closing };
+
+    let (health, health_service) = tonic_health::server::health_reporter();
+    for name in SERVICE_NAMES {
+        health
+            .set_service_status(name, ServingStatus::Serving)
+            .await;
+    }
+    let reflection = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    };
+    let routes = Routes::new(health_service)
+        .add_service(reflection().build_v1()?)
+        .add_service(reflection().build_v1alpha()?)
+        .add_service(CommandServiceServer::new(gateway.clone()).max_decoding_message_size(max))
+        .add_service(QueryServiceServer::new(gateway.clone()).max_decoding_message_size(max))
+        .add_service(EventStoreServer::new(gateway).max_decoding_message_size(max));
+    Ok((routes, health))
+}
+
+/// The services' shared implementation: the state, and the signal that ends subscriptions.
+#[derive(Clone)]
+struct Gateway {
+    state: GrpcState,
+    closing: Closing,
+}
+
+/// Resolves when the server shuts down (never, for routes mounted by the caller).
+#[derive(Clone)]
+struct Closing(watch::Receiver<bool>);
+
+impl Closing {
+    fn never() -> Self {
+        // The sender is dropped at once: `closed` then waits forever.
+        Self(watch::channel(false).1)
+    }
+
+    async fn closed(&mut self) {
+        if self.0.wait_for(|closing| *closing).await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    }
+}
