@@ -11,10 +11,12 @@
 //! | `POST /v1/streams/{stream_id}` | raw append with an expected version |
 //! | `GET /v1/streams/{stream_id}` | read a stream (paged, both directions) |
 //! | `GET /v1/events` | read the global log (paged, filtered) |
+//! | `GET /v1/events/live` | the global log as Server-Sent Events, resumable with `Last-Event-ID` |
 //! | `GET /health`, `GET /ready` | liveness, readiness |
 
 mod body;
 mod error;
+mod live;
 mod routes;
 
 use std::future::Future;
@@ -24,6 +26,7 @@ use flexcore_app::command::CommandBus;
 use flexcore_app::query::QueryBus;
 use flexcore_app::store::EventStore;
 use tokio::net::TcpListener;
+use tokio::sync::watch;
 
 pub use error::ApiError;
 pub use routes::router;
@@ -57,15 +60,28 @@ pub struct AppState {
     pub store: Arc<dyn EventStore>,
     /// Request limits.
     pub limits: Limits,
+    /// Turns true when the server shuts down: live streams end so connections can drain.
+    /// [`serve`] wires it; a state built elsewhere may use [`never_shut_down`].
+    pub shutdown: watch::Receiver<bool>,
+}
+
+/// A shutdown signal that never fires (for routers driven without [`serve`], e.g. in tests).
+pub fn never_shut_down() -> watch::Receiver<bool> {
+    watch::channel(false).1
 }
 
 /// Serves the API on `listener` until `shutdown` resolves, then lets in-flight requests finish.
 pub async fn serve(
     listener: TcpListener,
-    state: AppState,
+    mut state: AppState,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    let (stopping, stop_signal) = watch::channel(false);
+    state.shutdown = stop_signal;
     axum::serve(listener, router(state))
-        .with_graceful_shutdown(shutdown)
+        .with_graceful_shutdown(async move {
+            shutdown.await;
+            let _ = stopping.send(true);
+        })
         .await
 }

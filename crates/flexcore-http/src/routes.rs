@@ -33,6 +33,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/queries/{query_type}", get(ask_get).post(ask_post))
         .route("/v1/streams/{stream_id}", post(append).get(read_stream))
         .route("/v1/events", get(read_all))
+        .route("/v1/events/live", get(crate::live::live))
         .fallback(|| async { ApiError::not_found("no such route") })
         .method_not_allowed_fallback(|| async { ApiError::method_not_allowed() })
         .with_state(state)

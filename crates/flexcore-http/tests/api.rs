@@ -27,6 +27,7 @@ fn app() -> TestApp {
             max_body_bytes: 64 * 1024,
             max_json_depth: 32,
         },
+        shutdown: flexcore_http::never_shut_down(),
     };
     TestApp {
         router: router(state),
@@ -639,6 +640,113 @@ async fn stream_and_global_reads_page() {
     assert_eq!(by_type["events"].as_array().unwrap().len(), 5);
     let (status, _) = app.get("/v1/events?from_position=-3").await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
+}
+
+/// Reads SSE frames until `count` events arrived; returns their (id, data) pairs.
+async fn sse_events(body: &mut Body, count: usize) -> Vec<(u64, Value)> {
+    let mut text = String::new();
+    let mut events = Vec::new();
+    while events.len() < count {
+        let frame = tokio::time::timeout(std::time::Duration::from_secs(10), body.frame())
+            .await
+            .expect("an SSE frame in time")
+            .expect("the stream goes on")
+            .unwrap();
+        if let Ok(data) = frame.into_data() {
+            text.push_str(std::str::from_utf8(&data).unwrap());
+        }
+        while let Some(end) = text.find("\n\n") {
+            let block: String = text.drain(..end + 2).collect();
+            let id = block
+                .lines()
+                .find_map(|l| l.strip_prefix("id: "))
+                .map(|v| v.parse().unwrap());
+            let data = block.lines().find_map(|l| l.strip_prefix("data: "));
+            if let (Some(id), Some(data)) = (id, data) {
+                events.push((id, serde_json::from_str(data).unwrap()));
+            }
+        }
+    }
+    events
+}
+
+#[tokio::test]
+async fn live_events_stream_history_then_live_and_resume_after_the_last_id() {
+    let app = app();
+    let event = |i: u64| json!({"event_type": "live.tick", "data": {"i": i}});
+    app.post(
+        "/v1/streams/tick-1",
+        json!({"events": [event(0), event(1)]}),
+    )
+    .await;
+
+    let request = Request::builder()
+        .uri("/v1/events/live")
+        .body(Body::empty())
+        .unwrap();
+    let response = app.router.clone().oneshot(request).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert!(
+        response.headers()[header::CONTENT_TYPE]
+            .to_str()
+            .unwrap()
+            .starts_with("text/event-stream")
+    );
+    let mut body = response.into_body();
+    let history = sse_events(&mut body, 2).await;
+    assert_eq!(
+        history
+            .iter()
+            .map(|(_, e)| e["data"]["i"].as_u64().unwrap())
+            .collect::<Vec<_>>(),
+        [0, 1]
+    );
+
+    // Written while the subscriber is connected.
+    app.post("/v1/streams/tick-1", json!({"events": [event(2)]}))
+        .await;
+    let live = sse_events(&mut body, 1).await;
+    assert_eq!(live[0].1["data"]["i"], 2);
+    assert_eq!(
+        live[0].0,
+        live[0].1["global_position"].as_u64().unwrap(),
+        "the SSE id is the position"
+    );
+    drop(body);
+
+    app.post("/v1/streams/tick-1", json!({"events": [event(3)]}))
+        .await;
+    let request = Request::builder()
+        .uri("/v1/events/live")
+        .header("Last-Event-ID", history[1].0.to_string())
+        .body(Body::empty())
+        .unwrap();
+    let mut body = app
+        .router
+        .clone()
+        .oneshot(request)
+        .await
+        .unwrap()
+        .into_body();
+    let resumed = sse_events(&mut body, 2).await;
+    assert_eq!(
+        resumed
+            .iter()
+            .map(|(_, e)| e["data"]["i"].as_u64().unwrap())
+            .collect::<Vec<_>>(),
+        [2, 3],
+        "no gap, no duplicate"
+    );
+
+    let request = Request::builder()
+        .uri("/v1/events/live")
+        .header("Last-Event-ID", "abc")
+        .body(Body::empty())
+        .unwrap();
+    assert_eq!(
+        app.router.clone().oneshot(request).await.unwrap().status(),
+        StatusCode::BAD_REQUEST
+    );
 }
 
 #[tokio::test]

@@ -21,6 +21,9 @@ use crate::config::{LogFormat, Settings};
 /// Snapshots of aggregates are taken every this many events.
 const SNAPSHOT_EVERY: u64 = 100;
 
+/// How long in-flight requests may take to finish once shutdown starts.
+const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// How long an idempotency key's answer is remembered.
 const IDEMPOTENCY_TTL: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
 
@@ -68,6 +71,8 @@ pub fn app_state(store: Arc<dyn EventStore>, settings: &Settings) -> anyhow::Res
             max_body_bytes: settings.max_body_bytes,
             ..Limits::default()
         },
+        // `flexcore_http::serve` wires the real signal.
+        shutdown: flexcore_http::never_shut_down(),
     })
 }
 
@@ -77,14 +82,56 @@ pub async fn run(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
+    let grpc_listener = TcpListener::bind(settings.grpc_addr)
+        .await
+        .with_context(|| format!("cannot listen on {} (gRPC)", settings.grpc_addr))?;
     let store = open_store(&settings.store_url).await?;
     let state = app_state(store, &settings)?;
-    let addr = listener.local_addr()?;
+    let grpc_state = flexcore_grpc::GrpcState {
+        commands: Arc::clone(&state.commands),
+        queries: Arc::clone(&state.queries),
+        store: Arc::clone(&state.store),
+        limits: flexcore_grpc::Limits {
+            max_message_bytes: settings.max_body_bytes,
+            ..flexcore_grpc::Limits::default()
+        },
+    };
     tracing::warn!("authentication is OFF: every client may send any command (embedded default)");
-    tracing::info!(http = %addr, store = %mask_password(&settings.store_url), "flexcore is listening");
-    flexcore_http::serve(listener, state, shutdown)
-        .await
-        .context("the HTTP server failed")?;
+    tracing::info!(
+        http = %listener.local_addr()?,
+        grpc = %grpc_listener.local_addr()?,
+        store = %mask_password(&settings.store_url),
+        "flexcore is listening"
+    );
+    let (stopping, stopping_seen) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        shutdown.await;
+        let _ = stopping.send(true);
+    });
+    let stopped = |mut seen: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = seen.wait_for(|stop| *stop).await;
+    };
+    let servers = async {
+        let (http, grpc) = tokio::join!(
+            flexcore_http::serve(listener, state, stopped(stopping_seen.clone())),
+            flexcore_grpc::serve(grpc_listener, grpc_state, stopped(stopping_seen.clone())),
+        );
+        http.context("the HTTP server failed")?;
+        grpc.context("the gRPC server failed")
+    };
+    // Once shutdown starts, in-flight requests get `SHUTDOWN_GRACE` to finish; live streams end
+    // at once. Whatever was acknowledged is already durable, so a late exit loses nothing.
+    let grace = async {
+        stopped(stopping_seen.clone()).await;
+        tokio::time::sleep(SHUTDOWN_GRACE).await;
+    };
+    tokio::select! {
+        served = servers => served?,
+        () = grace => tracing::warn!(
+            grace_secs = SHUTDOWN_GRACE.as_secs(),
+            "requests still running after the shutdown grace period; exiting anyway"
+        ),
+    }
     tracing::info!("flexcore stopped");
     Ok(())
 }

@@ -161,3 +161,99 @@ async fn the_library_server_runs_on_an_ephemeral_port_and_shuts_down() {
         .unwrap()
         .unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sigterm_drains_in_flight_commands_and_exits_0() {
+    let data = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", data.path().join("flexcore.db").display());
+    let mut server = Server::start_with(data.path(), &url).await;
+    let client = reqwest::Client::new();
+    // A live subscriber must not hold the shutdown up.
+    let live = client
+        .get(format!("{}/v1/events/live", server.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(live.status(), 200);
+    let mut writers = Vec::new();
+    for i in 0..20 {
+        let (client, base) = (client.clone(), server.base.clone());
+        writers.push(tokio::spawn(async move {
+            let body = json!({"events": [{"event_type": "term.test", "data": {"i": i}}]});
+            client
+                .post(format!("{base}/v1/streams/term-{i}"))
+                .json(&body)
+                .send()
+                .await
+                .map(|r| r.status().as_u16())
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let started = std::time::Instant::now();
+    let status = server.terminate().await;
+    assert_eq!(status.code(), Some(0), "a SIGTERM'd server exits 0");
+    assert!(
+        started.elapsed() < Duration::from_secs(8),
+        "and promptly: {:?}",
+        started.elapsed()
+    );
+    drop(live);
+    let mut acknowledged = Vec::new();
+    for (i, w) in writers.into_iter().enumerate() {
+        if let Ok(Ok(200)) = w.await {
+            acknowledged.push(i);
+        }
+    }
+    let server = Server::start_with(data.path(), &url).await;
+    for i in acknowledged {
+        let r = client
+            .get(format!("{}/v1/streams/term-{i}", server.base))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            r.status(),
+            200,
+            "acknowledged append term-{i} survived the shutdown"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_answers_grpc_and_http_over_one_store() {
+    use flexcore_grpc::pb::SendCommandRequest;
+    use flexcore_grpc::pb::command_service_client::CommandServiceClient;
+
+    let data = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", data.path().join("flexcore.db").display());
+    let server = Server::start_with(data.path(), &url).await;
+    let mut grpc = CommandServiceClient::connect(server.grpc.clone())
+        .await
+        .unwrap();
+    let outcome = grpc
+        .send(SendCommandRequest {
+            command_type: "create_user".into(),
+            payload_json: r#"{"email": "grpc@example.com"}"#.into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let stream = outcome.stream_id.clone();
+    let page: serde_json::Value = reqwest::get(format!("{}/v1/streams/{stream}", server.base))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(page["events"][0]["data"]["email"], "grpc@example.com");
+    let duplicate = grpc
+        .send(SendCommandRequest {
+            command_type: "create_user".into(),
+            payload_json: r#"{"email": "grpc@example.com"}"#.into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(duplicate.code(), tonic::Code::Aborted);
+}

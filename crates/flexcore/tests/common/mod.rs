@@ -10,6 +10,9 @@ pub struct Server {
     child: Child,
     /// `http://127.0.0.1:{port}`.
     pub base: String,
+    /// `http://127.0.0.1:{port}` of the gRPC gateway.
+    #[allow(dead_code)]
+    pub grpc: String,
 }
 
 fn free_port() -> u16 {
@@ -24,10 +27,11 @@ impl Server {
     /// Starts the server on `store_url` with `data` as working directory; waits for /health.
     pub async fn start_with(data: &Path, store_url: &str) -> Self {
         let port = free_port();
+        let grpc_port = free_port();
         let child = Command::new(env!("CARGO_BIN_EXE_flexcore"))
             .arg("serve")
             .env("FLEXCORE_HTTP_ADDR", format!("127.0.0.1:{port}"))
-            .env("FLEXCORE_GRPC_ADDR", format!("127.0.0.1:{}", free_port()))
+            .env("FLEXCORE_GRPC_ADDR", format!("127.0.0.1:{grpc_port}"))
             .env("FLEXCORE_STORE_URL", store_url)
             .env("FLEXCORE_LOG", "warn")
             .env_remove("FLEXCORE_CONFIG")
@@ -39,6 +43,7 @@ impl Server {
         let server = Self {
             child,
             base: format!("http://127.0.0.1:{port}"),
+            grpc: format!("http://127.0.0.1:{grpc_port}"),
         };
         let client = reqwest::Client::new();
         let deadline = Instant::now() + Duration::from_secs(30);
@@ -59,6 +64,27 @@ impl Server {
     pub fn kill_9(mut self) {
         self.child.kill().unwrap();
         self.child.wait().unwrap();
+    }
+}
+
+impl Server {
+    /// Sends SIGTERM and waits for the exit status.
+    #[allow(dead_code)]
+    pub async fn terminate(&mut self) -> std::process::ExitStatus {
+        let pid = self.child.id().to_string();
+        let sent = Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+        assert!(sent.success());
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the server did not exit after SIGTERM"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 }
 
