@@ -218,6 +218,32 @@ impl<B: CommandBus> CommandBus for Traced<B> {
     }
 }
 
+/// Counts commands by type and outcome (`flexcore_commands_total{type,outcome}`) and times them
+/// (`flexcore_command_duration_seconds{type}`), through the `metrics` facade: whichever
+/// recorder the composition root installs receives them.
+pub struct Metered<B> {
+    inner: B,
+}
+
+#[async_trait]
+impl<B: CommandBus> CommandBus for Metered<B> {
+    async fn send(&self, ctx: &CommandContext, command: &Command) -> Result<CommandOutcome> {
+        let started = std::time::Instant::now();
+        let result = self.inner.send(ctx, command).await;
+        let outcome = match &result {
+            Ok(_) => "ok",
+            Err(e) if matches!(e.kind(), ErrorKind::Internal | ErrorKind::Unavailable) => "error",
+            Err(_) => "rejected",
+        };
+        let command_type = command.command_type.clone();
+        metrics::counter!("flexcore_commands_total", "type" => command_type.clone(), "outcome" => outcome)
+            .increment(1);
+        metrics::histogram!("flexcore_command_duration_seconds", "type" => command_type)
+            .record(started.elapsed().as_secs_f64());
+        result
+    }
+}
+
 /// Attaches middleware to any command bus.
 pub trait CommandBusExt: CommandBus + Sized {
     /// Retries commands that fail with a wrong expected version.
@@ -231,6 +257,11 @@ pub trait CommandBusExt: CommandBus + Sized {
     /// Traces and logs every command.
     fn with_tracing(self) -> Traced<Self> {
         Traced { inner: self }
+    }
+
+    /// Counts and times every command.
+    fn with_metrics(self) -> Metered<Self> {
+        Metered { inner: self }
     }
 
     /// Honours idempotency keys for `ttl`, remembering at most `capacity` keys.

@@ -86,8 +86,11 @@ impl EventBus {
         mut shutdown: watch::Receiver<bool>,
     ) -> JoinHandle<()> {
         tokio::spawn(async move {
-            let mut subscription =
-                Subscription::new(reader, from_position, SubscriptionOptions::default());
+            let options = SubscriptionOptions {
+                name: Some("event_bus".into()),
+                ..SubscriptionOptions::default()
+            };
+            let mut subscription = Subscription::new(reader, from_position, options);
             loop {
                 tokio::select! {
                     _ = async { shutdown.wait_for(|stop| *stop).await.map(|_| ()) } => return,

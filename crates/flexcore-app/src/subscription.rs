@@ -26,6 +26,9 @@ pub struct SubscriptionOptions {
     pub poll_interval: Duration,
     /// Which events to deliver.
     pub filter: EventFilter,
+    /// A name for metrics: when set, the lag behind the head is published as the gauge
+    /// `flexcore_subscription_lag{subscription}` (events committed but not yet delivered).
+    pub name: Option<String>,
 }
 
 impl Default for SubscriptionOptions {
@@ -34,6 +37,7 @@ impl Default for SubscriptionOptions {
             page_size: 1000,
             poll_interval: Duration::from_millis(250),
             filter: EventFilter::default(),
+            name: None,
         }
     }
 }
@@ -100,6 +104,12 @@ impl Subscription {
             })
             .await?;
         self.position = self.position.max(slice.next_position);
+        if let Some(name) = &self.options.name {
+            let head = *self.head.borrow();
+            let behind = head.saturating_sub(self.position.saturating_sub(1)) as f64;
+            metrics::gauge!("flexcore_subscription_lag", "subscription" => name.clone())
+                .set(behind);
+        }
         if slice.events.is_empty() {
             // Either a commit wakes us or the poll interval elapses; both lead to a re-read.
             let _ = tokio::time::timeout(self.options.poll_interval, self.head.changed()).await;

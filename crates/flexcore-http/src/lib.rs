@@ -13,6 +13,7 @@
 //! | `GET /v1/events` | read the global log (paged, filtered) |
 //! | `GET /v1/events/live` | the global log as Server-Sent Events, resumable with `Last-Event-ID` |
 //! | `GET /health`, `GET /ready` | liveness, readiness |
+//! | `GET /metrics` | Prometheus text |
 
 mod body;
 mod error;
@@ -60,6 +61,9 @@ pub struct AppState {
     pub store: Arc<dyn EventStore>,
     /// Request limits.
     pub limits: Limits,
+    /// Renders the Prometheus text exposition for `GET /metrics` (`None`: the route answers
+    /// 404). The composition root installs the recorder and hands its renderer over.
+    pub metrics: Option<Arc<dyn Fn() -> String + Send + Sync>>,
     /// Turns true when the server shuts down: live streams end so connections can drain.
     /// [`serve`] wires it; a state built elsewhere may use [`never_shut_down`].
     pub shutdown: watch::Receiver<bool>,

@@ -27,6 +27,7 @@ fn app() -> TestApp {
             max_body_bytes: 64 * 1024,
             max_json_depth: 32,
         },
+        metrics: Some(Arc::new(|| "flexcore_test_metric 1\n".to_owned())),
         shutdown: flexcore_http::never_shut_down(),
     };
     TestApp {
@@ -757,6 +758,9 @@ async fn health_and_unknown_routes() {
         (StatusCode::OK, json!({"status": "ok"}))
     );
     assert_eq!(app.get("/ready").await.0, StatusCode::OK);
+    let (status, _, media) = app.call(Method::GET, "/metrics", None, Body::empty()).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(media.starts_with("text/plain"), "{media}");
     let (status, body, media) = app.call(Method::GET, "/nope", None, Body::empty()).await;
     assert_eq!(
         (status, media.as_str(), body["code"].as_str()),

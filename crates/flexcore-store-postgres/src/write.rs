@@ -400,6 +400,7 @@ async fn write_batch(
         }
     };
     let last = first + n as u64 - 1;
+    plan.record_committed();
     Ok((plan.into_outcomes(first), Some(last)))
 }
 

@@ -248,6 +248,7 @@ impl Writer {
         match written {
             Ok(()) => {
                 self.written = first_position + plan.rows.len() as u64 - 1;
+                plan.record_committed();
                 (plan.into_outcomes(first_position), Some(self.written))
             }
             Err(e) => {

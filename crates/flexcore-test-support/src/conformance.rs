@@ -543,6 +543,7 @@ pub async fn subscription_switches_from_history_to_live_without_gap_or_duplicate
             category: Some("sub".into()),
             type_prefix: None,
         },
+        name: Some("conformance".into()),
     };
     let reader: Arc<dyn flexcore_app::store::EventReader> = Arc::new(ReaderOf(Arc::clone(&store)));
     let mut sub = Subscription::new(reader, from, options);

@@ -63,6 +63,7 @@ pub fn app_state(store: Arc<dyn EventStore>, settings: &Settings) -> anyhow::Res
             commands
                 .with_retry(RetryPolicy::default())
                 .with_idempotency(IDEMPOTENCY_TTL, IDEMPOTENCY_KEYS)
+                .with_metrics()
                 .with_tracing(),
         ),
         queries: Arc::new(queries.with_tracing()),
@@ -71,9 +72,33 @@ pub fn app_state(store: Arc<dyn EventStore>, settings: &Settings) -> anyhow::Res
             max_body_bytes: settings.max_body_bytes,
             ..Limits::default()
         },
+        metrics: Some(metrics_renderer()?),
         // `flexcore_http::serve` wires the real signal.
         shutdown: flexcore_http::never_shut_down(),
     })
+}
+
+/// Installs the process-wide Prometheus recorder (once) and returns its renderer.
+fn metrics_renderer() -> anyhow::Result<Arc<dyn Fn() -> String + Send + Sync>> {
+    use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+    static HANDLE: std::sync::Mutex<Option<PrometheusHandle>> = std::sync::Mutex::new(None);
+    let mut installed = HANDLE.lock().unwrap_or_else(|p| p.into_inner());
+    if installed.is_none() {
+        let seconds = [
+            0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+        ];
+        let sizes = [
+            1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0, 4096.0,
+        ];
+        let handle = PrometheusBuilder::new()
+            .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), &seconds)?
+            .set_buckets_for_metric(Matcher::Full("flexcore_append_batch_size".into()), &sizes)?
+            .install_recorder()
+            .context("cannot install the metrics recorder")?;
+        *installed = Some(handle);
+    }
+    let handle = installed.clone().expect("installed above");
+    Ok(Arc::new(move || handle.render()))
 }
 
 /// Runs the server on an already bound listener until `shutdown` resolves.

@@ -257,3 +257,38 @@ async fn serve_answers_grpc_and_http_over_one_store() {
         .unwrap_err();
     assert_eq!(duplicate.code(), tonic::Code::Aborted);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_count_commands_appends_and_requests() {
+    let data = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", data.path().join("flexcore.db").display());
+    let server = Server::start_with(data.path(), &url).await;
+    let client = reqwest::Client::new();
+    for email in ["m1@example.com", "m1@example.com"] {
+        client
+            .post(format!("{}/v1/commands/create_user", server.base))
+            .json(&json!({ "email": email }))
+            .send()
+            .await
+            .unwrap();
+    }
+    let text = client
+        .get(format!("{}/metrics", server.base))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for expected in [
+        r#"flexcore_commands_total{type="create_user",outcome="ok"} 1"#,
+        r#"flexcore_commands_total{type="create_user",outcome="rejected"} 1"#,
+        "flexcore_command_duration_seconds_bucket",
+        "flexcore_events_appended_total 2",
+        "flexcore_append_batch_size_bucket",
+        r#"flexcore_http_requests_total{route="/v1/commands/{command_type}",status="200"} 1"#,
+        r#"flexcore_http_requests_total{route="/v1/commands/{command_type}",status="409"} 1"#,
+    ] {
+        assert!(text.contains(expected), "missing {expected} in:\n{text}");
+    }
+}

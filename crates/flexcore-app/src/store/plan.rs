@@ -113,6 +113,13 @@ impl BatchPlan {
         self.touched.iter().map(|id| (id, &self.streams[id]))
     }
 
+    /// Publishes the batch's metrics once it is committed: `flexcore_events_appended_total` and
+    /// the `flexcore_append_batch_size` histogram (events per transaction).
+    pub fn record_committed(&self) {
+        metrics::counter!("flexcore_events_appended_total").increment(self.rows.len() as u64);
+        metrics::histogram!("flexcore_append_batch_size").record(self.rows.len() as f64);
+    }
+
     /// Turns the plan into one outcome per request, once the rows are committed with
     /// positions starting at `first_position`.
     pub fn into_outcomes(self, first_position: u64) -> Vec<Outcome> {
