@@ -41,15 +41,23 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
-/// Counts every request by route pattern and status (`flexcore_http_requests_total`) and times
-/// it (`flexcore_http_request_duration_seconds`).
+/// Runs every request in an `http.request` span (the parent of the command, bus and store
+/// spans), counts it by route pattern and status (`flexcore_http_requests_total`) and times it
+/// (`flexcore_http_request_duration_seconds`).
 async fn count_requests(request: axum::extract::Request, next: axum::middleware::Next) -> Response {
     let route = request
         .extensions()
         .get::<axum::extract::MatchedPath>()
         .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
+    let span = tracing::info_span!(
+        "http.request",
+        method = %request.method(),
+        route = %route,
+        status = tracing::field::Empty,
+    );
     let started = std::time::Instant::now();
-    let response = next.run(request).await;
+    let response = tracing::Instrument::instrument(next.run(request), span.clone()).await;
+    span.record("status", response.status().as_u16());
     let status = response.status().as_u16().to_string();
     metrics::counter!("flexcore_http_requests_total", "route" => route.clone(), "status" => status)
         .increment(1);

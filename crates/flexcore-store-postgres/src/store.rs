@@ -110,12 +110,21 @@ impl PostgresStore {
 #[async_trait]
 impl EventAppender for PostgresStore {
     async fn append_atomic(&self, writes: Vec<StreamWrite>) -> Result<AppendResult> {
+        let span = tracing::debug_span!(
+            "store.append",
+            backend = "postgres",
+            stream_id = %writes.first().map_or("", |w| w.stream_id.as_str()),
+            streams = writes.len(),
+        );
         let (request, answer) = Request::new(writes);
-        self.queue
-            .send(request)
-            .await
-            .map_err(|_| PostgresError::Closed)?;
-        answer.await.map_err(|_| PostgresError::Closed)?
+        let appended = async {
+            self.queue
+                .send(request)
+                .await
+                .map_err(|_| PostgresError::Closed)?;
+            answer.await.map_err(|_| PostgresError::Closed)?
+        };
+        tracing::Instrument::instrument(appended, span).await
     }
 }
 

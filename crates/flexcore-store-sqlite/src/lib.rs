@@ -180,7 +180,14 @@ impl SqliteStore {
 #[async_trait]
 impl EventAppender for SqliteStore {
     async fn append_atomic(&self, writes: Vec<StreamWrite>) -> flexcore_app::Result<AppendResult> {
-        self.submit(|reply| Job::Append { writes, reply }).await?
+        let span = tracing::debug_span!(
+            "store.append",
+            backend = "sqlite",
+            stream_id = %writes.first().map_or("", |w| w.stream_id.as_str()),
+            streams = writes.len(),
+        );
+        let job = self.submit(|reply| Job::Append { writes, reply });
+        tracing::Instrument::instrument(job, span).await?
     }
 }
 

@@ -81,6 +81,10 @@ pub struct ServeArgs {
     /// The log format: text or json [default: text].
     #[arg(long, env = "FLEXCORE_LOG_FORMAT")]
     pub log_format: Option<String>,
+    /// Comma-separated fields whose values are masked in logs; with `email`, email addresses
+    /// are masked anywhere in a line [default: email,password,token].
+    #[arg(long, env = "FLEXCORE_LOG_MASK")]
+    pub log_mask: Option<String>,
     /// The largest request body accepted, in bytes [default: 4194304].
     #[arg(long, env = "FLEXCORE_MAX_BODY_BYTES")]
     pub max_body_bytes: Option<usize>,

@@ -17,6 +17,9 @@ pub const DEFAULT_HTTP_ADDR: &str = "127.0.0.1:8080";
 pub const DEFAULT_GRPC_ADDR: &str = "127.0.0.1:50051";
 /// The default store: the embedded SQLite file.
 pub const DEFAULT_STORE_URL: &str = "sqlite://./data/flexcore.db";
+/// The fields masked in logs by default.
+pub const DEFAULT_LOG_MASK: [&str; 3] = ["email", "password", "token"];
+
 /// The default config file, used when present.
 pub const DEFAULT_CONFIG_FILE: &str = "flexcore.toml";
 
@@ -76,6 +79,8 @@ pub struct Settings {
     pub log_format: LogFormat,
     /// The largest request body accepted.
     pub max_body_bytes: usize,
+    /// Fields whose values are masked in logs (and, with `email`, email addresses anywhere).
+    pub log_mask: Vec<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -87,6 +92,7 @@ struct FileSettings {
     log: Option<String>,
     log_format: Option<String>,
     max_body_bytes: Option<usize>,
+    log_mask: Option<Vec<String>>,
 }
 
 impl Settings {
@@ -144,7 +150,13 @@ impl Settings {
                 expected: "a positive number of bytes",
             });
         }
+        let log_mask = args
+            .log_mask
+            .map(|list| list.split(',').map(|f| f.trim().to_owned()).collect())
+            .or(file.log_mask)
+            .unwrap_or_else(|| DEFAULT_LOG_MASK.iter().map(|f| (*f).to_owned()).collect());
         Ok(Self {
+            log_mask,
             http_addr: addr(
                 "http_addr",
                 pick(args.http_addr, file.http_addr, DEFAULT_HTTP_ADDR),
@@ -182,6 +194,7 @@ impl Settings {
                 }),
             ),
             ("max_body_bytes", json!(self.max_body_bytes)),
+            ("log_mask", json!(self.log_mask)),
         ]
     }
 

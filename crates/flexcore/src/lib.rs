@@ -3,6 +3,7 @@
 //! * [`cli`]: the command line (`serve`, `bench`, and the client commands);
 //! * [`client`]: `send`, `ask`, `stream read`, `events tail` against a running server;
 //! * [`config`]: settings from `flexcore.toml`, `FLEXCORE_*` variables and flags;
+//! * [`logging`]: text or JSON logs with sensitive values masked;
 //! * [`server`]: opens the store named by the store URL, wires the buses and the sample
 //!   domain, and serves HTTP until shutdown;
 //! * [`bench`]: `flexcore bench`, the store benchmarks with their baselines.
@@ -11,4 +12,5 @@ pub mod bench;
 pub mod cli;
 pub mod client;
 pub mod config;
+pub mod logging;
 pub mod server;

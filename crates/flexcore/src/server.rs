@@ -1,7 +1,6 @@
 //! `flexcore serve`: open the store, wire the buses and the sample domain, serve HTTP.
 
 use std::future::Future;
-use std::io::IsTerminal;
 use std::sync::Arc;
 
 use anyhow::Context;
@@ -13,10 +12,9 @@ use flexcore_http::{AppState, Limits};
 use flexcore_store_postgres::{PostgresConfig, PostgresStore};
 use flexcore_store_sqlite::{SqliteConfig, SqliteStore};
 use tokio::net::TcpListener;
-use tracing_subscriber::EnvFilter;
 
 use crate::cli::ServeArgs;
-use crate::config::{LogFormat, Settings};
+use crate::config::Settings;
 
 /// Snapshots of aggregates are taken every this many events.
 const SNAPSHOT_EVERY: u64 = 100;
@@ -164,25 +162,11 @@ pub async fn run(
 /// `flexcore serve`: resolve settings, start logging, bind, run until SIGINT/SIGTERM.
 pub async fn serve_from_args(args: ServeArgs) -> anyhow::Result<()> {
     let settings = Settings::resolve(args)?;
-    init_logging(&settings)?;
+    crate::logging::init(&settings)?;
     let listener = TcpListener::bind(settings.http_addr)
         .await
         .with_context(|| format!("cannot listen on {}", settings.http_addr))?;
     run(settings, listener, shutdown_signal()).await
-}
-
-fn init_logging(settings: &Settings) -> anyhow::Result<()> {
-    let filter = EnvFilter::try_new(&settings.log)
-        .with_context(|| format!("invalid log filter '{}'", settings.log))?;
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal());
-    let installed = match settings.log_format {
-        LogFormat::Text => builder.try_init(),
-        LogFormat::Json => builder.json().try_init(),
-    };
-    installed.map_err(|e| anyhow::anyhow!("cannot install the logger: {e}"))
 }
 
 /// Resolves on SIGINT or SIGTERM.

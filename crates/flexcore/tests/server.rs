@@ -141,6 +141,7 @@ async fn the_library_server_runs_on_an_ephemeral_port_and_shuts_down() {
         log: "warn".into(),
         log_format: flexcore::config::LogFormat::Text,
         max_body_bytes: 1024 * 1024,
+        log_mask: vec!["email".into()],
     };
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(flexcore::server::run(settings, listener, async {
@@ -290,5 +291,79 @@ async fn metrics_count_commands_appends_and_requests() {
         r#"flexcore_http_requests_total{route="/v1/commands/{command_type}",status="409"} 1"#,
     ] {
         assert!(text.contains(expected), "missing {expected} in:\n{text}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_logs_mask_sensitive_values() {
+    use std::io::Read;
+
+    let data = tempfile::tempdir().unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let grpc = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_flexcore"))
+        .arg("serve")
+        .env("FLEXCORE_HTTP_ADDR", format!("127.0.0.1:{port}"))
+        .env("FLEXCORE_GRPC_ADDR", format!("127.0.0.1:{grpc}"))
+        .env(
+            "FLEXCORE_STORE_URL",
+            format!("sqlite://{}", data.path().join("db.sqlite").display()),
+        )
+        .env("FLEXCORE_LOG", "info")
+        .env("FLEXCORE_LOG_FORMAT", "json")
+        .env_remove("FLEXCORE_LOG_MASK")
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let client = reqwest::Client::new();
+    let base = format!("http://127.0.0.1:{port}");
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while client.get(format!("{base}/health")).send().await.is_err() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the server did not start"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    for _ in 0..2 {
+        client
+            .post(format!("{base}/v1/commands/create_user"))
+            .json(&json!({"email": "secret.person@example.com"}))
+            .send()
+            .await
+            .unwrap();
+    }
+    Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    let mut logs = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut logs)
+        .unwrap();
+    child.wait().unwrap();
+    assert!(
+        logs.contains("command rejected"),
+        "the duplicate was logged:\n{logs}"
+    );
+    assert!(
+        !logs.contains("secret.person"),
+        "the address leaked:\n{logs}"
+    );
+    assert!(logs.contains("***@***"));
+    for line in logs.lines() {
+        serde_json::from_str::<Value>(line)
+            .unwrap_or_else(|e| panic!("not a JSON line ({e}): {line}"));
     }
 }
