@@ -14,10 +14,12 @@
 //! | `GET /v1/events/live` | the global log as Server-Sent Events, resumable with `Last-Event-ID` |
 //! | `GET /health`, `GET /ready` | liveness, readiness |
 //! | `GET /metrics` | Prometheus text |
+//! | `GET /openapi.json` | the OpenAPI 3 document of all of the above |
 
 mod body;
 mod error;
 mod live;
+mod openapi;
 mod routes;
 
 use std::future::Future;

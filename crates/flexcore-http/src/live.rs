@@ -35,6 +35,11 @@ async fn shut_down(mut shutdown: watch::Receiver<bool>) {
     }
 }
 
+#[utoipa::path(get, path = "/v1/events/live", tag = "events",
+    params(("from_position" = Option<u64>, Query), ("type_prefix" = Option<String>, Query), ("category" = Option<String>, Query),
+           ("Last-Event-ID" = Option<u64>, Header, description = "Resume after this global position")),
+    responses((status = 200, description = "Server-Sent Events: id = global position, event = event type, data = the envelope", content_type = "text/event-stream"),
+        (status = 400, description = "Bad parameters", body = crate::openapi::Problem, content_type = "application/problem+json")))]
 pub(crate) async fn live(
     State(state): State<AppState>,
     headers: HeaderMap,

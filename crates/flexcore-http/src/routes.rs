@@ -35,6 +35,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/events", get(read_all))
         .route("/v1/events/live", get(crate::live::live))
         .route("/metrics", get(metrics))
+        .route("/openapi.json", get(crate::openapi::openapi_json))
         .fallback(|| async { ApiError::not_found("no such route") })
         .method_not_allowed_fallback(|| async { ApiError::method_not_allowed() })
         .layer(axum::middleware::from_fn(count_requests))
@@ -66,7 +67,8 @@ async fn count_requests(request: axum::extract::Request, next: axum::middleware:
     response
 }
 
-async fn metrics(State(state): State<AppState>) -> Result<Response, ApiError> {
+#[utoipa::path(get, path = "/metrics", tag = "meta", responses((status = 200, description = "Prometheus text exposition", content_type = "text/plain")))]
+pub(crate) async fn metrics(State(state): State<AppState>) -> Result<Response, ApiError> {
     let render = state
         .metrics
         .as_ref()
@@ -81,11 +83,15 @@ async fn metrics(State(state): State<AppState>) -> Result<Response, ApiError> {
         .into_response())
 }
 
-async fn health() -> Json<Value> {
+#[utoipa::path(get, path = "/health", tag = "meta", responses((status = 200, description = "The process is alive")))]
+pub(crate) async fn health() -> Json<Value> {
     Json(json!({ "status": "ok" }))
 }
 
-async fn ready(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
+#[utoipa::path(get, path = "/ready", tag = "meta", responses(
+    (status = 200, description = "The event store answers"),
+    (status = 503, description = "The event store is unreachable", body = crate::openapi::Problem, content_type = "application/problem+json")))]
+pub(crate) async fn ready(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
     state
         .store
         .ping()
@@ -114,7 +120,20 @@ fn command_context(headers: &HeaderMap) -> CommandContext {
     }
 }
 
-async fn send_command(
+#[utoipa::path(post, path = "/v1/commands/{command_type}", tag = "commands",
+    params(("command_type" = String, Path, description = "e.g. create_user"),
+           ("Idempotency-Key" = Option<String>, Header, description = "Retries with the same key get the first answer")),
+    request_body(content = Object, description = "The command (a JSON object)", content_type = "application/json"),
+    responses(
+        (status = 200, description = "Done", body = crate::openapi::CommandOutcome),
+        (status = 404, description = "Unknown command type or aggregate", body = crate::openapi::Problem, content_type = "application/problem+json"),
+        (status = 409, description = "Conflict (e.g. email already in use)", body = crate::openapi::Problem, content_type = "application/problem+json"),
+        (status = 413, description = "Body too large", body = crate::openapi::Problem, content_type = "application/problem+json"),
+        (status = 415, description = "Not JSON", body = crate::openapi::Problem, content_type = "application/problem+json"),
+    (status = 400, description = "Malformed request", body = crate::openapi::Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Invalid input", body = crate::openapi::Problem, content_type = "application/problem+json"))
+)]
+pub(crate) async fn send_command(
     State(state): State<AppState>,
     Path(command_type): Path<String>,
     headers: HeaderMap,
@@ -137,7 +156,13 @@ async fn send_command(
     Ok(Json(outcome).into_response())
 }
 
-async fn ask_get(
+#[utoipa::path(get, path = "/v1/queries/{query_type}", tag = "queries",
+    params(("query_type" = String, Path, description = "e.g. get_user")),
+    responses((status = 200, description = "The query's JSON result"),
+        (status = 404, description = "Unknown query type or not found", body = crate::openapi::Problem, content_type = "application/problem+json"),
+    (status = 400, description = "Malformed request", body = crate::openapi::Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Invalid input", body = crate::openapi::Problem, content_type = "application/problem+json")))]
+pub(crate) async fn ask_get(
     State(state): State<AppState>,
     Path(query_type): Path<String>,
     params: Result<QueryParams<HashMap<String, String>>, QueryRejection>,
@@ -160,7 +185,14 @@ async fn ask_get(
     ask(&state, query_type, Value::Object(params)).await
 }
 
-async fn ask_post(
+#[utoipa::path(post, path = "/v1/queries/{query_type}", tag = "queries",
+    params(("query_type" = String, Path, description = "e.g. get_user")),
+    request_body(content = Object, description = "The query's parameters", content_type = "application/json"),
+    responses((status = 200, description = "The query's JSON result"),
+        (status = 404, description = "Unknown query type or not found", body = crate::openapi::Problem, content_type = "application/problem+json"),
+    (status = 400, description = "Malformed request", body = crate::openapi::Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Invalid input", body = crate::openapi::Problem, content_type = "application/problem+json")))]
+pub(crate) async fn ask_post(
     State(state): State<AppState>,
     Path(query_type): Path<String>,
     JsonBody(params): JsonBody<Value>,
@@ -178,7 +210,7 @@ async fn ask(state: &AppState, query_type: String, params: Value) -> Result<Json
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct AppendBody {
+pub(crate) struct AppendBody {
     #[serde(default)]
     expected_version: ExpectedVersion,
     events: Vec<AppendEvent>,
@@ -186,7 +218,7 @@ struct AppendBody {
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct AppendEvent {
+pub(crate) struct AppendEvent {
     #[serde(default)]
     event_id: Option<String>,
     event_type: String,
@@ -201,7 +233,16 @@ fn stream_id(raw: String) -> Result<StreamId, ApiError> {
     StreamId::new(raw).map_err(|e| ApiError::validation(e.to_string()))
 }
 
-async fn append(
+#[utoipa::path(post, path = "/v1/streams/{stream_id}", tag = "streams",
+    params(("stream_id" = String, Path, description = "1 to 256 bytes, no control characters")),
+    request_body(content = crate::openapi::AppendRequest, content_type = "application/json"),
+    responses((status = 200, description = "Appended", body = crate::openapi::AppendResponse),
+        (status = 409, description = "Wrong expected version (with current_version)", body = crate::openapi::Problem, content_type = "application/problem+json"),
+        (status = 413, description = "Body too large", body = crate::openapi::Problem, content_type = "application/problem+json"),
+        (status = 415, description = "Not JSON", body = crate::openapi::Problem, content_type = "application/problem+json"),
+    (status = 400, description = "Malformed request", body = crate::openapi::Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Invalid input", body = crate::openapi::Problem, content_type = "application/problem+json")))]
+pub(crate) async fn append(
     State(state): State<AppState>,
     Path(raw_stream_id): Path<String>,
     JsonBody(body): JsonBody<AppendBody>,
@@ -248,14 +289,22 @@ async fn append(
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct StreamParams {
+pub(crate) struct StreamParams {
     from_version: Option<u64>,
     limit: Option<usize>,
     #[serde(default)]
     direction: Direction,
 }
 
-async fn read_stream(
+#[utoipa::path(get, path = "/v1/streams/{stream_id}", tag = "streams",
+    params(("stream_id" = String, Path),
+           ("from_version" = Option<u64>, Query), ("limit" = Option<usize>, Query, description = "1 to 10000, default 100"),
+           ("direction" = Option<String>, Query, description = "forward (default) or backward")),
+    responses((status = 200, description = "A page of the stream", body = crate::openapi::StreamPage),
+        (status = 404, description = "No such stream", body = crate::openapi::Problem, content_type = "application/problem+json"),
+    (status = 400, description = "Malformed request", body = crate::openapi::Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Invalid input", body = crate::openapi::Problem, content_type = "application/problem+json")))]
+pub(crate) async fn read_stream(
     State(state): State<AppState>,
     Path(raw_stream_id): Path<String>,
     params: Result<QueryParams<StreamParams>, QueryRejection>,
@@ -303,7 +352,7 @@ struct LogPage {
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct AllParams {
+pub(crate) struct AllParams {
     #[serde(default)]
     from_position: u64,
     limit: Option<usize>,
@@ -311,7 +360,13 @@ struct AllParams {
     category: Option<String>,
 }
 
-async fn read_all(
+#[utoipa::path(get, path = "/v1/events", tag = "events",
+    params(("from_position" = Option<u64>, Query), ("limit" = Option<usize>, Query, description = "1 to 10000, default 100"),
+           ("type_prefix" = Option<String>, Query), ("category" = Option<String>, Query)),
+    responses((status = 200, description = "A page of the global log", body = crate::openapi::LogPage),
+    (status = 400, description = "Malformed request", body = crate::openapi::Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Invalid input", body = crate::openapi::Problem, content_type = "application/problem+json")))]
+pub(crate) async fn read_all(
     State(state): State<AppState>,
     params: Result<QueryParams<AllParams>, QueryRejection>,
 ) -> Result<Response, ApiError> {

@@ -1,0 +1,172 @@
+//! `GET /openapi.json`: the OpenAPI 3 document of the whole HTTP API, generated from the
+//! handlers' `#[utoipa::path]` annotations and the schema types below.
+//!
+//! The domain and application crates stay free of documentation dependencies, so the shapes of
+//! their types on the wire are described here, next to the gateway that serialises them.
+
+use serde_json::{Map, Value};
+use utoipa::{OpenApi, ToSchema};
+
+/// A stored event as every read returns it.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub(crate) struct Envelope {
+    /// The event's id (UUID).
+    event_id: String,
+    /// Its stream.
+    stream_id: String,
+    /// Its version in the stream (the first event is 0).
+    stream_version: u64,
+    /// Its position in the global log (strictly increasing).
+    global_position: u64,
+    /// What happened, e.g. `user.created`.
+    event_type: String,
+    /// The version of the data's schema.
+    schema_version: u32,
+    /// The payload (a JSON object).
+    data: Map<String, Value>,
+    /// correlation_id, causation_id, actor, tenant, traceparent, tracestate and any other keys.
+    metadata: Map<String, Value>,
+    /// When it was committed (RFC 3339, UTC).
+    recorded_at: String,
+}
+
+/// Where an appended event landed.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub(crate) struct Appended {
+    event_id: String,
+    event_type: String,
+    stream_version: u64,
+    global_position: u64,
+}
+
+/// What a command did.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub(crate) struct CommandOutcome {
+    /// The command's id (the causation id of its events).
+    command_id: String,
+    /// The aggregate stream it changed.
+    stream_id: String,
+    /// That stream's version afterwards (null if it still does not exist).
+    version: Option<u64>,
+    /// The events written to that stream (empty when nothing changed).
+    events: Vec<Appended>,
+}
+
+/// An event to append.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub(crate) struct NewEvent {
+    /// A UUID; re-sending an id already stored at the same place returns the first answer.
+    event_id: Option<String>,
+    /// Non-empty, no whitespace, at most 256 bytes.
+    event_type: String,
+    /// A JSON object.
+    data: Map<String, Value>,
+    /// Optional metadata object.
+    metadata: Option<Map<String, Value>>,
+    /// Defaults to 1.
+    schema_version: Option<u32>,
+}
+
+/// A raw append.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub(crate) struct AppendRequest {
+    /// `"any"` (default), `"no_stream"`, `"exists"` or the exact current version.
+    #[schema(value_type = Object, example = json!("no_stream"))]
+    expected_version: Option<Value>,
+    /// At least one event.
+    events: Vec<NewEvent>,
+}
+
+/// The result of a raw append.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub(crate) struct AppendResponse {
+    /// The version of the last event written: the expected version of the next append.
+    next_version: Option<u64>,
+    first_position: Option<u64>,
+    last_position: Option<u64>,
+}
+
+/// A page of one stream.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub(crate) struct StreamPage {
+    stream_id: String,
+    version: u64,
+    events: Vec<Envelope>,
+}
+
+/// A page of the global log.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub(crate) struct LogPage {
+    events: Vec<Envelope>,
+    /// Continue from here to see every event exactly once.
+    next_position: u64,
+}
+
+/// An error (`application/problem+json`).
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub(crate) struct Problem {
+    #[schema(rename = "type")]
+    kind: String,
+    title: String,
+    status: u16,
+    /// Stable: validation_failed, conflict, not_found, unauthorized, forbidden, rate_limited,
+    /// payload_too_large, unsupported_media_type, bad_request, unavailable, internal.
+    code: String,
+    detail: String,
+    /// On a wrong expected version: the stream's version (null: no stream).
+    current_version: Option<u64>,
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "FlexCore",
+        description = "Commands, queries, event streams and the global log of a FlexCore server."
+    ),
+    paths(
+        crate::routes::send_command,
+        crate::routes::ask_get,
+        crate::routes::ask_post,
+        crate::routes::append,
+        crate::routes::read_stream,
+        crate::routes::read_all,
+        crate::live::live,
+        crate::routes::health,
+        crate::routes::ready,
+        crate::routes::metrics,
+        openapi_json,
+    ),
+    components(schemas(
+        Envelope,
+        Appended,
+        CommandOutcome,
+        NewEvent,
+        AppendRequest,
+        AppendResponse,
+        StreamPage,
+        LogPage,
+        Problem
+    ))
+)]
+struct ApiDoc;
+
+/// The OpenAPI document.
+#[utoipa::path(get, path = "/openapi.json", tag = "meta",
+    responses((status = 200, description = "This document", content_type = "application/json")))]
+pub(crate) async fn openapi_json() -> axum::response::Response {
+    use axum::response::IntoResponse;
+    (
+        [(axum::http::header::CONTENT_TYPE, "application/json")],
+        ApiDoc::openapi().to_pretty_json().unwrap_or_default(),
+    )
+        .into_response()
+}
