@@ -367,3 +367,103 @@ async fn json_logs_mask_sensitive_values() {
             .unwrap_or_else(|e| panic!("not a JSON line ({e}): {line}"));
     }
 }
+
+/// A TCP proxy to PostgreSQL that the test can cut and restore.
+struct Proxy {
+    port: u16,
+    tasks: tokio::task::JoinSet<()>,
+}
+
+impl Proxy {
+    async fn start(port: u16) -> Self {
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
+            .await
+            .unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let mut tasks = tokio::task::JoinSet::new();
+        let connections = std::sync::Arc::new(tokio::sync::Mutex::new(tokio::task::JoinSet::new()));
+        let held = std::sync::Arc::clone(&connections);
+        tasks.spawn(async move {
+            let _held = held;
+            loop {
+                let Ok((mut inbound, _)) = listener.accept().await else {
+                    return;
+                };
+                connections.lock().await.spawn(async move {
+                    if let Ok(mut outbound) = tokio::net::TcpStream::connect("127.0.0.1:5432").await
+                    {
+                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                    }
+                });
+            }
+        });
+        Self { port, tasks }
+    }
+
+    /// Drops the listener and every proxied connection.
+    async fn cut(mut self) -> u16 {
+        self.tasks.abort_all();
+        while self.tasks.join_next().await.is_some() {}
+        self.port
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ready_is_503_while_the_store_is_unreachable() {
+    if flexcore_test_support::services::postgres_url().is_none() {
+        return;
+    }
+    let schema = flexcore_test_support::services::unique_name("fc_ready");
+    let proxy = Proxy::start(0).await;
+    let url = format!(
+        "postgres://postgres@127.0.0.1:{}/test?schema={schema}",
+        proxy.port
+    );
+    let data = tempfile::tempdir().unwrap();
+    let server = Server::start_with(data.path(), &url).await;
+    let client = reqwest::Client::new();
+    let ready = |client: reqwest::Client, base: String| async move {
+        let r = client.get(format!("{base}/ready")).send().await.unwrap();
+        let status = r.status().as_u16();
+        (status, r.json::<Value>().await.unwrap_or(Value::Null))
+    };
+    assert_eq!(ready(client.clone(), server.base.clone()).await.0, 200);
+
+    let port = proxy.cut().await;
+    let mut answer = (0, Value::Null);
+    for _ in 0..100 {
+        answer = ready(client.clone(), server.base.clone()).await;
+        if answer.0 == 503 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(answer.0, 503, "{answer:?}");
+    assert_eq!(answer.1["code"], "unavailable");
+    assert_eq!(
+        client
+            .get(format!("{}/health", server.base))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200,
+        "still alive"
+    );
+
+    let _proxy = Proxy::start(port).await;
+    let mut back = 0;
+    for _ in 0..100 {
+        back = ready(client.clone(), server.base.clone()).await.0;
+        if back == 200 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(back, 200, "ready again once the store is back");
+    drop(server);
+    let base = flexcore_test_support::services::POSTGRES_URL;
+    flexcore_store_postgres::drop_schema(base, &schema)
+        .await
+        .unwrap();
+}
