@@ -40,6 +40,33 @@ impl fmt::Display for EventId {
     }
 }
 
+/// The deepest nesting of arrays and objects in a JSON text, counted without parsing it, so that
+/// gateways can refuse a hostile document before a parser recurses into it.
+pub fn json_nesting_depth(json: &[u8]) -> usize {
+    let (mut depth, mut deepest, mut in_string, mut escaped) = (0usize, 0usize, false, false);
+    for &byte in json {
+        if in_string {
+            match (escaped, byte) {
+                (true, _) => escaped = false,
+                (false, b'\\') => escaped = true,
+                (false, b'"') => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match byte {
+            b'"' => in_string = true,
+            b'[' | b'{' => {
+                depth += 1;
+                deepest = deepest.max(depth);
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    deepest
+}
+
 /// A JSON document kept as its original text: events are stored and served without being
 /// re-parsed into a tree on the hot paths.
 #[derive(Clone)]
@@ -414,6 +441,13 @@ mod tests {
             assert!(NewEvent::new("t", raw).is_err(), "{not_object}");
         }
         assert!(RawJson::from_string("{".into()).is_err());
+    }
+
+    #[test]
+    fn depth_ignores_brackets_in_strings() {
+        assert_eq!(json_nesting_depth(br#"{"a":[1,{"b":"[[[{{{"}]}"#), 3);
+        assert_eq!(json_nesting_depth(br#""\"[""#), 0);
+        assert_eq!(json_nesting_depth(&[b'['; 100]), 100);
     }
 
     #[test]

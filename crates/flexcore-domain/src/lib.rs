@@ -19,5 +19,6 @@ pub use aggregate::Aggregate;
 pub use error::{DomainError, ErrorKind};
 pub use event::{
     DomainEvent, EventEnvelope, EventId, EventMetadata, MAX_EVENT_TYPE_LEN, NewEvent, RawJson,
+    json_nesting_depth,
 };
 pub use stream::{ExpectedVersion, MAX_STREAM_ID_LEN, StreamId};

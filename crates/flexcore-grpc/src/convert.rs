@@ -43,7 +43,7 @@ pub(crate) fn command_context(metadata: &MetadataMap) -> CommandContext {
 /// Refuses JSON text nested deeper than `max_depth`, counted before parsing so that a hostile
 /// document cannot exhaust the parser first.
 fn check_depth(field: &str, text: &str, max_depth: usize) -> Result<(), Status> {
-    if nesting_depth(text.as_bytes()) > max_depth {
+    if flexcore_domain::json_nesting_depth(text.as_bytes()) > max_depth {
         return Err(invalid_argument(format!(
             "{field} is nested deeper than {max_depth} levels"
         )));
@@ -114,7 +114,7 @@ pub(crate) fn new_events(
 
 fn new_event(event: pb::NewEvent, max_depth: usize) -> Result<NewEvent, String> {
     let depth = |field: &str, text: &str| {
-        if nesting_depth(text.as_bytes()) > max_depth {
+        if flexcore_domain::json_nesting_depth(text.as_bytes()) > max_depth {
             return Err(format!("{field} is nested deeper than {max_depth} levels"));
         }
         Ok(())
@@ -220,43 +220,9 @@ pub(crate) fn recorded_events(
     envelopes.into_iter().map(recorded_event).collect()
 }
 
-/// The deepest nesting of arrays and objects in a JSON text, counted without parsing it (the
-/// HTTP gateway's rule).
-fn nesting_depth(json: &[u8]) -> usize {
-    let (mut depth, mut deepest, mut in_string, mut escaped) = (0usize, 0usize, false, false);
-    for &byte in json {
-        if in_string {
-            match (escaped, byte) {
-                (true, _) => escaped = false,
-                (false, b'\\') => escaped = true,
-                (false, b'"') => in_string = false,
-                _ => {}
-            }
-            continue;
-        }
-        match byte {
-            b'"' => in_string = true,
-            b'[' | b'{' => {
-                depth += 1;
-                deepest = deepest.max(depth);
-            }
-            b']' | b'}' => depth = depth.saturating_sub(1),
-            _ => {}
-        }
-    }
-    deepest
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn depth_ignores_brackets_in_strings() {
-        assert_eq!(nesting_depth(br#"{"a":[1,{"b":"[[[{{{"}]}"#), 3);
-        assert_eq!(nesting_depth(br#""\"[""#), 0);
-        assert_eq!(nesting_depth(&[b'['; 100]), 100);
-    }
 
     #[test]
     fn trace_metadata_lands_in_the_command_context() {

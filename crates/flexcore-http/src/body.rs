@@ -40,7 +40,7 @@ impl<T: DeserializeOwned> FromRequest<AppState> for JsonBody<T> {
         let bytes = axum::body::to_bytes(body, limits.max_body_bytes)
             .await
             .map_err(|_| ApiError::payload_too_large(limits.max_body_bytes))?;
-        if nesting_depth(&bytes) > limits.max_json_depth {
+        if flexcore_domain::json_nesting_depth(&bytes) > limits.max_json_depth {
             return Err(ApiError::bad_request(format!(
                 "the JSON body is nested deeper than {} levels",
                 limits.max_json_depth
@@ -61,43 +61,4 @@ pub(crate) fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
             }
         }
     })
-}
-
-/// The deepest nesting of arrays and objects in a JSON text, counted without parsing it (so a
-/// hostile document cannot exhaust the parser first).
-pub(crate) fn nesting_depth(json: &[u8]) -> usize {
-    let (mut depth, mut deepest, mut in_string, mut escaped) = (0usize, 0usize, false, false);
-    for &byte in json {
-        if in_string {
-            match (escaped, byte) {
-                (true, _) => escaped = false,
-                (false, b'\\') => escaped = true,
-                (false, b'"') => in_string = false,
-                _ => {}
-            }
-            continue;
-        }
-        match byte {
-            b'"' => in_string = true,
-            b'[' | b'{' => {
-                depth += 1;
-                deepest = deepest.max(depth);
-            }
-            b']' | b'}' => depth = depth.saturating_sub(1),
-            _ => {}
-        }
-    }
-    deepest
-}
-
-#[cfg(test)]
-mod tests {
-    use super::nesting_depth;
-
-    #[test]
-    fn depth_ignores_brackets_in_strings() {
-        assert_eq!(nesting_depth(br#"{"a":[1,{"b":"[[[{{{"}]}"#), 3);
-        assert_eq!(nesting_depth(br#""\"[""#), 0);
-        assert_eq!(nesting_depth(&[b'['; 100]), 100);
-    }
 }
