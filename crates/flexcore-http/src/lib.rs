@@ -31,6 +31,8 @@ use flexcore_app::store::EventStore;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
+/// Request headers, as the [`AppState::trace_parent`] hook receives them.
+pub use axum::http::HeaderMap;
 pub use error::ApiError;
 pub use routes::router;
 
@@ -66,10 +68,16 @@ pub struct AppState {
     /// Renders the Prometheus text exposition for `GET /metrics` (`None`: the route answers
     /// 404). The composition root installs the recorder and hands its renderer over.
     pub metrics: Option<Arc<dyn Fn() -> String + Send + Sync>>,
+    /// Makes a request's W3C trace context (`traceparent`) the parent of its `http.request`
+    /// span; supplied by the composition root, which owns the tracing setup.
+    pub trace_parent: Option<TraceParentHook>,
     /// Turns true when the server shuts down: live streams end so connections can drain.
     /// [`serve`] wires it; a state built elsewhere may use [`never_shut_down`].
     pub shutdown: watch::Receiver<bool>,
 }
+
+/// Adopts a request's trace context (from its headers) as the parent of a span.
+pub type TraceParentHook = Arc<dyn Fn(&HeaderMap, &tracing::Span) + Send + Sync>;
 
 /// A shutdown signal that never fires (for routers driven without [`serve`], e.g. in tests).
 pub fn never_shut_down() -> watch::Receiver<bool> {

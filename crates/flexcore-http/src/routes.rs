@@ -38,14 +38,21 @@ pub fn router(state: AppState) -> Router {
         .route("/openapi.json", get(crate::openapi::openapi_json))
         .fallback(|| async { ApiError::not_found("no such route") })
         .method_not_allowed_fallback(|| async { ApiError::method_not_allowed() })
-        .layer(axum::middleware::from_fn(count_requests))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            count_requests,
+        ))
         .with_state(state)
 }
 
 /// Runs every request in an `http.request` span (the parent of the command, bus and store
 /// spans), counts it by route pattern and status (`flexcore_http_requests_total`) and times it
 /// (`flexcore_http_request_duration_seconds`).
-async fn count_requests(request: axum::extract::Request, next: axum::middleware::Next) -> Response {
+async fn count_requests(
+    State(state): State<AppState>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
     let route = request
         .extensions()
         .get::<axum::extract::MatchedPath>()
@@ -56,6 +63,9 @@ async fn count_requests(request: axum::extract::Request, next: axum::middleware:
         route = %route,
         status = tracing::field::Empty,
     );
+    if let Some(adopt_parent) = &state.trace_parent {
+        adopt_parent(request.headers(), &span);
+    }
     let started = std::time::Instant::now();
     let response = tracing::Instrument::instrument(next.run(request), span.clone()).await;
     span.record("status", response.status().as_u16());

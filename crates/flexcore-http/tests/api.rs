@@ -28,6 +28,7 @@ fn app() -> TestApp {
             max_json_depth: 32,
         },
         metrics: Some(Arc::new(|| "flexcore_test_metric 1\n".to_owned())),
+        trace_parent: None,
         shutdown: flexcore_http::never_shut_down(),
     };
     TestApp {

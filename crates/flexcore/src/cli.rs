@@ -85,6 +85,9 @@ pub struct ServeArgs {
     /// are masked anywhere in a line [default: email,password,token].
     #[arg(long, env = "FLEXCORE_LOG_MASK")]
     pub log_mask: Option<String>,
+    /// Export traces over OTLP/gRPC to this collector, e.g. http://127.0.0.1:4317 [default: off].
+    #[arg(long, env = "FLEXCORE_OTLP_ENDPOINT")]
+    pub otlp_endpoint: Option<String>,
     /// The largest request body accepted, in bytes [default: 4194304].
     #[arg(long, env = "FLEXCORE_MAX_BODY_BYTES")]
     pub max_body_bytes: Option<usize>,

@@ -81,6 +81,8 @@ pub struct Settings {
     pub max_body_bytes: usize,
     /// Fields whose values are masked in logs (and, with `email`, email addresses anywhere).
     pub log_mask: Vec<String>,
+    /// Where to export traces over OTLP/gRPC (`None`: no export).
+    pub otlp_endpoint: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -93,6 +95,7 @@ struct FileSettings {
     log_format: Option<String>,
     max_body_bytes: Option<usize>,
     log_mask: Option<Vec<String>>,
+    otlp_endpoint: Option<String>,
 }
 
 impl Settings {
@@ -155,7 +158,21 @@ impl Settings {
             .map(|list| list.split(',').map(|f| f.trim().to_owned()).collect())
             .or(file.log_mask)
             .unwrap_or_else(|| DEFAULT_LOG_MASK.iter().map(|f| (*f).to_owned()).collect());
+        let otlp_endpoint = args
+            .otlp_endpoint
+            .or(file.otlp_endpoint)
+            .filter(|e| !e.is_empty());
+        if let Some(endpoint) = &otlp_endpoint
+            && !(endpoint.starts_with("http://") || endpoint.starts_with("https://"))
+        {
+            return Err(ConfigError::Invalid {
+                key: "otlp_endpoint",
+                value: endpoint.clone(),
+                expected: "an http:// or https:// URL of an OTLP/gRPC collector",
+            });
+        }
         Ok(Self {
+            otlp_endpoint,
             log_mask,
             http_addr: addr(
                 "http_addr",
@@ -195,13 +212,16 @@ impl Settings {
             ),
             ("max_body_bytes", json!(self.max_body_bytes)),
             ("log_mask", json!(self.log_mask)),
+            ("otlp_endpoint", json!(self.otlp_endpoint)),
         ]
     }
 
     /// The effective settings as a `flexcore.toml` document.
     pub fn to_toml(&self) -> String {
+        // TOML has no null: unset optional settings are left out.
         self.effective()
             .into_iter()
+            .filter(|(_, value)| !value.is_null())
             .map(|(key, value)| format!("{key} = {value}\n"))
             .collect()
     }

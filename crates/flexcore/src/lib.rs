@@ -6,6 +6,7 @@
 //! * [`logging`]: text or JSON logs with sensitive values masked;
 //! * [`server`]: opens the store named by the store URL, wires the buses and the sample
 //!   domain, and serves HTTP until shutdown;
+//! * [`telemetry`]: OTLP export of spans and W3C trace context;
 //! * [`bench`]: `flexcore bench`, the store benchmarks with their baselines.
 
 pub mod bench;
@@ -14,3 +15,4 @@ pub mod client;
 pub mod config;
 pub mod logging;
 pub mod server;
+pub mod telemetry;

@@ -13,6 +13,7 @@ use tracing_subscriber::EnvFilter;
 use tracing_subscriber::fmt::MakeWriter;
 
 use crate::config::{LogFormat, Settings};
+use crate::telemetry::Telemetry;
 
 /// Masks sensitive values in log lines.
 #[derive(Debug, Clone)]
@@ -169,21 +170,47 @@ impl Drop for MaskedLine {
     }
 }
 
-/// Installs the global subscriber: filter, format and masking from the settings.
-pub fn init(settings: &Settings) -> anyhow::Result<()> {
+/// Installs the global subscriber: filter, format and masking from the settings, plus OTLP
+/// export when an endpoint is configured (the returned [`Telemetry`] flushes it at exit).
+pub fn init(settings: &Settings) -> anyhow::Result<Option<Telemetry>> {
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+
     let filter = EnvFilter::try_new(&settings.log)
         .with_context(|| format!("invalid log filter '{}'", settings.log))?;
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(MaskingStderr {
-            masker: Masker::new(&settings.log_mask),
-        })
-        .with_ansi(io::stderr().is_terminal());
-    let installed = match settings.log_format {
-        LogFormat::Text => builder.try_init(),
-        LogFormat::Json => builder.json().try_init(),
+    let writer = MaskingStderr {
+        masker: Masker::new(&settings.log_mask),
     };
-    installed.map_err(|e| anyhow::anyhow!("cannot install the logger: {e}"))
+    let ansi = io::stderr().is_terminal() && settings.log_format == LogFormat::Text;
+    let (text, json) = match settings.log_format {
+        LogFormat::Text => (
+            Some(
+                tracing_subscriber::fmt::layer()
+                    .with_writer(writer)
+                    .with_ansi(ansi),
+            ),
+            None,
+        ),
+        LogFormat::Json => (
+            None,
+            Some(tracing_subscriber::fmt::layer().json().with_writer(writer)),
+        ),
+    };
+    let (telemetry, otlp) = match &settings.otlp_endpoint {
+        Some(endpoint) => {
+            let (telemetry, layer) = Telemetry::otlp(endpoint)?;
+            (Some(telemetry), Some(layer))
+        }
+        None => (None, None),
+    };
+    tracing_subscriber::registry()
+        .with(filter)
+        .with(text)
+        .with(json)
+        .with(otlp)
+        .try_init()
+        .map_err(|e| anyhow::anyhow!("cannot install the logger: {e}"))?;
+    Ok(telemetry)
 }
 
 #[cfg(test)]

@@ -71,6 +71,7 @@ pub fn app_state(store: Arc<dyn EventStore>, settings: &Settings) -> anyhow::Res
             ..Limits::default()
         },
         metrics: Some(metrics_renderer()?),
+        trace_parent: Some(crate::telemetry::parent_from_headers()),
         // `flexcore_http::serve` wires the real signal.
         shutdown: flexcore_http::never_shut_down(),
     })
@@ -162,11 +163,15 @@ pub async fn run(
 /// `flexcore serve`: resolve settings, start logging, bind, run until SIGINT/SIGTERM.
 pub async fn serve_from_args(args: ServeArgs) -> anyhow::Result<()> {
     let settings = Settings::resolve(args)?;
-    crate::logging::init(&settings)?;
+    let telemetry = crate::logging::init(&settings)?;
     let listener = TcpListener::bind(settings.http_addr)
         .await
         .with_context(|| format!("cannot listen on {}", settings.http_addr))?;
-    run(settings, listener, shutdown_signal()).await
+    let served = run(settings, listener, shutdown_signal()).await;
+    if let Some(telemetry) = telemetry {
+        telemetry.shutdown();
+    }
+    served
 }
 
 /// Resolves on SIGINT or SIGTERM.

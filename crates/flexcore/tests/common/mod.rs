@@ -25,7 +25,13 @@ fn free_port() -> u16 {
 
 impl Server {
     /// Starts the server on `store_url` with `data` as working directory; waits for /health.
+    #[allow(dead_code)]
     pub async fn start_with(data: &Path, store_url: &str) -> Self {
+        Self::start_with_env(data, store_url, &[]).await
+    }
+
+    /// Like [`Server::start_with`], with extra environment variables.
+    pub async fn start_with_env(data: &Path, store_url: &str, env: &[(&str, &str)]) -> Self {
         let port = free_port();
         let grpc_port = free_port();
         let child = Command::new(env!("CARGO_BIN_EXE_flexcore"))
@@ -35,6 +41,7 @@ impl Server {
             .env("FLEXCORE_STORE_URL", store_url)
             .env("FLEXCORE_LOG", "warn")
             .env_remove("FLEXCORE_CONFIG")
+            .envs(env.iter().copied())
             .current_dir(data)
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
