@@ -9,6 +9,11 @@
 //!
 //! Every case gets a fresh database (SQLite file or PostgreSQL schema). The machine is shared
 //! and fsync latency moves ~10× under load: compare ratios from one run, and read `uptime`.
+//!
+//! `flexcore bench --gateway` measures `create_user` end to end over HTTP and gRPC instead,
+//! beside the same store and the command bus without a gateway (see [`gateway`]).
+
+pub mod gateway;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -49,6 +54,16 @@ pub struct BenchArgs {
     /// Print one JSON document instead of a table.
     #[arg(long)]
     pub json: bool,
+    /// Measure `create_user` end to end instead: over HTTP and gRPC (an in-process server),
+    /// beside the command bus without a gateway and the raw store taking the same appends.
+    #[arg(
+        long,
+        conflicts_with_all = ["writers", "events_per_append", "read_events", "committers"]
+    )]
+    pub gateway: bool,
+    /// With --gateway: concurrent connections (client tasks), comma-separated.
+    #[arg(long, value_delimiter = ',', default_values_t = vec![1, 32], requires = "gateway")]
+    pub connections: Vec<usize>,
 }
 
 /// How the store under test is configured.
@@ -439,6 +454,9 @@ async fn raw_scan(table: &RawTable) -> anyhow::Result<usize> {
 
 /// Runs every case and prints the report.
 pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
+    if args.gateway {
+        return gateway::run(&args).await;
+    }
     let backend = Backend::new(&args.store, args.committers)?;
     let result = run_cases(&backend, &args).await;
     backend.cleanup().await;

@@ -1,0 +1,871 @@
+//! `flexcore bench --gateway`: `create_user` end to end over HTTP and gRPC, beside the same
+//! store taking the same writes directly and the command bus without a gateway, in one run.
+//!
+//! Four cases per connection count N, each run on a fresh store (SQLite file or PostgreSQL
+//! schema) opened from a store URL exactly as `flexcore serve` opens it ([`open_store`]):
+//!
+//! | case | N concurrent tasks, each sending `create_user` back to back |
+//! |---|---|
+//! | `store` | the atomic two-stream append one `create_user` makes (`user-{id}` and its email reservation, both `no_stream`), straight into the store: the raw group-commit figure |
+//! | `bus` | `create_user` through the command bus `flexcore serve` wires ([`app_state`]: retry, idempotency, metrics, tracing; the handler loads both aggregates, then appends) |
+//! | `http` | `POST /v1/commands/create_user`, one keep-alive HTTP/1.1 connection per task |
+//! | `grpc` | `CommandService.Send`, one tonic channel (one HTTP/2 connection) per task |
+//!
+//! So the report separates store → bus → gateway costs. Every command uses a new address
+//! (`u{task}-{n}@bench.example`); only successful answers are counted, and any failure stops
+//! the benchmark with its cause. Runs are interleaved (repeat r runs every case before repeat
+//! r+1), so a change of machine load hits every case alike; the median run is reported.
+//!
+//! **In-process server.** The gateways run in this process, through [`server::run`] on
+//! `127.0.0.1` ports, the function `flexcore serve` runs. A spawned `flexcore serve` would not
+//! give the server more CPU: the clients run on the same machine either way, and they would
+//! compete for the same cores through the OS scheduler instead of the tokio scheduler, plus
+//! cross-process wake-ups. In-process keeps one build, one store configuration and real errors
+//! for every case. What it shares with the clients is reported per case as `cpu_cores` (process
+//! CPU time / wall time): when it reaches the machine's core count, the figure is CPU-bound and
+//! includes the clients' own encoding and socket work. Like `flexcore serve` with its default
+//! `log = info`, a `tracing` subscriber at `info` is installed, so spans cost what they cost
+//! there (only errors are printed), and the process-wide Prometheus recorder is installed before
+//! the first case so every case pays for its metrics alike.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use flexcore_app::command::{Command, CommandBus, CommandContext};
+use flexcore_app::repository::Loaded;
+use flexcore_app::store::{EventStore, InMemoryStore, StreamWrite};
+use flexcore_domain::users::{Email, EmailReservation, ReservationCommand, User, UserCommand};
+use flexcore_domain::{Aggregate, StreamId};
+use flexcore_grpc::pb::SendCommandRequest;
+use flexcore_grpc::pb::command_service_client::CommandServiceClient;
+use serde::Serialize;
+use serde_json::json;
+use tokio::net::TcpListener;
+use tokio::task::JoinSet;
+use tonic::transport::Channel;
+
+use super::{BenchArgs, median, percentile, tempfile_dir};
+use crate::cli::ServeArgs;
+use crate::config::Settings;
+use crate::server::{self, app_state, open_store};
+
+/// The targets of issue #3, checked at this many connections.
+const TARGET_CONNECTIONS: usize = 32;
+/// A gateway's throughput must be at least this share of the raw store's.
+const TARGET_THROUGHPUT_RATIO: f64 = 0.5;
+/// A gateway may add less than this to the raw store's p99 latency, in ms.
+const TARGET_P99_ADDED_MS: f64 = 1.0;
+
+/// The layer a case drives `create_user` through.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Layer {
+    /// The store alone: `create_user`'s atomic two-stream append.
+    Store,
+    /// The command bus of `flexcore serve`, no gateway.
+    Bus,
+    /// The HTTP gateway.
+    Http,
+    /// The gRPC gateway.
+    Grpc,
+}
+
+impl Layer {
+    const ALL: [Self; 4] = [Self::Store, Self::Bus, Self::Http, Self::Grpc];
+
+    fn name(self) -> &'static str {
+        match self {
+            Self::Store => "store",
+            Self::Bus => "bus",
+            Self::Http => "http",
+            Self::Grpc => "grpc",
+        }
+    }
+}
+
+/// One measured case.
+#[derive(Debug, Clone, Serialize)]
+pub struct GatewayFigure {
+    /// What was driven.
+    pub layer: Layer,
+    /// Concurrent connections (tasks).
+    pub connections: usize,
+    /// Median commands/s over the runs.
+    pub commands_per_s: f64,
+    /// Every run's commands/s, in run order.
+    pub runs: Vec<f64>,
+    /// Commands completed in the median run.
+    pub commands: usize,
+    /// Median command latency, ms (of the median run).
+    pub p50_ms: f64,
+    /// 99th percentile command latency, ms (of the median run).
+    pub p99_ms: f64,
+    /// Process CPU time / wall time in the median run (Linux; `None` elsewhere).
+    pub cpu_cores: Option<f64>,
+}
+
+/// The overheads at one connection count, relative to the raw store and to the bus.
+#[derive(Debug, Clone, Serialize)]
+pub struct GatewayRatios {
+    /// Concurrent connections.
+    pub connections: usize,
+    /// Bus throughput / store throughput.
+    pub bus_over_store: f64,
+    /// HTTP throughput / store throughput.
+    pub http_over_store: f64,
+    /// gRPC throughput / store throughput.
+    pub grpc_over_store: f64,
+    /// Bus p99 − store p99, ms.
+    pub bus_p99_added_ms: f64,
+    /// HTTP p99 − store p99, ms.
+    pub http_p99_added_ms: f64,
+    /// gRPC p99 − store p99, ms.
+    pub grpc_p99_added_ms: f64,
+    /// HTTP p99 − bus p99, ms: the HTTP gateway alone.
+    pub http_p99_over_bus_ms: f64,
+    /// gRPC p99 − bus p99, ms: the gRPC gateway alone.
+    pub grpc_p99_over_bus_ms: f64,
+}
+
+/// One gateway checked against issue #3's targets.
+#[derive(Debug, Clone, Serialize)]
+pub struct TargetCheck {
+    /// `http` or `grpc`.
+    pub gateway: Layer,
+    /// Concurrent connections.
+    pub connections: usize,
+    /// Gateway throughput / raw store throughput.
+    pub throughput_ratio: f64,
+    /// The least acceptable ratio.
+    pub throughput_ratio_min: f64,
+    /// Whether the ratio is met.
+    pub throughput_met: bool,
+    /// Gateway p99 − raw store p99, ms.
+    pub p99_added_ms: f64,
+    /// The most acceptable addition, ms (exclusive).
+    pub p99_added_max_ms: f64,
+    /// Whether the latency target is met.
+    pub p99_met: bool,
+}
+
+/// One run of one case.
+struct Run {
+    rate: f64,
+    latencies: Vec<Duration>,
+    cpu_cores: Option<f64>,
+}
+
+/// The whole report of `flexcore bench --gateway` (printed as is with `--json`).
+#[derive(Debug, Clone, Serialize)]
+pub struct GatewayReport {
+    /// Always `gateway`.
+    pub mode: &'static str,
+    /// `sqlite` or `postgres`.
+    pub store: &'static str,
+    /// Seconds per run.
+    pub duration_s: f64,
+    /// Runs per case.
+    pub repeat: usize,
+    /// Every case, by connection count, then layer.
+    pub cases: Vec<GatewayFigure>,
+    /// The overheads per connection count.
+    pub ratios: Vec<GatewayRatios>,
+    /// Issue #3's targets (empty unless 32 connections were measured).
+    pub targets: Vec<TargetCheck>,
+}
+
+/// Runs the gateway benchmark and prints the report.
+pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
+    let stores = Stores::new(&args.store)?;
+    let report = measure_all(&stores, args).await;
+    stores.cleanup().await;
+    let report = report?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print_text(&report);
+    }
+    Ok(())
+}
+
+async fn measure_all(stores: &Stores, args: &BenchArgs) -> anyhow::Result<GatewayReport> {
+    let duration = Duration::from_secs_f64(args.duration.max(0.1));
+    let repeat = args.repeat.max(1);
+    let mut connections: Vec<usize> = Vec::new();
+    for n in args.connections.iter().map(|&c| c.max(1)) {
+        if !connections.contains(&n) {
+            connections.push(n);
+        }
+    }
+    install_serve_observability(stores)?;
+
+    let mut runs: Vec<((Layer, usize), Vec<Run>)> = Vec::new();
+    let mut case = 0;
+    for r in 1..=repeat {
+        for &n in &connections {
+            for layer in Layer::ALL {
+                case += 1;
+                let url = stores.fresh_url(case);
+                let run = run_once(layer, n, duration, &url, stores)
+                    .await
+                    .with_context(|| format!("{} case, {n} connections, run {r}", layer.name()))?;
+                if !args.json {
+                    eprintln!(
+                        "  run {r}/{repeat} {:<5} connections={n:<3} {:>8.0} commands/s  p50={:.2}ms p99={:.2}ms  cpu={}",
+                        layer.name(),
+                        run.rate,
+                        percentile(&run.latencies, 0.50),
+                        percentile(&run.latencies, 0.99),
+                        cores_text(run.cpu_cores),
+                    );
+                }
+                match runs.iter_mut().find(|(key, _)| *key == (layer, n)) {
+                    Some((_, list)) => list.push(run),
+                    None => runs.push(((layer, n), vec![run])),
+                }
+            }
+        }
+    }
+
+    let cases: Vec<GatewayFigure> = runs
+        .into_iter()
+        .map(|((layer, n), runs)| figure(layer, n, runs))
+        .collect();
+    let find = |layer: Layer, n: usize| {
+        cases
+            .iter()
+            .find(|f| f.layer == layer && f.connections == n)
+            .expect("every case was measured")
+    };
+    let ratios: Vec<GatewayRatios> = connections
+        .iter()
+        .map(|&n| {
+            let (store, bus) = (find(Layer::Store, n), find(Layer::Bus, n));
+            let (http, grpc) = (find(Layer::Http, n), find(Layer::Grpc, n));
+            GatewayRatios {
+                connections: n,
+                bus_over_store: bus.commands_per_s / store.commands_per_s,
+                http_over_store: http.commands_per_s / store.commands_per_s,
+                grpc_over_store: grpc.commands_per_s / store.commands_per_s,
+                bus_p99_added_ms: bus.p99_ms - store.p99_ms,
+                http_p99_added_ms: http.p99_ms - store.p99_ms,
+                grpc_p99_added_ms: grpc.p99_ms - store.p99_ms,
+                http_p99_over_bus_ms: http.p99_ms - bus.p99_ms,
+                grpc_p99_over_bus_ms: grpc.p99_ms - bus.p99_ms,
+            }
+        })
+        .collect();
+    let targets: Vec<TargetCheck> = ratios
+        .iter()
+        .filter(|r| r.connections == TARGET_CONNECTIONS)
+        .flat_map(|r| {
+            [
+                (Layer::Http, r.http_over_store, r.http_p99_added_ms),
+                (Layer::Grpc, r.grpc_over_store, r.grpc_p99_added_ms),
+            ]
+            .map(|(gateway, ratio, added)| TargetCheck {
+                gateway,
+                connections: r.connections,
+                throughput_ratio: ratio,
+                throughput_ratio_min: TARGET_THROUGHPUT_RATIO,
+                throughput_met: ratio >= TARGET_THROUGHPUT_RATIO,
+                p99_added_ms: added,
+                p99_added_max_ms: TARGET_P99_ADDED_MS,
+                p99_met: added < TARGET_P99_ADDED_MS,
+            })
+        })
+        .collect();
+    Ok(GatewayReport {
+        mode: "gateway",
+        store: stores.name(),
+        duration_s: duration.as_secs_f64(),
+        repeat,
+        cases,
+        ratios,
+        targets,
+    })
+}
+
+fn print_text(report: &GatewayReport) {
+    let store = report.store;
+    for f in &report.cases {
+        eprintln!(
+            "{store:<6} {:<5} connections={:<3} {:>8.0} commands/s  p50={:.2}ms p99={:.2}ms  cpu={}  runs={:?}",
+            f.layer.name(),
+            f.connections,
+            f.commands_per_s,
+            f.p50_ms,
+            f.p99_ms,
+            cores_text(f.cpu_cores),
+            f.runs.iter().map(|r| r.round() as u64).collect::<Vec<_>>(),
+        );
+    }
+    for r in &report.ratios {
+        eprintln!(
+            "{store:<6} connections={}: throughput / store: bus {:.2}, http {:.2}, grpc {:.2}; \
+             p99 added to the store's: bus {:+.2}ms, http {:+.2}ms, grpc {:+.2}ms \
+             (to the bus's: http {:+.2}ms, grpc {:+.2}ms)",
+            r.connections,
+            r.bus_over_store,
+            r.http_over_store,
+            r.grpc_over_store,
+            r.bus_p99_added_ms,
+            r.http_p99_added_ms,
+            r.grpc_p99_added_ms,
+            r.http_p99_over_bus_ms,
+            r.grpc_p99_over_bus_ms,
+        );
+    }
+    for t in &report.targets {
+        eprintln!(
+            "{store:<6} target (issue #3) {} at {} connections: throughput {:.2} of the store's \
+             (≥ {:.2}: {}), p99 {:+.2}ms over the store's (< {:.1}ms: {})",
+            t.gateway.name(),
+            t.connections,
+            t.throughput_ratio,
+            t.throughput_ratio_min,
+            met(t.throughput_met),
+            t.p99_added_ms,
+            t.p99_added_max_ms,
+            met(t.p99_met),
+        );
+    }
+    if report.targets.is_empty() {
+        eprintln!(
+            "{store:<6} issue #3's targets are checked at {TARGET_CONNECTIONS} connections; \
+             add {TARGET_CONNECTIONS} to --connections to check them"
+        );
+    }
+}
+
+fn met(ok: bool) -> &'static str {
+    if ok { "met" } else { "MISSED" }
+}
+
+fn cores_text(cores: Option<f64>) -> String {
+    cores.map_or_else(|| "n/a".to_owned(), |c| format!("{c:.2} cores"))
+}
+
+/// Reduces a case's runs to the median throughput, with the median run's latencies.
+fn figure(layer: Layer, connections: usize, runs: Vec<Run>) -> GatewayFigure {
+    let rates: Vec<f64> = runs.iter().map(|r| r.rate).collect();
+    let mut by_rate = runs;
+    by_rate.sort_by(|a, b| a.rate.total_cmp(&b.rate));
+    let middle = &by_rate[by_rate.len() / 2];
+    GatewayFigure {
+        layer,
+        connections,
+        commands_per_s: median(&mut rates.clone()),
+        runs: rates,
+        commands: middle.latencies.len(),
+        p50_ms: percentile(&middle.latencies, 0.50),
+        p99_ms: percentile(&middle.latencies, 0.99),
+        cpu_cores: middle.cpu_cores,
+    }
+}
+
+/// Installs what `flexcore serve` has in place before its first request: a `tracing`
+/// subscriber at its default level (printing only errors here), and, through
+/// [`app_state`], the process-wide Prometheus recorder.
+fn install_serve_observability(stores: &Stores) -> anyhow::Result<()> {
+    use tracing_subscriber::fmt::writer::MakeWriterExt;
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new("info"))
+        .with_writer(std::io::stderr.with_max_level(tracing::Level::ERROR))
+        .try_init();
+    let settings = stores.settings("sqlite://unused.db", None, None)?;
+    app_state(Arc::new(InMemoryStore::new()), &settings)?;
+    Ok(())
+}
+
+async fn run_once(
+    layer: Layer,
+    connections: usize,
+    duration: Duration,
+    url: &str,
+    stores: &Stores,
+) -> anyhow::Result<Run> {
+    match layer {
+        Layer::Store => {
+            let store = open_store(url).await?;
+            let clients = (0..connections)
+                .map(|_| StoreWriter(Arc::clone(&store)))
+                .collect();
+            measure(clients, duration).await
+        }
+        Layer::Bus => {
+            let settings = stores.settings(url, None, None)?;
+            let state = app_state(open_store(url).await?, &settings)?;
+            let clients = (0..connections)
+                .map(|_| BusClient(Arc::clone(&state.commands)))
+                .collect();
+            measure(clients, duration).await
+        }
+        Layer::Http | Layer::Grpc => {
+            let server = Server::start(url, stores).await?;
+            let measured = if layer == Layer::Http {
+                let mut clients = Vec::with_capacity(connections);
+                for _ in 0..connections {
+                    clients.push(HttpClient::connect(server.http).await?);
+                }
+                measure(clients, duration).await
+            } else {
+                let mut clients = Vec::with_capacity(connections);
+                for _ in 0..connections {
+                    clients.push(GrpcClient::connect(server.grpc).await?);
+                }
+                measure(clients, duration).await
+            };
+            let stopped = server.stop().await;
+            let run = measured?;
+            stopped?;
+            Ok(run)
+        }
+    }
+}
+
+/// Something that runs `create_user` for one connection.
+trait CreateUser: Send + 'static {
+    /// Creates the user with this address; an error unless the answer is a success.
+    fn create_user(&mut self, email: String) -> impl Future<Output = anyhow::Result<()>> + Send;
+}
+
+/// Every client drives `create_user` back to back until `duration` has passed; the rate is
+/// commands completed over the wall time until the last one finished.
+async fn measure<C: CreateUser>(clients: Vec<C>, duration: Duration) -> anyhow::Result<Run> {
+    let cpu_before = cpu_seconds();
+    let started = Instant::now();
+    let deadline = started + duration;
+    let mut tasks = JoinSet::new();
+    for (task, mut client) in clients.into_iter().enumerate() {
+        tasks.spawn(async move {
+            let mut latencies = Vec::with_capacity(4096);
+            let mut n = 0u64;
+            while Instant::now() < deadline {
+                let email = format!("u{task}-{n}@bench.example");
+                let sent = Instant::now();
+                client
+                    .create_user(email)
+                    .await
+                    .with_context(|| format!("connection {task}, command {n}"))?;
+                latencies.push(sent.elapsed());
+                n += 1;
+            }
+            anyhow::Ok(latencies)
+        });
+    }
+    let mut latencies = Vec::new();
+    while let Some(joined) = tasks.join_next().await {
+        // Dropping the set on an error aborts the other clients.
+        latencies.extend(joined.context("a client task panicked")??);
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    let cpu_cores = cpu_seconds()
+        .zip(cpu_before)
+        .map(|(after, before)| (after - before) / elapsed);
+    latencies.sort_unstable();
+    Ok(Run {
+        rate: latencies.len() as f64 / elapsed,
+        latencies,
+        cpu_cores,
+    })
+}
+
+/// This process's user + system CPU time, from `/proc/self/stat` (Linux, 100 ticks/s).
+fn cpu_seconds() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // Fields after the command name (which may hold spaces) start at field 3 (`state`);
+    // `utime` and `stime` are fields 14 and 15.
+    let (_, rest) = stat.rsplit_once(')')?;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    Some(ticks as f64 / 100.0)
+}
+
+/// The writes one `create_user` appends in one atomic append, built the way its handler builds
+/// them (same events, metadata and expectations) for a user and address never seen before.
+fn create_user_writes(email: &str) -> anyhow::Result<Vec<StreamWrite>> {
+    let email = Email::parse(email)?;
+    let user_id = uuid::Uuid::now_v7();
+    let metadata = CommandContext::default().event_metadata();
+    let user = Loaded {
+        stream_id: StreamId::for_aggregate(User::TYPE, user_id)?,
+        state: User::default(),
+        version: None,
+    };
+    let reservation = Loaded {
+        stream_id: StreamId::for_aggregate(EmailReservation::TYPE, email.as_str())?,
+        state: EmailReservation::default(),
+        version: None,
+    };
+    let (_, reserve) = reservation.decide(
+        &ReservationCommand::Reserve {
+            email: email.clone(),
+            user_id,
+        },
+        &metadata,
+    )?;
+    let (_, create) = user.decide(
+        &UserCommand::Create {
+            user_id,
+            email,
+            profile: Default::default(),
+        },
+        &metadata,
+    )?;
+    Ok(vec![create, reserve])
+}
+
+/// The body of a `create_user` command (addresses here need no JSON escaping).
+fn create_user_body(email: &str) -> String {
+    format!(r#"{{"email":"{email}"}}"#)
+}
+
+/// The raw store: one atomic two-stream append per command.
+struct StoreWriter(Arc<dyn EventStore>);
+
+impl CreateUser for StoreWriter {
+    async fn create_user(&mut self, email: String) -> anyhow::Result<()> {
+        let writes = create_user_writes(&email)?;
+        self.0.append_atomic(writes).await?;
+        Ok(())
+    }
+}
+
+/// The command bus `flexcore serve` wires, without a gateway.
+struct BusClient(Arc<dyn CommandBus>);
+
+impl CreateUser for BusClient {
+    async fn create_user(&mut self, email: String) -> anyhow::Result<()> {
+        let command = Command {
+            command_type: "create_user".into(),
+            payload: json!({ "email": email }),
+        };
+        self.0.send(&CommandContext::default(), &command).await?;
+        Ok(())
+    }
+}
+
+/// One keep-alive HTTP/1.1 connection.
+struct HttpClient {
+    client: reqwest::Client,
+    url: String,
+}
+
+impl HttpClient {
+    /// A client holding at most one connection, opened now (`GET /health`) so the measured
+    /// requests find it ready.
+    async fn connect(addr: SocketAddr) -> anyhow::Result<Self> {
+        let client = reqwest::Client::builder()
+            .no_proxy()
+            .http1_only()
+            .tcp_nodelay(true)
+            .pool_max_idle_per_host(1)
+            .build()?;
+        client
+            .get(format!("http://{addr}/health"))
+            .send()
+            .await?
+            .error_for_status()?
+            .bytes()
+            .await?;
+        Ok(Self {
+            client,
+            url: format!("http://{addr}/v1/commands/create_user"),
+        })
+    }
+}
+
+impl CreateUser for HttpClient {
+    async fn create_user(&mut self, email: String) -> anyhow::Result<()> {
+        let response = self
+            .client
+            .post(&self.url)
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .body(create_user_body(&email))
+            .send()
+            .await?;
+        let status = response.status();
+        // Read the whole body, so the connection is free for the next request.
+        let body = response.bytes().await?;
+        anyhow::ensure!(
+            status.is_success(),
+            "HTTP {status}: {}",
+            String::from_utf8_lossy(&body)
+        );
+        Ok(())
+    }
+}
+
+/// One tonic channel: one HTTP/2 connection.
+struct GrpcClient(CommandServiceClient<Channel>);
+
+impl GrpcClient {
+    async fn connect(addr: SocketAddr) -> anyhow::Result<Self> {
+        let channel = Channel::from_shared(format!("http://{addr}"))?
+            .connect_timeout(Duration::from_secs(5))
+            .tcp_nodelay(true)
+            .connect()
+            .await
+            .with_context(|| format!("cannot connect to the gRPC gateway at {addr}"))?;
+        Ok(Self(CommandServiceClient::new(channel)))
+    }
+}
+
+impl CreateUser for GrpcClient {
+    async fn create_user(&mut self, email: String) -> anyhow::Result<()> {
+        self.0
+            .send(SendCommandRequest {
+                command_type: "create_user".into(),
+                payload_json: create_user_body(&email),
+                idempotency_key: None,
+            })
+            .await?;
+        Ok(())
+    }
+}
+
+/// `flexcore::server::run` on loopback ports, over one store URL.
+struct Server {
+    http: SocketAddr,
+    grpc: SocketAddr,
+    stop: tokio::sync::oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+impl Server {
+    /// Starts the server and waits until `GET /health` answers.
+    ///
+    /// `run` binds the gRPC address itself, so a free port is picked first (bind to port 0,
+    /// note it, let it go); should another process take it meanwhile, `run` fails at once and
+    /// this tries another port.
+    async fn start(url: &str, stores: &Stores) -> anyhow::Result<Self> {
+        let mut last_error = None;
+        for _attempt in 0..3 {
+            let listener = TcpListener::bind("127.0.0.1:0").await?;
+            let http = listener.local_addr()?;
+            let grpc = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
+            let settings = stores.settings(url, Some(http), Some(grpc))?;
+            let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+            let mut task = tokio::spawn(server::run(settings, listener, async {
+                let _ = stopped.await;
+            }));
+            match wait_ready(http, &mut task).await {
+                Ok(()) => {
+                    return Ok(Self {
+                        http,
+                        grpc,
+                        stop,
+                        task,
+                    });
+                }
+                Err(e) => last_error = Some(e),
+            }
+        }
+        Err(last_error.expect("at least one attempt"))
+    }
+
+    /// Signals shutdown and waits (bounded) for `run` to return.
+    async fn stop(self) -> anyhow::Result<()> {
+        let _ = self.stop.send(());
+        tokio::time::timeout(Duration::from_secs(15), self.task)
+            .await
+            .context("the server did not stop within 15 s")?
+            .context("the server panicked")?
+    }
+}
+
+async fn wait_ready(
+    http: SocketAddr,
+    task: &mut tokio::task::JoinHandle<anyhow::Result<()>>,
+) -> anyhow::Result<()> {
+    let probe = reqwest::Client::builder()
+        .no_proxy()
+        .timeout(Duration::from_secs(2))
+        .build()?;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if task.is_finished() {
+            return match task.await {
+                Ok(Ok(())) => Err(anyhow::anyhow!("the server stopped at start")),
+                Ok(Err(e)) => Err(e.context("the server failed to start")),
+                Err(e) => Err(anyhow::anyhow!("the server panicked at start: {e}")),
+            };
+        }
+        let ready = probe.get(format!("http://{http}/health")).send().await;
+        if ready.is_ok_and(|r| r.status().is_success()) {
+            return Ok(());
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "the server did not answer /health within 30 s"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Fresh stores, named by URL so the server opens them exactly as `flexcore serve` would.
+struct Stores {
+    /// Holds the settings file and the SQLite files; removed on drop.
+    dir: tempfile_dir::Dir,
+    /// An empty settings file, so a `./flexcore.toml` in the working directory is not read.
+    config: PathBuf,
+    postgres: Option<PostgresSchemas>,
+}
+
+struct PostgresSchemas {
+    url: String,
+    created: std::sync::Mutex<Vec<String>>,
+}
+
+impl Stores {
+    fn new(spec: &str) -> anyhow::Result<Self> {
+        let postgres = match spec {
+            "sqlite" => None,
+            url if url.starts_with("postgres://") || url.starts_with("postgresql://") => {
+                anyhow::ensure!(
+                    server::split_schema(url).1.is_none(),
+                    "the bench picks its own schemas: leave schema= out of the URL"
+                );
+                Some(PostgresSchemas {
+                    url: url.to_owned(),
+                    created: Default::default(),
+                })
+            }
+            other => {
+                anyhow::bail!("unknown bench store '{other}': use sqlite or a postgres:// URL")
+            }
+        };
+        let dir = tempfile_dir::Dir::new().context("cannot create a temp dir")?;
+        let config = dir.path().join("flexcore.toml");
+        std::fs::write(&config, "").context("cannot write the bench's settings file")?;
+        Ok(Self {
+            dir,
+            config,
+            postgres,
+        })
+    }
+
+    fn name(&self) -> &'static str {
+        if self.postgres.is_some() {
+            "postgres"
+        } else {
+            "sqlite"
+        }
+    }
+
+    /// The URL of a store no case used before.
+    fn fresh_url(&self, case: usize) -> String {
+        match &self.postgres {
+            None => format!("sqlite://{}", db_path(self.dir.path(), case).display()),
+            Some(pg) => {
+                let schema = format!("fc_bench_gw_{}_{case}", std::process::id());
+                pg.created
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .push(schema.clone());
+                let separator = if pg.url.contains('?') { '&' } else { '?' };
+                format!("{}{separator}schema={schema}", pg.url)
+            }
+        }
+    }
+
+    /// The settings `flexcore serve` would resolve with these flags and no config file.
+    fn settings(
+        &self,
+        store_url: &str,
+        http: Option<SocketAddr>,
+        grpc: Option<SocketAddr>,
+    ) -> anyhow::Result<Settings> {
+        Ok(Settings::resolve(ServeArgs {
+            config: Some(self.config.clone()),
+            http_addr: http.map(|a| a.to_string()),
+            grpc_addr: grpc.map(|a| a.to_string()),
+            store_url: Some(store_url.to_owned()),
+            ..ServeArgs::default()
+        })?)
+    }
+
+    /// Drops the schemas the cases created.
+    async fn cleanup(&self) {
+        if let Some(pg) = &self.postgres {
+            let created =
+                std::mem::take(&mut *pg.created.lock().unwrap_or_else(|p| p.into_inner()));
+            for schema in created {
+                if let Err(e) = flexcore_store_postgres::drop_schema(&pg.url, &schema).await {
+                    eprintln!("cannot drop bench schema {schema}: {e}");
+                }
+            }
+        }
+    }
+}
+
+fn db_path(dir: &Path, case: usize) -> PathBuf {
+    dir.join(format!("gateway-{case}.db"))
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[test]
+    fn the_raw_writes_are_what_create_user_appends() {
+        let writes = create_user_writes("u1-2@bench.example").unwrap();
+        assert_eq!(writes.len(), 2);
+        assert!(writes[0].stream_id.as_str().starts_with("user-"));
+        assert_eq!(writes[0].events[0].event_type, "user.created");
+        assert_eq!(writes[1].stream_id.as_str(), "email-u1-2@bench.example");
+        assert_eq!(writes[1].events[0].event_type, "email.reserved");
+        assert!(
+            writes
+                .iter()
+                .all(|w| w.expected == flexcore_domain::ExpectedVersion::NoStream)
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn every_layer_is_measured_over_a_real_server() {
+        let cli = crate::cli::Cli::parse_from([
+            "flexcore",
+            "bench",
+            "--gateway",
+            "--connections",
+            "2,2,3",
+            "--duration",
+            "0.3",
+            "--repeat",
+            "1",
+            "--json",
+        ]);
+        let crate::cli::Command::Bench(args) = cli.command else {
+            panic!("not the bench command");
+        };
+        let stores = Stores::new(&args.store).unwrap();
+        let report = measure_all(&stores, &args).await.unwrap();
+        assert_eq!(
+            report.cases.len(),
+            8,
+            "4 layers × 2 distinct connection counts"
+        );
+        for case in &report.cases {
+            assert!(case.commands > 0, "{case:?}");
+            assert!(case.p99_ms >= case.p50_ms, "{case:?}");
+        }
+        assert_eq!(report.ratios.len(), 2);
+        assert!(report.targets.is_empty(), "no 32-connection case");
+        let json = serde_json::to_value(&report).unwrap();
+        assert_eq!(json["cases"][2]["layer"], "http");
+    }
+
+    #[test]
+    fn this_process_cpu_time_is_readable_on_linux() {
+        if cfg!(target_os = "linux") {
+            assert!(cpu_seconds().is_some());
+        }
+    }
+}
