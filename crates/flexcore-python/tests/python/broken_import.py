@@ -1,0 +1,3 @@
+from flexcore import FlexCore
+
+raise RuntimeError("this module cannot be imported")
