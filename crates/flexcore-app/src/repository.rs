@@ -64,6 +64,16 @@ pub struct Loaded<A> {
 }
 
 impl<A: Aggregate> Loaded<A> {
+    /// A new aggregate whose stream cannot exist yet (its id was just generated): nothing to
+    /// read. The write it decides expects `no_stream`, so a clash would still be refused.
+    pub fn new_instance(id: &str) -> Result<Self> {
+        Ok(Self {
+            stream_id: StreamId::for_aggregate(A::TYPE, id)?,
+            state: A::default(),
+            version: None,
+        })
+    }
+
     /// The expectation that makes an append fail if anyone wrote since this load.
     pub fn expected(&self) -> ExpectedVersion {
         ExpectedVersion::from_current(self.version)

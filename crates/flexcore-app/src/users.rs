@@ -16,7 +16,7 @@ use uuid::Uuid;
 
 use crate::command::{CommandContext, CommandHandler, CommandRouter};
 use crate::query::{QueryContext, QueryHandler, QueryRouter};
-use crate::repository::Repository;
+use crate::repository::{Loaded, Repository};
 use crate::store::StreamWriteResult;
 use crate::{Error, Result};
 
@@ -80,7 +80,9 @@ impl CommandHandler for CreateUser {
         let metadata = ctx.event_metadata();
         let repo = &self.0.repository;
 
-        let user = repo.load::<User>(&user_id.to_string()).await?;
+        // A fresh UUIDv7: its stream cannot exist, so it is not read (the append still expects
+        // `no_stream`).
+        let user = Loaded::<User>::new_instance(&user_id.to_string())?;
         let reservation = repo.load::<EmailReservation>(email.as_str()).await?;
         let (_, reserve) = reservation.decide(
             &ReservationCommand::Reserve {
