@@ -545,7 +545,7 @@ pub async fn subscription_switches_from_history_to_live_without_gap_or_duplicate
         },
         name: Some("conformance".into()),
     };
-    let reader: Arc<dyn flexcore_app::store::EventReader> = Arc::new(ReaderOf(Arc::clone(&store)));
+    let reader: Arc<dyn flexcore_app::store::EventReader> = store.clone();
     let mut sub = Subscription::new(reader, from, options);
 
     let writer = {
@@ -591,28 +591,6 @@ pub async fn subscription_switches_from_history_to_live_without_gap_or_duplicate
             .unwrap()
             .is_none_or(|e| e.stream_id != s)
     );
-}
-
-/// Lets a subscription use a store as a plain reader.
-struct ReaderOf(Arc<dyn EventStore>);
-
-#[async_trait::async_trait]
-impl flexcore_app::store::EventReader for ReaderOf {
-    async fn read_stream(
-        &self,
-        r: ReadStream,
-    ) -> flexcore_app::Result<flexcore_app::store::StreamSlice> {
-        self.0.read_stream(r).await
-    }
-    async fn read_all(&self, r: ReadAll) -> flexcore_app::Result<flexcore_app::store::AllSlice> {
-        self.0.read_all(r).await
-    }
-    fn head(&self) -> tokio::sync::watch::Receiver<u64> {
-        self.0.head()
-    }
-    async fn ping(&self) -> flexcore_app::Result<()> {
-        self.0.ping().await
-    }
 }
 
 /// The latest snapshot wins; an older one never replaces it.
