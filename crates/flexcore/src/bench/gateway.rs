@@ -38,7 +38,6 @@ use flexcore_app::command::{Command, CommandBus, CommandContext};
 use flexcore_app::repository::Loaded;
 use flexcore_app::store::{EventStore, InMemoryStore, StreamWrite};
 use flexcore_domain::users::{Email, EmailReservation, ReservationCommand, User, UserCommand};
-use flexcore_domain::{Aggregate, StreamId};
 use flexcore_grpc::pb::SendCommandRequest;
 use flexcore_grpc::pb::command_service_client::CommandServiceClient;
 use serde::Serialize;
@@ -491,16 +490,8 @@ fn create_user_writes(email: &str) -> anyhow::Result<Vec<StreamWrite>> {
     let email = Email::parse(email)?;
     let user_id = uuid::Uuid::now_v7();
     let metadata = CommandContext::default().event_metadata();
-    let user = Loaded {
-        stream_id: StreamId::for_aggregate(User::TYPE, user_id)?,
-        state: User::default(),
-        version: None,
-    };
-    let reservation = Loaded {
-        stream_id: StreamId::for_aggregate(EmailReservation::TYPE, email.as_str())?,
-        state: EmailReservation::default(),
-        version: None,
-    };
+    let user = Loaded::<User>::new_instance(&user_id.to_string())?;
+    let reservation = Loaded::<EmailReservation>::new_instance(email.as_str())?;
     let (_, reserve) = reservation.decide(
         &ReservationCommand::Reserve {
             email: email.clone(),
