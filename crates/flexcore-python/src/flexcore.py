@@ -147,7 +147,7 @@ class _Aggregate:
 
 class _Registry:
     def __init__(self):
-        self.commands = {}  # command type -> (function, _Aggregate, wants_state)
+        self.commands = {}  # command type -> (function, _Aggregate, wants_state, creates)
         self.queries = {}
         self.events = {}  # event type -> [functions]
         self.aggregates = {}
@@ -156,8 +156,8 @@ class _Registry:
         return json.dumps(
             {
                 "commands": {
-                    name: {"category": agg.category, "id_field": agg.id_field}
-                    for name, (_, agg, _) in self.commands.items()
+                    name: {"category": agg.category, "id_field": agg.id_field, "creates": creates}
+                    for name, (_, agg, _, creates) in self.commands.items()
                 },
                 "queries": sorted(self.queries),
                 "events": sorted(self.events),
@@ -213,12 +213,16 @@ class FlexCore:
         return mark
 
     @staticmethod
-    def command_handler(command_type, aggregate):
+    def command_handler(command_type, aggregate, creates=False):
         """Registers ``func(cmd)`` or ``func(cmd, state)`` for a command type.
 
         ``aggregate`` is a class decorated with ``@FlexCore.aggregate``; it decides the stream
         and gives the handler the current state. The handler returns an Event (or a dict
         ``{"type": ..., "data": {...}}``), a list of them, or None.
+
+        With ``creates=True`` the command makes a new aggregate: the engine assigns its id (a
+        UUIDv7, readable as ``cmd.<id_field>``; a client may not send that field), the handler
+        sees a fresh state, and the append expects the stream not to exist.
         """
 
         def register(func):
@@ -228,7 +232,7 @@ class FlexCore:
             reg = _registry()
             if command_type in reg.commands:
                 raise ValueError(f"command type '{command_type}' already has a handler")
-            reg.commands[command_type] = (func, agg, _accepts_two(func))
+            reg.commands[command_type] = (func, agg, _accepts_two(func), bool(creates))
             return func
 
         return register
@@ -282,7 +286,7 @@ def _load(paths):
 
 
 def _run_command(registry, command_type, payload_json, events_json):
-    func, agg, wants_state = registry.commands[command_type]
+    func, agg, wants_state, _ = registry.commands[command_type]
     cmd = _wrap(json.loads(payload_json), "command")
     if wants_state:
         state = agg.replay(_stored_event(raw) for raw in json.loads(events_json))

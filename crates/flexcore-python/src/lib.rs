@@ -53,6 +53,17 @@
 //! (optimistic concurrency, exactly as for Rust aggregates); on a conflict the stream is reloaded
 //! and the handler runs again ([`flexcore_app::repository::retry_on_conflict`]).
 //!
+//! A handler registered with `creates=True` makes a new aggregate: the engine assigns the id
+//! (a UUIDv7, readable as `cmd.<id_field>`; a command carrying that field is refused), the
+//! handler sees a fresh state without a read, and the append expects `no_stream`.
+//!
+//! # Hot reload
+//!
+//! [`LivePython`] wraps [`PythonHandlers`] for a server: the buses hold stable handlers that
+//! forward to the current version of the modules, [`LivePython::watch`] polls the files and
+//! reloads on change; a module that fails to import leaves the running version in place and
+//! is reported by [`LivePython::status`].
+//!
 //! # What Rust checks
 //!
 //! Each returned event must have a non-empty string type (a valid event type) and data that
@@ -112,6 +123,11 @@ use pyo3::prelude::*;
 use pyo3::types::PyList;
 use serde_json::Value;
 use tokio::sync::oneshot;
+use uuid::Uuid;
+
+mod live;
+
+pub use live::{HandlerNames, LivePython, PythonStatus};
 
 /// The source of the `flexcore` Python module.
 const FLEXCORE_PY: &str = include_str!("flexcore.py");
@@ -155,6 +171,9 @@ pub struct CommandRoute {
     pub category: String,
     /// The command field holding the aggregate id.
     pub id_field: String,
+    /// The command creates the aggregate (`creates=True`): the engine assigns the id (a
+    /// UUIDv7 put into `id_field`) and the append expects no stream.
+    pub creates: bool,
 }
 
 /// The Python handlers loaded from a set of modules, with the thread that runs them.
@@ -206,6 +225,7 @@ impl PythonHandlers {
                     CommandRoute {
                         category: route["category"].as_str().unwrap_or_default().to_owned(),
                         id_field: route["id_field"].as_str().unwrap_or_default().to_owned(),
+                        creates: route["creates"].as_bool().unwrap_or(false),
                     },
                 ));
             }
@@ -682,15 +702,21 @@ impl PythonCommandHandler {
         }
     }
 
+    /// Loads the stream (unless the command creates it), runs the handler, appends.
     async fn attempt(
         &self,
         ctx: &CommandContext,
         payload: &Value,
         stream_id: &StreamId,
     ) -> Result<StreamWriteResult> {
-        let (history, version) = self.load_stream(stream_id).await?;
-        let history = serde_json::to_string(&history)
-            .map_err(|e| Error::Internal(format!("cannot encode events for python: {e}")))?;
+        let (history, version) = if self.route.creates {
+            ("[]".to_owned(), None)
+        } else {
+            let (history, version) = self.load_stream(stream_id).await?;
+            let history = serde_json::to_string(&history)
+                .map_err(|e| Error::Internal(format!("cannot encode events for python: {e}")))?;
+            (history, version)
+        };
         let payload = payload.to_string();
         let command_type = self.command_type.clone();
         let decided = self
@@ -790,6 +816,23 @@ fn decide(
 #[async_trait]
 impl CommandHandler for PythonCommandHandler {
     async fn handle(&self, ctx: &CommandContext, payload: &Value) -> Result<StreamWriteResult> {
+        if self.route.creates {
+            // A fresh UUIDv7 names a stream that cannot exist: nothing to load, nothing to
+            // retry (the append still expects `no_stream`).
+            let field = &self.route.id_field;
+            let mut payload = payload.clone();
+            let fields = payload
+                .as_object_mut()
+                .ok_or_else(|| Error::validation("the command must be a JSON object"))?;
+            if fields.contains_key(field) {
+                return Err(Error::validation(format!(
+                    "{field} is assigned by the server; do not send it"
+                )));
+            }
+            fields.insert(field.clone(), Value::String(Uuid::now_v7().to_string()));
+            let stream_id = self.stream_id(&payload)?;
+            return self.attempt(ctx, &payload, &stream_id).await;
+        }
         let stream_id = self.stream_id(payload)?;
         retry_on_conflict(self.retry, || self.attempt(ctx, payload, &stream_id)).await
     }
