@@ -17,6 +17,7 @@ mod error;
 pub mod event_bus;
 pub mod idempotency;
 pub mod query;
+pub mod query_cache;
 pub mod repository;
 pub mod store;
 pub mod subscription;

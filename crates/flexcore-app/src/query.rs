@@ -104,6 +104,15 @@ pub trait QueryBusExt: QueryBus + Sized {
     fn with_tracing(self) -> TracedQueries<Self> {
         TracedQueries { inner: self }
     }
+
+    /// Answers cacheable queries from `backend`, as `policy` says (see [`crate::query_cache`]).
+    fn with_cache(
+        self,
+        backend: Arc<dyn crate::query_cache::CacheBackend>,
+        policy: Arc<crate::query_cache::CachePolicy>,
+    ) -> crate::query_cache::CachedQueries<Self> {
+        crate::query_cache::CachedQueries::new(self, backend, policy)
+    }
 }
 
 impl<B: QueryBus + Sized> QueryBusExt for B {}

@@ -189,3 +189,32 @@ fn first_stream(streams: Vec<StreamWriteResult>) -> Result<StreamWriteResult> {
         .next()
         .ok_or_else(|| Error::Internal("append returned no stream result".into()))
 }
+
+/// The sample domain's query-cache policy (see [`crate::query_cache`]): `get_user {user_id}`
+/// depends on the tag `user:{id}`, `list_users` on `users`; every event of a stream
+/// `user-{id}` invalidates both `users` and `user:{id}`.
+///
+/// A query that carries `min_position` is not cached: it asks to wait for a projection
+/// position, which a cached answer cannot promise.
+pub fn cache_policy() -> crate::query_cache::CachePolicy {
+    fn waits(params: &Value) -> bool {
+        params.get("min_position").is_some_and(|p| !p.is_null())
+    }
+    crate::query_cache::CachePolicy::new()
+        .cache("get_user", |params| {
+            if waits(params) {
+                return None;
+            }
+            let id: Uuid = params.get("user_id")?.as_str()?.parse().ok()?;
+            Some(vec![format!("user:{id}")])
+        })
+        .cache("list_users", |params| {
+            (!waits(params)).then(|| vec!["users".to_owned()])
+        })
+        .invalidate(|event| match event.stream_id.as_str().split_once('-') {
+            Some((category, id)) if category == User::TYPE => {
+                vec!["users".to_owned(), format!("user:{id}")]
+            }
+            _ => Vec::new(),
+        })
+}

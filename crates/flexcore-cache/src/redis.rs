@@ -1,0 +1,250 @@
+//! The shared backend: one Redis for every node.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use flexcore_app::query_cache::CacheBackend;
+use flexcore_app::{Error, Result};
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+
+/// The key prefix when the URL names none.
+pub const DEFAULT_PREFIX: &str = "flexcore:qc:";
+
+/// A cache in Redis, shared by every node that uses the same server and prefix.
+///
+/// Keys: `{prefix}e:{entry key}` for entries (`SET … PX ttl`), `{prefix}v:{tag}` for tag
+/// versions (`INCR`, read with `MGET`; a missing counter is 0). The version counters have no
+/// expiry and must not be evicted (a counter back at 0 would make old entries reachable): run
+/// the default `noeviction` policy or a `volatile-*` one, which only evicts keys with a TTL,
+/// i.e. entries. The middleware passes a bounded set of version slots, so there are at most
+/// `flexcore_app::query_cache::TAG_SLOTS` counters per prefix.
+///
+/// A query must not wait on an unreachable Redis: connections and responses time out after
+/// 500 ms and a lost connection is retried once before the call fails (and the query goes to
+/// its handler); the next call reconnects again.
+#[derive(Clone)]
+pub struct RedisCache {
+    connection: ConnectionManager,
+    client: redis::Client,
+    prefix: String,
+}
+
+impl std::fmt::Debug for RedisCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisCache")
+            .field("prefix", &self.prefix)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Classifies a Redis failure once: unreachable or timed out ⇒ unavailable, else internal.
+fn classify(e: redis::RedisError) -> Error {
+    if e.is_io_error() || e.is_timeout() || e.is_connection_dropped() || e.is_connection_refusal() {
+        Error::Unavailable(format!("redis: {e}"))
+    } else {
+        Error::Internal(format!("redis: {e}"))
+    }
+}
+
+/// Splits `prefix=…` off a URL's query string.
+fn split_prefix(url: &str) -> (String, Option<String>) {
+    let Some((base, query)) = url.split_once('?') else {
+        return (url.to_owned(), None);
+    };
+    let mut prefix = None;
+    let rest: Vec<&str> = query
+        .split('&')
+        .filter(|pair| match pair.strip_prefix("prefix=") {
+            Some(value) => {
+                prefix = Some(value.to_owned());
+                false
+            }
+            None => !pair.is_empty(),
+        })
+        .collect();
+    if rest.is_empty() {
+        (base.to_owned(), prefix)
+    } else {
+        (format!("{base}?{}", rest.join("&")), prefix)
+    }
+}
+
+/// Escapes the glob characters of a `SCAN MATCH` pattern.
+fn glob_escape(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        if matches!(c, '*' | '?' | '[' | ']' | '\\') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
+}
+
+impl RedisCache {
+    /// A cache at `url` (`redis://host:port/db`, optionally `?prefix=P`, else
+    /// [`DEFAULT_PREFIX`]). Connects lazily: this fails only on a malformed URL. Call it inside
+    /// a Tokio runtime.
+    pub fn from_url(url: &str) -> Result<Self> {
+        let (url, prefix) = split_prefix(url);
+        Self::new(&url, prefix.as_deref().unwrap_or(DEFAULT_PREFIX))
+    }
+
+    /// A cache at `url` whose keys all start with `prefix`.
+    pub fn new(url: &str, prefix: &str) -> Result<Self> {
+        let client = redis::Client::open(url)
+            .map_err(|e| Error::validation(format!("invalid Redis URL: {e}")))?;
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(Duration::from_millis(500)))
+            .set_response_timeout(Some(Duration::from_millis(500)))
+            .set_number_of_retries(1)
+            .set_min_delay(Duration::from_millis(50))
+            .set_max_delay(Duration::from_millis(500));
+        let connection =
+            ConnectionManager::new_lazy_with_config(client.clone(), config).map_err(classify)?;
+        Ok(Self {
+            connection,
+            client,
+            prefix: prefix.to_owned(),
+        })
+    }
+
+    /// The prefix of every key of this cache.
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    /// Checks that Redis answers.
+    pub async fn ping(&self) -> Result<()> {
+        redis::cmd("PING")
+            .query_async::<String>(&mut self.connection.clone())
+            .await
+            .map(|_| ())
+            .map_err(classify)
+    }
+
+    /// Deletes every key under this cache's prefix (entries and versions) and says how many.
+    /// For tests and operators; concurrent asks meanwhile simply miss.
+    pub async fn clear(&self) -> Result<u64> {
+        let mut connection = self.connection.clone();
+        let pattern = format!("{}*", glob_escape(&self.prefix));
+        let mut cursor: u64 = 0;
+        let mut deleted = 0;
+        loop {
+            let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
+                .arg(cursor)
+                .arg("MATCH")
+                .arg(&pattern)
+                .arg("COUNT")
+                .arg(1000)
+                .query_async(&mut connection)
+                .await
+                .map_err(classify)?;
+            if !keys.is_empty() {
+                deleted += redis::cmd("UNLINK")
+                    .arg(&keys)
+                    .query_async::<u64>(&mut connection)
+                    .await
+                    .map_err(classify)?;
+            }
+            if next == 0 {
+                return Ok(deleted);
+            }
+            cursor = next;
+        }
+    }
+
+    /// The Redis client, for a blocking connection (e.g. a test's cleanup in `Drop`).
+    pub fn client(&self) -> &redis::Client {
+        &self.client
+    }
+
+    fn entry_key(&self, key: &str) -> String {
+        format!("{}e:{key}", self.prefix)
+    }
+
+    fn version_key(&self, tag: &str) -> String {
+        format!("{}v:{tag}", self.prefix)
+    }
+}
+
+#[async_trait]
+impl CacheBackend for RedisCache {
+    async fn get(&self, key: &str) -> Result<Option<Vec<u8>>> {
+        redis::cmd("GET")
+            .arg(self.entry_key(key))
+            .query_async(&mut self.connection.clone())
+            .await
+            .map_err(classify)
+    }
+
+    async fn put(&self, key: &str, value: Vec<u8>, ttl: Duration) -> Result<()> {
+        let millis = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1);
+        redis::cmd("SET")
+            .arg(self.entry_key(key))
+            .arg(value)
+            .arg("PX")
+            .arg(millis)
+            .exec_async(&mut self.connection.clone())
+            .await
+            .map_err(classify)
+    }
+
+    async fn tag_versions(&self, tags: &[String]) -> Result<Vec<u64>> {
+        if tags.is_empty() {
+            return Ok(Vec::new());
+        }
+        let keys: Vec<String> = tags.iter().map(|t| self.version_key(t)).collect();
+        let versions: Vec<Option<u64>> = redis::cmd("MGET")
+            .arg(&keys)
+            .query_async(&mut self.connection.clone())
+            .await
+            .map_err(classify)?;
+        Ok(versions
+            .into_iter()
+            .map(Option::unwrap_or_default)
+            .collect())
+    }
+
+    async fn bump_tags(&self, tags: &[String]) -> Result<()> {
+        if tags.is_empty() {
+            return Ok(());
+        }
+        let mut pipe = redis::pipe();
+        for tag in tags {
+            pipe.cmd("INCR").arg(self.version_key(tag)).ignore();
+        }
+        pipe.exec_async(&mut self.connection.clone())
+            .await
+            .map_err(classify)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_prefix_is_taken_out_of_the_url() {
+        assert_eq!(
+            split_prefix("redis://127.0.0.1:6379/?prefix=app:qc:"),
+            (
+                "redis://127.0.0.1:6379/".to_owned(),
+                Some("app:qc:".to_owned())
+            )
+        );
+        assert_eq!(
+            split_prefix("redis://h/2?protocol=resp3&prefix=x&a=b"),
+            (
+                "redis://h/2?protocol=resp3&a=b".to_owned(),
+                Some("x".to_owned())
+            )
+        );
+        assert_eq!(split_prefix("redis://h"), ("redis://h".to_owned(), None));
+    }
+
+    #[test]
+    fn scan_patterns_match_the_prefix_literally() {
+        assert_eq!(glob_escape("a*b?[c]\\"), "a\\*b\\?\\[c\\]\\\\");
+    }
+}
