@@ -9,13 +9,19 @@
 //! * [`repository`]: load aggregates (snapshot + later events), append with optimistic
 //!   concurrency, retry on conflict;
 //! * [`command`], [`query`], [`event_bus`]: the buses and their middleware decorators;
+//! * [`durable`]: durable consumers (checkpoints, dead letters with per-stream order, consumer
+//!   groups);
+//! * [`projection`]: read models updated with their checkpoint in one transaction, blue-green
+//!   rebuilds, the sample domain's `users` read model;
 //! * [`idempotency`]: the `Idempotency-Key` decorator of the command bus;
 //! * [`users`]: the sample domain's command and query handlers.
 
 pub mod command;
+pub mod durable;
 mod error;
 pub mod event_bus;
 pub mod idempotency;
+pub mod projection;
 pub mod query;
 pub mod query_cache;
 pub mod repository;

@@ -25,6 +25,9 @@ pub struct QueryContext {
     pub actor: Option<String>,
     /// The tenant, if any.
     pub tenant: Option<String>,
+    /// Read-your-writes: answer only from read models that have applied the event at this
+    /// global position (waiting a bounded time for it).
+    pub min_position: Option<u64>,
 }
 
 /// Answers one query type.

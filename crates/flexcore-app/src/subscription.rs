@@ -82,6 +82,32 @@ impl Subscription {
         }
     }
 
+    /// The events of the next page, all at once. An empty batch means the subscription had
+    /// caught up with the log when it last read (after waiting once for a wake-up); the
+    /// [`position`](Self::position) may still have moved past events the filter skipped.
+    pub async fn next_batch(&mut self) -> Result<Vec<EventEnvelope>> {
+        if self.buffer.is_empty() {
+            self.fill().await?;
+        }
+        Ok(self.buffer.drain(..).collect())
+    }
+
+    /// The events of the next page without waiting: empty when the subscription has caught
+    /// up with the log (the [`position`](Self::position) may still have moved past events the
+    /// filter skipped). Follow it with [`wait_for_more`](Self::wait_for_more) when empty.
+    pub async fn poll_batch(&mut self) -> Result<Vec<EventEnvelope>> {
+        if self.buffer.is_empty() {
+            self.head.borrow_and_update();
+            self.read_page().await?;
+        }
+        Ok(self.buffer.drain(..).collect())
+    }
+
+    /// Waits until a commit wakes the subscription up, or the poll interval elapses.
+    pub async fn wait_for_more(&mut self) {
+        let _ = tokio::time::timeout(self.options.poll_interval, self.head.changed()).await;
+    }
+
     /// Waits at most `timeout` for the next event.
     pub async fn next_timeout(&mut self, timeout: Duration) -> Result<Option<EventEnvelope>> {
         match tokio::time::timeout(timeout, self.next()).await {
@@ -95,6 +121,15 @@ impl Subscription {
         // Mark the current head as seen *before* reading, so a commit that lands after the read
         // wakes us up instead of being missed until the next poll.
         self.head.borrow_and_update();
+        if self.read_page().await? == 0 {
+            // Either a commit wakes us or the poll interval elapses; both lead to a re-read.
+            self.wait_for_more().await;
+        }
+        Ok(())
+    }
+
+    /// Reads one page into the buffer; returns how many events it got.
+    async fn read_page(&mut self) -> Result<usize> {
         let slice = self
             .reader
             .read_all(ReadAll {
@@ -110,12 +145,8 @@ impl Subscription {
             metrics::gauge!("flexcore_subscription_lag", "subscription" => name.clone())
                 .set(behind);
         }
-        if slice.events.is_empty() {
-            // Either a commit wakes us or the poll interval elapses; both lead to a re-read.
-            let _ = tokio::time::timeout(self.options.poll_interval, self.head.changed()).await;
-        } else {
-            self.buffer.extend(slice.events);
-        }
-        Ok(())
+        let read = slice.events.len();
+        self.buffer.extend(slice.events);
+        Ok(read)
     }
 }

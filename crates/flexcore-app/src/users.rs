@@ -1,4 +1,5 @@
-//! The sample domain's handlers: `create_user`, `change_email`, `get_user`.
+//! The sample domain's command handlers: `create_user`, `change_email` (its queries answer
+//! from the `users` read model: [`crate::projection::users`]).
 //!
 //! Email uniqueness is enforced by claiming the address's reservation stream in the same
 //! atomic append as the user's event; a concurrent claim fails its expectation, the retry
@@ -11,25 +12,19 @@ use flexcore_domain::users::{Email, EmailReservation, ReservationCommand, User, 
 use flexcore_domain::{Aggregate, DomainError};
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
-use serde_json::{Map, Value, json};
+use serde_json::{Map, Value};
 use uuid::Uuid;
 
 use crate::command::{CommandContext, CommandHandler, CommandRouter};
-use crate::query::{QueryContext, QueryHandler, QueryRouter};
 use crate::repository::{Loaded, Repository};
 use crate::store::StreamWriteResult;
 use crate::{Error, Result};
 
-/// Registers the sample domain's command and query handlers.
-pub fn register(
-    commands: &mut CommandRouter,
-    queries: &mut QueryRouter,
-    repository: Repository,
-) -> Result<()> {
+/// Registers the sample domain's command handlers.
+pub fn register_commands(commands: &mut CommandRouter, repository: Repository) -> Result<()> {
     let handlers = Arc::new(UserHandlers { repository });
     commands.register("create_user", Arc::new(CreateUser(Arc::clone(&handlers))))?;
-    commands.register("change_email", Arc::new(ChangeEmail(Arc::clone(&handlers))))?;
-    queries.register("get_user", Arc::new(GetUser(handlers)))?;
+    commands.register("change_email", Arc::new(ChangeEmail(handlers)))?;
     Ok(())
 }
 
@@ -42,9 +37,6 @@ struct CreateUser(Arc<UserHandlers>);
 
 /// `change_email {user_id, email}`.
 struct ChangeEmail(Arc<UserHandlers>);
-
-/// `get_user {user_id}`, answered from the aggregate's stream.
-struct GetUser(Arc<UserHandlers>);
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -59,12 +51,6 @@ struct CreateUserPayload {
 struct ChangeEmailPayload {
     user_id: Uuid,
     email: String,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct GetUserParams {
-    user_id: Uuid,
 }
 
 fn parse<T: DeserializeOwned>(what: &str, value: &Value) -> Result<T> {
@@ -156,30 +142,6 @@ impl CommandHandler for ChangeEmail {
         let user_write = first_stream(result.streams)?;
         repo.maybe_snapshot(&state, user.version, &user_write).await;
         Ok(user_write)
-    }
-}
-
-#[async_trait]
-impl QueryHandler for GetUser {
-    async fn handle(&self, _ctx: &QueryContext, params: &Value) -> Result<Value> {
-        let params: GetUserParams = parse("get_user query", params)?;
-        let user = self
-            .0
-            .repository
-            .load::<User>(&params.user_id.to_string())
-            .await?;
-        let (Some(id), Some(email)) = (user.state.id, &user.state.email) else {
-            return Err(
-                DomainError::NotFound(format!("user {} does not exist", params.user_id)).into(),
-            );
-        };
-        Ok(json!({
-            "user_id": id,
-            "email": email,
-            "profile": user.state.profile,
-            "version": user.version,
-            "stream_id": format!("{}-{id}", User::TYPE),
-        }))
     }
 }
 

@@ -15,6 +15,7 @@
 
 mod error;
 mod reader;
+mod readmodel;
 mod schema;
 mod syncer;
 mod writer;
@@ -32,6 +33,7 @@ use flexcore_domain::{ExpectedVersion, StreamId};
 use tokio::sync::{mpsc, oneshot, watch};
 
 pub use error::SqliteError;
+pub use readmodel::SqliteReadModels;
 
 use reader::ReaderPool;
 use writer::{Job, Writer, WriterSetup};

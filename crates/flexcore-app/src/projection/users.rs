@@ -1,0 +1,280 @@
+//! The sample domain's read model: the `users` table and the `get_user` / `list_users`
+//! queries it answers.
+//!
+//! Both queries accept `min_position` (the `global_position` a command returned, also taken
+//! from [`QueryContext::min_position`]): the query then waits, at most
+//! [`MIN_POSITION_TIMEOUT`], until the read model has applied that event — read-your-writes.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use flexcore_domain::users::UserEvent;
+use flexcore_domain::{DomainError, DomainEvent, EventEnvelope};
+use serde::Deserialize;
+use serde_json::{Map, Value, json};
+use uuid::Uuid;
+
+use super::{Changes, Projection, ReadModel, SqlValue};
+use crate::query::{QueryContext, QueryHandler, QueryRouter};
+use crate::store::EventFilter;
+use crate::{Error, Result};
+
+/// How long a query waits for `min_position` at most.
+pub const MIN_POSITION_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The largest `page_size` of `list_users`.
+pub const MAX_PAGE_SIZE: u64 = 500;
+
+/// Projects `user.created` and `user.email_changed` into the `users` table.
+pub struct UsersProjection;
+
+impl Projection for UsersProjection {
+    fn name(&self) -> &str {
+        "users"
+    }
+
+    fn version(&self) -> u32 {
+        1
+    }
+
+    fn tables(&self) -> Vec<&'static str> {
+        vec!["users"]
+    }
+
+    fn schema(&self) -> Vec<String> {
+        vec![
+            "CREATE TABLE {users} (
+                user_id TEXT PRIMARY KEY,
+                email TEXT NOT NULL,
+                profile TEXT NOT NULL,
+                version BIGINT NOT NULL,
+                created_position BIGINT NOT NULL,
+                created_at TEXT NOT NULL,
+                updated_at TEXT NOT NULL
+            )"
+            .into(),
+            "CREATE INDEX {users}_by_email ON {users} (email)".into(),
+            "CREATE INDEX {users}_by_created ON {users} (created_position)".into(),
+        ]
+    }
+
+    fn filter(&self) -> EventFilter {
+        EventFilter {
+            category: Some("user".into()),
+            ..EventFilter::default()
+        }
+    }
+
+    fn apply(&self, event: &EventEnvelope, changes: &mut Changes) -> Result<()> {
+        if !matches!(
+            event.event_type.as_str(),
+            "user.created" | "user.email_changed"
+        ) {
+            return Ok(());
+        }
+        let at = event
+            .recorded_at
+            .format(&time::format_description::well_known::Rfc3339)
+            .map_err(|e| Error::Internal(format!("cannot format a timestamp: {e}")))?;
+        match UserEvent::from_envelope(event)? {
+            UserEvent::Created {
+                user_id,
+                email,
+                profile,
+            } => changes.execute(
+                "INSERT INTO {users} (user_id, email, profile, version, created_position, created_at, updated_at)
+                 VALUES ($1, $2, $3, $4, $5, $6, $6)
+                 ON CONFLICT (user_id) DO NOTHING",
+                vec![
+                    user_id.to_string().into(),
+                    String::from(email).into(),
+                    Value::Object(profile).to_string().into(),
+                    event.stream_version.into(),
+                    event.global_position.into(),
+                    at.into(),
+                ],
+            ),
+            UserEvent::EmailChanged {
+                user_id, new_email, ..
+            } => changes.execute(
+                "UPDATE {users} SET email = $2, version = $3, updated_at = $4 WHERE user_id = $1",
+                vec![
+                    user_id.to_string().into(),
+                    String::from(new_email).into(),
+                    event.stream_version.into(),
+                    at.into(),
+                ],
+            ),
+        }
+        Ok(())
+    }
+}
+
+/// Registers `get_user` and `list_users`, answered from the `users` read model.
+pub fn register_queries(queries: &mut QueryRouter, users: ReadModel) -> Result<()> {
+    let users = Arc::new(users);
+    queries.register("get_user", Arc::new(GetUser(Arc::clone(&users))))?;
+    queries.register("list_users", Arc::new(ListUsers(users)))?;
+    Ok(())
+}
+
+/// `get_user {user_id, min_position?}`.
+struct GetUser(Arc<ReadModel>);
+
+/// `list_users {page?, page_size?, email_contains?, min_position?}`.
+struct ListUsers(Arc<ReadModel>);
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct GetUserParams {
+    user_id: Uuid,
+    #[serde(default)]
+    min_position: Option<u64>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ListUsersParams {
+    #[serde(default = "first_page")]
+    page: u64,
+    #[serde(default = "default_page_size")]
+    page_size: u64,
+    #[serde(default)]
+    email_contains: Option<String>,
+    #[serde(default)]
+    min_position: Option<u64>,
+}
+
+fn first_page() -> u64 {
+    1
+}
+
+fn default_page_size() -> u64 {
+    20
+}
+
+const COLUMNS: &str = "user_id, email, profile, version, created_at, updated_at";
+
+#[async_trait]
+impl QueryHandler for GetUser {
+    async fn handle(&self, ctx: &QueryContext, params: &Value) -> Result<Value> {
+        let params: GetUserParams = parse("get_user", params)?;
+        let rows = self
+            .0
+            .query(
+                &format!("SELECT {COLUMNS} FROM {{users}} WHERE user_id = $1"),
+                vec![params.user_id.to_string().into()],
+                params.min_position.or(ctx.min_position),
+                MIN_POSITION_TIMEOUT,
+            )
+            .await?;
+        let row = rows.into_iter().next().ok_or_else(|| {
+            DomainError::NotFound(format!("user {} does not exist", params.user_id))
+        })?;
+        user_json(row)
+    }
+}
+
+#[async_trait]
+impl QueryHandler for ListUsers {
+    async fn handle(&self, ctx: &QueryContext, params: &Value) -> Result<Value> {
+        let params: ListUsersParams = parse("list_users", params)?;
+        if params.page == 0 {
+            return Err(Error::validation("page starts at 1"));
+        }
+        if params.page_size == 0 || params.page_size > MAX_PAGE_SIZE {
+            return Err(Error::validation(format!(
+                "page_size must be between 1 and {MAX_PAGE_SIZE}"
+            )));
+        }
+        let min_position = params.min_position.or(ctx.min_position);
+        let (filter, mut args) = match &params.email_contains {
+            Some(needle) => (
+                "WHERE email LIKE $1 ESCAPE '\\'",
+                vec![SqlValue::Text(format!(
+                    "%{}%",
+                    escape_like(&needle.to_lowercase())
+                ))],
+            ),
+            None => ("", Vec::new()),
+        };
+        let total = self
+            .0
+            .query(
+                &format!("SELECT COUNT(*) FROM {{users}} {filter}"),
+                args.clone(),
+                min_position,
+                MIN_POSITION_TIMEOUT,
+            )
+            .await?
+            .first()
+            .and_then(|row| row.first())
+            .and_then(SqlValue::as_i64)
+            .unwrap_or(0);
+        let limit_at = args.len() + 1;
+        args.push(SqlValue::from(params.page_size));
+        args.push(SqlValue::from(
+            (params.page - 1).saturating_mul(params.page_size),
+        ));
+        let rows = self
+            .0
+            .query(
+                &format!(
+                    "SELECT {COLUMNS} FROM {{users}} {filter} ORDER BY created_position LIMIT ${limit_at} OFFSET ${}",
+                    limit_at + 1
+                ),
+                args,
+                None,
+                MIN_POSITION_TIMEOUT,
+            )
+            .await?;
+        let users = rows
+            .into_iter()
+            .map(user_json)
+            .collect::<Result<Vec<_>>>()?;
+        Ok(json!({
+            "users": users,
+            "page": params.page,
+            "page_size": params.page_size,
+            "total": total,
+        }))
+    }
+}
+
+/// Escapes `%`, `_` and `\` for a `LIKE … ESCAPE '\'` pattern.
+fn escape_like(text: &str) -> String {
+    let mut escaped = String::with_capacity(text.len());
+    for c in text.chars() {
+        if matches!(c, '%' | '_' | '\\') {
+            escaped.push('\\');
+        }
+        escaped.push(c);
+    }
+    escaped
+}
+
+fn user_json(row: Vec<SqlValue>) -> Result<Value> {
+    let text = |i: usize| -> Result<&str> {
+        row.get(i)
+            .and_then(SqlValue::as_str)
+            .ok_or_else(|| Error::Internal(format!("users read model: column {i} is not text")))
+    };
+    let user_id = text(0)?;
+    let profile: Map<String, Value> = serde_json::from_str(text(2)?)
+        .map_err(|e| Error::Internal(format!("users read model: bad profile JSON: {e}")))?;
+    Ok(json!({
+        "user_id": user_id,
+        "email": text(1)?,
+        "profile": profile,
+        "version": row.get(3).and_then(SqlValue::as_i64),
+        "stream_id": format!("user-{user_id}"),
+        "created_at": text(4)?,
+        "updated_at": text(5)?,
+    }))
+}
+
+fn parse<T: serde::de::DeserializeOwned>(what: &str, params: &Value) -> Result<T> {
+    serde_json::from_value(params.clone())
+        .map_err(|e| Error::validation(format!("invalid {what} query: {e}")))
+}
