@@ -206,16 +206,19 @@ impl OutboxRelay {
             let events = subscription.next_batch().await?;
             let next = subscription.position();
             if !events.is_empty() {
-                tokio::time::timeout(self.options.publish_timeout, self.publisher.publish(&events))
-                    .await
-                    .map_err(|_| {
-                        Error::Unavailable(format!(
-                            "{} did not confirm {} events within {:?}",
-                            self.publisher.name(),
-                            events.len(),
-                            self.options.publish_timeout
-                        ))
-                    })??;
+                tokio::time::timeout(
+                    self.options.publish_timeout,
+                    self.publisher.publish(&events),
+                )
+                .await
+                .map_err(|_| {
+                    Error::Unavailable(format!(
+                        "{} did not confirm {} events within {:?}",
+                        self.publisher.name(),
+                        events.len(),
+                        self.options.publish_timeout
+                    ))
+                })??;
                 metrics::counter!("flexcore_outbox_published_total", "relay" => self.name.clone())
                     .increment(events.len() as u64);
                 tracing::debug!(
@@ -346,7 +349,11 @@ mod tests {
                 continue;
             }
             let next = next_version.entry(event.stream_id.to_string()).or_default();
-            assert_eq!(event.stream_version, *next, "in order within {}", event.stream_id);
+            assert_eq!(
+                event.stream_version, *next,
+                "in order within {}",
+                event.stream_id
+            );
             *next += 1;
         }
         assert_eq!(seen.len(), expected);
@@ -361,8 +368,13 @@ mod tests {
         append(&store, "b-1", "b.happened", 3).await;
 
         let (stop, shutdown) = watch::channel(false);
-        let relay = OutboxRelay::new("test", publisher.clone(), store.clone(), checkpoints.clone())
-            .with_options(fast_options());
+        let relay = OutboxRelay::new(
+            "test",
+            publisher.clone(),
+            store.clone(),
+            checkpoints.clone(),
+        )
+        .with_options(fast_options());
         let task = relay.spawn(shutdown);
         append(&store, "a-1", "a.happened", 2).await;
         wait_for_checkpoint(&checkpoints, "outbox:test", 10).await;

@@ -41,3 +41,36 @@ pub fn postgres_url() -> Option<String> {
 pub fn unique_name(prefix: &str) -> String {
     format!("{prefix}_{}", uuid::Uuid::new_v4().simple())
 }
+
+/// The RabbitMQ server tests use.
+pub const RABBITMQ_ADDR: &str = "127.0.0.1:5672";
+
+/// The Redis server tests use.
+pub const REDIS_ADDR: &str = "127.0.0.1:6379";
+
+/// The NATS server (with JetStream) tests use.
+pub const NATS_ADDR: &str = "127.0.0.1:4222";
+
+/// The RabbitMQ AMQP URL (`guest`/`guest`, vhost `/`) if the server is up (see
+/// [`service_available`]); `FLEXCORE_TEST_AMQP_URL` overrides it.
+pub fn rabbitmq_url() -> Option<String> {
+    let url = std::env::var("FLEXCORE_TEST_AMQP_URL")
+        .unwrap_or_else(|_| format!("amqp://guest:guest@{RABBITMQ_ADDR}/%2f"));
+    service_available("RabbitMQ", RABBITMQ_ADDR).then_some(url)
+}
+
+/// The Redis URL if the server is up (see [`service_available`]); `FLEXCORE_TEST_REDIS_URL`
+/// overrides it.
+pub fn redis_url() -> Option<String> {
+    let url = std::env::var("FLEXCORE_TEST_REDIS_URL")
+        .unwrap_or_else(|_| format!("redis://{REDIS_ADDR}/"));
+    service_available("Redis", REDIS_ADDR).then_some(url)
+}
+
+/// The NATS URL if the server is up (see [`service_available`]); `FLEXCORE_TEST_NATS_URL`
+/// overrides it.
+pub fn nats_url() -> Option<String> {
+    let url =
+        std::env::var("FLEXCORE_TEST_NATS_URL").unwrap_or_else(|_| format!("nats://{NATS_ADDR}"));
+    service_available("NATS", NATS_ADDR).then_some(url)
+}

@@ -1,0 +1,427 @@
+//! The outbox relay against the real RabbitMQ, Redis and NATS JetStream: every event arrives,
+//! in per-stream order, with its event id; a broker cut off behind a proxy delays publication
+//! and loses nothing.
+
+mod common;
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use common::*;
+use flexcore_app::outbox::EventPublisher;
+use flexcore_app::store::InMemoryStore;
+use flexcore_broker::{NatsPublisher, RabbitPublisher, RedisStreamPublisher};
+use flexcore_domain::EventEnvelope;
+use flexcore_test_support::services::{nats_url, rabbitmq_url, redis_url, unique_name};
+use futures_util::StreamExt;
+use lapin::options::{
+    BasicConsumeOptions, ExchangeDeclareOptions, ExchangeDeleteOptions, QueueBindOptions,
+    QueueDeclareOptions, QueueDeleteOptions,
+};
+use lapin::types::{AMQPValue, FieldTable};
+use tokio::sync::watch;
+
+const TIMEOUT: Duration = Duration::from_secs(40);
+
+/// What a broker holds (or delivered) for a test.
+#[async_trait]
+trait Sink: Send + Sync {
+    /// Everything received so far, in arrival order, after checking each message's id.
+    async fn received(&self) -> Vec<EventEnvelope>;
+    /// Removes the test's exchange/queue/stream.
+    async fn cleanup(&self);
+}
+
+fn distinct(events: &[EventEnvelope]) -> usize {
+    events
+        .iter()
+        .map(|e| e.event_id)
+        .collect::<HashSet<_>>()
+        .len()
+}
+
+/// Appends, relays (history and live), and checks that everything arrived in order.
+async fn relay_delivers_everything_in_order(publisher: Arc<dyn EventPublisher>, sink: &dyn Sink) {
+    let store = Arc::new(InMemoryStore::new());
+    let streams = stream_names(4);
+    append_interleaved(&store, &streams, 5).await;
+    let (relay, _) = relay("delivery", publisher, store.clone());
+    let (stop, shutdown) = watch::channel(false);
+    let task = relay.spawn(shutdown);
+    let appended = append_interleaved(&store, &streams, 3).await;
+    let wanted = appended.len();
+    eventually(TIMEOUT, "every event to arrive", || async {
+        distinct(&sink.received().await) >= wanted
+    })
+    .await;
+    stop.send(true).unwrap();
+    task.await.unwrap();
+    let delivered = sink.received().await;
+    sink.cleanup().await;
+    let duplicates = check_delivery(&appended, &delivered);
+    assert_eq!(duplicates, 0, "no failure, no re-send");
+}
+
+/// Cuts the broker off behind the proxy, appends, restores, and checks that nothing was lost.
+async fn relay_survives_an_outage(
+    publisher: Arc<dyn EventPublisher>,
+    proxy: &TcpProxy,
+    sink: &dyn Sink,
+) -> usize {
+    let store = Arc::new(InMemoryStore::new());
+    let streams = stream_names(3);
+    let before = append_interleaved(&store, &streams, 2).await.len();
+    let (relay, checkpoints) = relay("outage", publisher, store.clone());
+    let (stop, shutdown) = watch::channel(false);
+    let task = relay.spawn(shutdown);
+    eventually(TIMEOUT, "the first events to arrive", || async {
+        distinct(&sink.received().await) >= before
+    })
+    .await;
+
+    proxy.down();
+    let during = append_interleaved(&store, &streams, 4).await.len();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(
+        distinct(&sink.received().await),
+        before,
+        "nothing gets through while the broker is cut off"
+    );
+    use flexcore_app::durable::CheckpointStore;
+    let stuck = checkpoints.load_checkpoint("outbox:outage").await.unwrap();
+    assert_eq!(stuck, Some(before as u64 + 1), "the checkpoint waits");
+
+    proxy.up();
+    let appended = append_interleaved(&store, &streams, 2).await;
+    assert!(appended.len() > during);
+    let wanted = appended.len();
+    eventually(
+        TIMEOUT,
+        "every event to arrive after the outage",
+        || async { distinct(&sink.received().await) >= wanted },
+    )
+    .await;
+    stop.send(true).unwrap();
+    task.await.unwrap();
+    let delivered = sink.received().await;
+    sink.cleanup().await;
+    check_delivery(&appended, &delivered)
+}
+
+// --- RabbitMQ ------------------------------------------------------------------------------
+
+struct RabbitSink {
+    connection: lapin::Connection,
+    channel: lapin::Channel,
+    exchange: String,
+    queue: String,
+    received: Arc<Mutex<Vec<EventEnvelope>>>,
+}
+
+impl RabbitSink {
+    /// Declares the exchange and a queue bound to every routing key, and consumes it.
+    async fn new(url: &str, exchange: &str) -> Self {
+        let connection = lapin::Connection::connect(url, Default::default())
+            .await
+            .unwrap();
+        let channel = connection.create_channel().await.unwrap();
+        channel
+            .exchange_declare(
+                exchange.into(),
+                lapin::ExchangeKind::Topic,
+                ExchangeDeclareOptions {
+                    durable: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .unwrap();
+        let queue = unique_name("outbox_sink");
+        channel
+            .queue_declare(
+                queue.as_str().into(),
+                QueueDeclareOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .unwrap();
+        channel
+            .queue_bind(
+                queue.as_str().into(),
+                exchange.into(),
+                "#".into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .unwrap();
+        let mut consumer = channel
+            .basic_consume(
+                queue.as_str().into(),
+                "".into(),
+                BasicConsumeOptions {
+                    no_ack: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .unwrap();
+        let received = Arc::new(Mutex::new(Vec::new()));
+        let sink = received.clone();
+        tokio::spawn(async move {
+            while let Some(Ok(delivery)) = consumer.next().await {
+                let event: EventEnvelope = serde_json::from_slice(&delivery.data).unwrap();
+                let properties = &delivery.properties;
+                let message_id = properties.message_id().as_ref().map(|s| s.to_string());
+                assert_eq!(message_id, Some(event.event_id.to_string()), "message_id");
+                assert_eq!(delivery.routing_key.as_str(), event.event_type);
+                let headers = properties.headers().as_ref().unwrap().inner();
+                assert_eq!(
+                    headers.get("stream_id"),
+                    Some(&AMQPValue::LongString(event.stream_id.as_str().into()))
+                );
+                assert_eq!(
+                    headers.get("global_position"),
+                    Some(&AMQPValue::LongLongInt(event.global_position as i64))
+                );
+                sink.lock().unwrap().push(event);
+            }
+        });
+        Self {
+            connection,
+            channel,
+            exchange: exchange.to_owned(),
+            queue,
+            received,
+        }
+    }
+}
+
+#[async_trait]
+impl Sink for RabbitSink {
+    async fn received(&self) -> Vec<EventEnvelope> {
+        self.received.lock().unwrap().clone()
+    }
+
+    async fn cleanup(&self) {
+        let _ = self
+            .channel
+            .queue_delete(self.queue.as_str().into(), QueueDeleteOptions::default())
+            .await;
+        let _ = self
+            .channel
+            .exchange_delete(
+                self.exchange.as_str().into(),
+                ExchangeDeleteOptions::default(),
+            )
+            .await;
+        let _ = self.connection.close(200, "bye".into()).await;
+    }
+}
+
+#[tokio::test]
+async fn rabbitmq_relay_delivers_every_event_in_stream_order() {
+    let Some(url) = rabbitmq_url() else { return };
+    let exchange = unique_name("outbox");
+    let sink = RabbitSink::new(&url, &exchange).await;
+    let publisher = Arc::new(RabbitPublisher::new(url, exchange));
+    relay_delivers_everything_in_order(publisher, &sink).await;
+}
+
+#[tokio::test]
+async fn rabbitmq_outage_delays_publication_and_loses_nothing() {
+    let Some(url) = rabbitmq_url() else { return };
+    let exchange = unique_name("outbox");
+    let sink = RabbitSink::new(&url, &exchange).await;
+    let proxy = TcpProxy::start("127.0.0.1:5672").await;
+    let via_proxy = format!(
+        "amqp://guest:guest@127.0.0.1:{}/%2f?exchange={exchange}",
+        proxy.port()
+    );
+    let publisher = Arc::new(RabbitPublisher::from_url(&via_proxy).unwrap());
+    let duplicates = relay_survives_an_outage(publisher, &proxy, &sink).await;
+    eprintln!("rabbitmq: {duplicates} re-sent duplicates");
+}
+
+// --- Redis Streams ---------------------------------------------------------------------------
+
+struct RedisSink {
+    client: redis::Client,
+    key: String,
+}
+
+#[async_trait]
+impl Sink for RedisSink {
+    async fn received(&self) -> Vec<EventEnvelope> {
+        let mut conn = self
+            .client
+            .get_multiplexed_async_connection()
+            .await
+            .unwrap();
+        let entries: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
+            .arg(&self.key)
+            .arg("-")
+            .arg("+")
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        entries
+            .ids
+            .iter()
+            .map(|entry| {
+                let event: EventEnvelope =
+                    serde_json::from_str(&entry.get::<String>("envelope").unwrap()).unwrap();
+                assert_eq!(
+                    entry.get::<String>("event_id"),
+                    Some(event.event_id.to_string())
+                );
+                assert_eq!(
+                    entry.get::<String>("event_type"),
+                    Some(event.event_type.clone())
+                );
+                assert_eq!(
+                    entry.get::<u64>("stream_version"),
+                    Some(event.stream_version)
+                );
+                event
+            })
+            .collect()
+    }
+
+    async fn cleanup(&self) {
+        let mut conn = self
+            .client
+            .get_multiplexed_async_connection()
+            .await
+            .unwrap();
+        let _: redis::RedisResult<()> = redis::cmd("DEL")
+            .arg(&self.key)
+            .query_async(&mut conn)
+            .await;
+    }
+}
+
+#[tokio::test]
+async fn redis_relay_delivers_every_event_in_stream_order() {
+    let Some(url) = redis_url() else { return };
+    let key = unique_name("outbox");
+    let sink = RedisSink {
+        client: redis::Client::open(url.as_str()).unwrap(),
+        key: key.clone(),
+    };
+    let publisher = Arc::new(RedisStreamPublisher::new(&url, key).unwrap());
+    relay_delivers_everything_in_order(publisher, &sink).await;
+}
+
+#[tokio::test]
+async fn redis_outage_delays_publication_and_loses_nothing() {
+    let Some(url) = redis_url() else { return };
+    let key = unique_name("outbox");
+    let sink = RedisSink {
+        client: redis::Client::open(url.as_str()).unwrap(),
+        key: key.clone(),
+    };
+    let proxy = TcpProxy::start("127.0.0.1:6379").await;
+    let via_proxy = format!("redis://127.0.0.1:{}/?stream={key}", proxy.port());
+    let publisher = Arc::new(RedisStreamPublisher::from_url(&via_proxy).unwrap());
+    let duplicates = relay_survives_an_outage(publisher, &proxy, &sink).await;
+    eprintln!("redis: {duplicates} re-sent duplicates");
+}
+
+// --- NATS JetStream --------------------------------------------------------------------------
+
+struct NatsSink {
+    context: async_nats::jetstream::Context,
+    stream: String,
+}
+
+impl NatsSink {
+    async fn new(url: &str, stream: &str) -> Self {
+        let client = async_nats::connect(url).await.unwrap();
+        Self {
+            context: async_nats::jetstream::new(client),
+            stream: stream.to_owned(),
+        }
+    }
+}
+
+#[async_trait]
+impl Sink for NatsSink {
+    async fn received(&self) -> Vec<EventEnvelope> {
+        let Ok(mut stream) = self.context.get_stream(&self.stream).await else {
+            return Vec::new(); // not created yet
+        };
+        let state = stream.info().await.unwrap().state.clone();
+        let mut events = Vec::new();
+        for sequence in state.first_sequence..=state.last_sequence {
+            if state.messages == 0 {
+                break;
+            }
+            let message = stream.get_raw_message(sequence).await.unwrap();
+            let event: EventEnvelope = serde_json::from_slice(&message.payload).unwrap();
+            assert_eq!(
+                message.headers.get("Nats-Msg-Id").map(|v| v.as_str()),
+                Some(event.event_id.to_string().as_str())
+            );
+            assert!(message.subject.ends_with(&event.event_type));
+            events.push(event);
+        }
+        events
+    }
+
+    async fn cleanup(&self) {
+        let _ = self.context.delete_stream(&self.stream).await;
+    }
+}
+
+fn nats_publisher(url: &str, stream: &str) -> Arc<NatsPublisher> {
+    let prefix = unique_name("outbox");
+    Arc::new(
+        NatsPublisher::from_url(&format!("{url}?subject_prefix={prefix}&stream={stream}")).unwrap(),
+    )
+}
+
+#[tokio::test]
+async fn nats_relay_delivers_every_event_in_stream_order() {
+    let Some(url) = nats_url() else { return };
+    let stream = unique_name("OUTBOX");
+    let sink = NatsSink::new(&url, &stream).await;
+    relay_delivers_everything_in_order(nats_publisher(&url, &stream), &sink).await;
+}
+
+#[tokio::test]
+async fn nats_jetstream_drops_re_sent_events() {
+    let Some(url) = nats_url() else { return };
+    let stream = unique_name("OUTBOX");
+    let sink = NatsSink::new(&url, &stream).await;
+    let publisher = nats_publisher(&url, &stream);
+    let store = Arc::new(InMemoryStore::new());
+    let events = append_interleaved(&store, &stream_names(2), 3).await;
+    publisher.publish(&events).await.unwrap();
+    publisher.publish(&events).await.unwrap();
+    publisher.publish(&events[2..4]).await.unwrap();
+    let stored = sink.received().await;
+    sink.cleanup().await;
+    assert_eq!(stored.len(), events.len(), "re-sends are not stored twice");
+    assert_eq!(check_delivery(&events, &stored), 0);
+}
+
+#[tokio::test]
+async fn nats_outage_delays_publication_and_loses_nothing() {
+    let Some(url) = nats_url() else { return };
+    let stream = unique_name("OUTBOX");
+    let sink = NatsSink::new(&url, &stream).await;
+    let proxy = TcpProxy::start("127.0.0.1:4222").await;
+    let via_proxy = format!(
+        "nats://127.0.0.1:{}?subject_prefix={}&stream={stream}",
+        proxy.port(),
+        unique_name("outbox")
+    );
+    let publisher = Arc::new(NatsPublisher::from_url(&via_proxy).unwrap());
+    let duplicates = relay_survives_an_outage(publisher, &proxy, &sink).await;
+    assert_eq!(duplicates, 0, "JetStream drops re-sends by Nats-Msg-Id");
+}
