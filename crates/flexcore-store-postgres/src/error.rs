@@ -24,6 +24,32 @@ pub enum PostgresError {
     /// The store's committer tasks have stopped.
     #[error("the postgresql store is shut down")]
     Closed,
+    /// A read-model statement (a projection's change, a query or DDL) failed.
+    #[error("read-model statement failed: {} (in: {sql})", Describe(.source))]
+    Statement {
+        /// The statement as sent.
+        sql: String,
+        /// The server's or the driver's error.
+        source: tokio_postgres::Error,
+    },
+    /// A read-model commit expected another checkpoint: another runner moved it.
+    #[error(
+        "checkpoint '{checkpoint}' is at {}, not at {}: another runner moved it",
+        position_display(.current),
+        position_display(.expected)
+    )]
+    Fenced {
+        /// The checkpoint's name.
+        checkpoint: String,
+        /// The position the commit started from (`None`: no checkpoint).
+        expected: Option<u64>,
+        /// The stored position (`None`: no checkpoint).
+        current: Option<u64>,
+    },
+}
+
+fn position_display(position: &Option<u64>) -> String {
+    position.map_or_else(|| "none".to_owned(), |p| p.to_string())
 }
 
 impl PostgresError {
@@ -34,7 +60,8 @@ impl PostgresError {
             Self::Db(e) => db_error_is_unavailable(e),
             Self::Pool(deadpool_postgres::PoolError::Backend(e)) => db_error_is_unavailable(e),
             Self::Pool(_) | Self::Closed => true,
-            Self::Config(_) | Self::Corrupt(_) => false,
+            Self::Statement { source, .. } => db_error_is_unavailable(source),
+            Self::Config(_) | Self::Corrupt(_) | Self::Fenced { .. } => false,
         }
     }
 
@@ -45,6 +72,7 @@ impl PostgresError {
             return Error::Unavailable(self.to_string());
         }
         match self {
+            Self::Fenced { .. } => Error::Domain(DomainError::AlreadyExists(self.to_string())),
             Self::Db(e) if is_rejected_data(e) => Error::Domain(DomainError::Validation(format!(
                 "the event store cannot hold this data: {}",
                 Describe(e)

@@ -25,16 +25,22 @@
 //!   advisory lock keyed by the block's start; `read_all` only reads up to a *watermark* below
 //!   every block still in flight. Writers never wait for each other's commits. See
 //!   `docs/adr/0004-postgres-commit-order.md` and [`PostgresStore`].
+//! * **Read models in the same schema** ([`PostgresReadModels`], from
+//!   [`PostgresStore::read_models`]): projection tables, their checkpoints and durable
+//!   consumers' state; a projection's statements and its checkpoint commit in one fenced
+//!   transaction, sent to the server pipelined.
 
 mod config;
 mod error;
 mod read;
+mod readmodel;
 mod schema;
 mod store;
 mod write;
 
 pub use config::PostgresConfig;
 pub use error::PostgresError;
+pub use readmodel::PostgresReadModels;
 pub use schema::drop_schema;
 pub use store::PostgresStore;
 #[doc(hidden)]

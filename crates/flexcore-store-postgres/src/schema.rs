@@ -182,6 +182,41 @@ END
 $fn$;
 "#,
     },
+    Migration {
+        version: 3,
+        name: "read models: checkpoints, dead letters, projection records",
+        sql: r#"
+-- The position each consumer (durable subscription or projection generation) continues from.
+CREATE TABLE {schema}.checkpoints (
+    consumer text PRIMARY KEY,
+    position bigint NOT NULL
+);
+
+-- Events a durable consumer parked: state 'failed' (with attempts and the last error) or
+-- 'waiting' (behind an earlier parked event of the same stream).
+CREATE TABLE {schema}.dead_letters (
+    consumer        text NOT NULL,
+    global_position bigint NOT NULL,
+    stream_id       text NOT NULL,
+    event_id        uuid NOT NULL,
+    event_type      text NOT NULL,
+    state           text NOT NULL CHECK (state IN ('failed', 'waiting')),
+    attempts        bigint,
+    error           text,
+    parked_at       timestamptz NOT NULL,
+    PRIMARY KEY (consumer, global_position)
+);
+
+-- Each projection's live and building generations (number and projection version).
+CREATE TABLE {schema}.projections (
+    name             text PRIMARY KEY,
+    live_number      bigint,
+    live_version     bigint,
+    building_number  bigint,
+    building_version bigint
+);
+"#,
+    },
 ];
 
 /// Creates the schema and applies missing migrations, in one transaction under an advisory

@@ -15,7 +15,7 @@ use tokio::sync::{mpsc, watch};
 use tokio_postgres::NoTls;
 
 use crate::write::{self, HeldAppend, Request, Shared, to_i64, to_u64};
-use crate::{PostgresConfig, PostgresError, read, schema};
+use crate::{PostgresConfig, PostgresError, PostgresReadModels, read, schema};
 
 /// Requests that may wait for a committer before `append` itself waits (back-pressure).
 const QUEUE_CAPACITY: usize = 4096;
@@ -52,21 +52,7 @@ impl PostgresStore {
     pub async fn connect(config: PostgresConfig) -> Result<Self, PostgresError> {
         config.validate()?;
         schema::migrate(&config).await?;
-        let manager = Manager::from_config(
-            schema::pg_config(&config)?,
-            NoTls,
-            ManagerConfig {
-                recycling_method: RecyclingMethod::Fast,
-            },
-        );
-        let pool = Pool::builder(manager)
-            .max_size(config.pool_size)
-            .runtime(Runtime::Tokio1)
-            .wait_timeout(Some(Duration::from_secs(30)))
-            .create_timeout(Some(Duration::from_secs(10)))
-            .recycle_timeout(Some(Duration::from_secs(10)))
-            .build()
-            .map_err(|e| PostgresError::Config(format!("cannot build the connection pool: {e}")))?;
+        let pool = build_pool(&config)?;
         let head = {
             let client = pool.get().await?;
             let max: i64 = client
@@ -94,6 +80,12 @@ impl PostgresStore {
         &self.schema
     }
 
+    /// The read models, projection checkpoints and durable consumers' state in the same schema,
+    /// sharing this store's connection pool.
+    pub fn read_models(&self) -> PostgresReadModels {
+        PostgresReadModels::new(self.shared.pool.clone(), Arc::clone(&self.schema))
+    }
+
     /// Test hook: runs an append on its own connection up to the moment before `COMMIT`, with
     /// its global positions reserved, and returns it held open. Used to force the commit-order
     /// race deterministically; not part of the stable API.
@@ -105,6 +97,25 @@ impl PostgresStore {
     async fn client(&self) -> Result<deadpool_postgres::Object, PostgresError> {
         Ok(self.shared.pool.get().await?)
     }
+}
+
+/// The connection pool of a store (every connection with the schema's `search_path`).
+pub(crate) fn build_pool(config: &PostgresConfig) -> Result<Pool, PostgresError> {
+    let manager = Manager::from_config(
+        schema::pg_config(config)?,
+        NoTls,
+        ManagerConfig {
+            recycling_method: RecyclingMethod::Fast,
+        },
+    );
+    Pool::builder(manager)
+        .max_size(config.pool_size)
+        .runtime(Runtime::Tokio1)
+        .wait_timeout(Some(Duration::from_secs(30)))
+        .create_timeout(Some(Duration::from_secs(10)))
+        .recycle_timeout(Some(Duration::from_secs(10)))
+        .build()
+        .map_err(|e| PostgresError::Config(format!("cannot build the connection pool: {e}")))
 }
 
 #[async_trait]

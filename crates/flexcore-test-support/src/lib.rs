@@ -2,11 +2,15 @@
 //!
 //! * [`conformance`]: the event-store conformance suite; each backend runs it from its `tests/`
 //!   with [`conformance_suite!`].
+//! * [`readmodel_conformance`]: the read-model store conformance suite (checkpoints, fenced
+//!   commits, portable SQL, dead letters); each backend runs it with
+//!   [`readmodel_conformance_suite!`].
 //! * [`services`]: access to the machine's real PostgreSQL (and later brokers): tests skip with
 //!   a clear message when a service is down, unless `FLEXCORE_REQUIRE_SERVICES=1` (CI), where
 //!   a missing service fails the test.
 
 pub mod conformance;
+pub mod readmodel_conformance;
 pub mod services;
 
 use std::any::Any;
