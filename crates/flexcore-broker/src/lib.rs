@@ -1,6 +1,6 @@
 //! FlexCore's message-broker adapters.
 //!
-//! * **Outbox publishers** ([`EventPublisher`](flexcore_app::outbox::EventPublisher)s for the
+//! * **Outbox publishers** ([`EventPublisher`]s for the
 //!   [`OutboxRelay`]): [`RabbitPublisher`], [`RedisStreamPublisher`], [`NatsPublisher`]. Every
 //!   message carries the event's `event_id` as its de-duplication id; the relay publishes at
 //!   least once, in order per stream (see `docs/adr/0005-outbox.md`).
