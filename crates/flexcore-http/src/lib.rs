@@ -71,10 +71,16 @@ pub struct AppState {
     /// Makes a request's W3C trace context (`traceparent`) the parent of its `http.request`
     /// span; supplied by the composition root, which owns the tracing setup.
     pub trace_parent: Option<TraceParentHook>,
+    /// Extra fields of the `/health` and `/ready` answers, e.g. `python: {ok, error}` (`None`:
+    /// none). Details inform; they do not change the status code.
+    pub health_details: Option<HealthDetails>,
     /// Turns true when the server shuts down: live streams end so connections can drain.
     /// [`serve`] wires it; a state built elsewhere may use [`never_shut_down`].
     pub shutdown: watch::Receiver<bool>,
 }
+
+/// Renders extra fields for `/health` and `/ready`.
+pub type HealthDetails = Arc<dyn Fn() -> serde_json::Map<String, serde_json::Value> + Send + Sync>;
 
 /// Adopts a request's trace context (from its headers) as the parent of a span.
 pub type TraceParentHook = Arc<dyn Fn(&HeaderMap, &tracing::Span) + Send + Sync>;

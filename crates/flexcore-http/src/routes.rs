@@ -94,8 +94,16 @@ pub(crate) async fn metrics(State(state): State<AppState>) -> Result<Response, A
 }
 
 #[utoipa::path(get, path = "/health", tag = "meta", responses((status = 200, description = "The process is alive")))]
-pub(crate) async fn health() -> Json<Value> {
-    Json(json!({ "status": "ok" }))
+pub(crate) async fn health(State(state): State<AppState>) -> Json<Value> {
+    Json(with_details(json!({ "status": "ok" }), &state))
+}
+
+/// Adds the composition root's health details to a status object.
+fn with_details(mut status: Value, state: &AppState) -> Value {
+    if let (Some(details), Some(fields)) = (&state.health_details, status.as_object_mut()) {
+        fields.extend(details());
+    }
+    status
 }
 
 #[utoipa::path(get, path = "/ready", tag = "meta", responses(
@@ -107,7 +115,7 @@ pub(crate) async fn ready(State(state): State<AppState>) -> Result<Json<Value>, 
         .ping()
         .await
         .map_err(|e| ApiError::unavailable(format!("the event store is not reachable: {e}")))?;
-    Ok(Json(json!({ "status": "ready" })))
+    Ok(Json(with_details(json!({ "status": "ready" }), &state)))
 }
 
 /// Reads the trace and correlation headers into a command context.

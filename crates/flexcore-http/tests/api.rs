@@ -29,6 +29,11 @@ fn app() -> TestApp {
         },
         metrics: Some(Arc::new(|| "flexcore_test_metric 1\n".to_owned())),
         trace_parent: None,
+        health_details: Some(Arc::new(|| {
+            let mut details = serde_json::Map::new();
+            details.insert("python".into(), json!({"ok": true, "error": null}));
+            details
+        })),
         shutdown: flexcore_http::never_shut_down(),
     };
     TestApp {
@@ -756,9 +761,18 @@ async fn health_and_unknown_routes() {
     let app = app();
     assert_eq!(
         app.get("/health").await,
-        (StatusCode::OK, json!({"status": "ok"}))
+        (
+            StatusCode::OK,
+            json!({"status": "ok", "python": {"ok": true, "error": null}})
+        )
     );
-    assert_eq!(app.get("/ready").await.0, StatusCode::OK);
+    assert_eq!(
+        app.get("/ready").await,
+        (
+            StatusCode::OK,
+            json!({"status": "ready", "python": {"ok": true, "error": null}})
+        )
+    );
     let (status, _, media) = app.call(Method::GET, "/metrics", None, Body::empty()).await;
     assert_eq!(status, StatusCode::OK);
     assert!(media.starts_with("text/plain"), "{media}");

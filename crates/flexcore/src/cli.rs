@@ -27,7 +27,8 @@ pub enum Command {
     Serve(ServeArgs),
     /// Measure the event store: durable appends/s with group commit against one transaction
     /// per append, and read_all events/s against a raw keyset-paged SELECT; with --gateway,
-    /// create_user end to end over HTTP and gRPC beside the bus and the raw store.
+    /// create_user end to end over HTTP and gRPC beside the bus and the raw store; with
+    /// --python, create_user through the Python users domain against the Rust one.
     Bench(crate::bench::BenchArgs),
     /// Inspect the configuration.
     #[command(subcommand)]
@@ -92,4 +93,11 @@ pub struct ServeArgs {
     /// The largest request body accepted, in bytes [default: 4194304].
     #[arg(long, env = "FLEXCORE_MAX_BODY_BYTES")]
     pub max_body_bytes: Option<usize>,
+    /// Comma-separated Python handler modules (relative to the working directory); when set,
+    /// they replace the built-in sample domain [default: none; file: `[python] modules`].
+    #[arg(long, env = "FLEXCORE_PYTHON_MODULES")]
+    pub python_modules: Option<String>,
+    /// How long one Python handler call may run, in ms [default: 5000].
+    #[arg(long, env = "FLEXCORE_PYTHON_TIMEOUT_MS")]
+    pub python_timeout_ms: Option<u64>,
 }

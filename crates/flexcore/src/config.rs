@@ -20,6 +20,9 @@ pub const DEFAULT_STORE_URL: &str = "sqlite://./data/flexcore.db";
 /// The fields masked in logs by default.
 pub const DEFAULT_LOG_MASK: [&str; 3] = ["email", "password", "token"];
 
+/// The default timeout of one Python handler call, in ms.
+pub const DEFAULT_PYTHON_TIMEOUT_MS: u64 = 5000;
+
 /// The default config file, used when present.
 pub const DEFAULT_CONFIG_FILE: &str = "flexcore.toml";
 
@@ -83,6 +86,36 @@ pub struct Settings {
     pub log_mask: Vec<String>,
     /// Where to export traces over OTLP/gRPC (`None`: no export).
     pub otlp_endpoint: Option<String>,
+    /// Python handler modules (`[python]` in the file).
+    pub python: PythonSettings,
+}
+
+/// Python handler modules: when any are configured they are the domain (the built-in sample
+/// is not registered), and they reload when their files change.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PythonSettings {
+    /// The module files, absolute (file entries are relative to the config file, variable
+    /// and flag entries to the working directory).
+    pub modules: Vec<PathBuf>,
+    /// How long one handler call may run, in ms.
+    pub timeout_ms: u64,
+}
+
+impl Default for PythonSettings {
+    /// No modules (the built-in sample domain runs).
+    fn default() -> Self {
+        Self {
+            modules: Vec::new(),
+            timeout_ms: DEFAULT_PYTHON_TIMEOUT_MS,
+        }
+    }
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PythonFileSettings {
+    modules: Option<Vec<PathBuf>>,
+    timeout_ms: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -96,18 +129,25 @@ struct FileSettings {
     max_body_bytes: Option<usize>,
     log_mask: Option<Vec<String>>,
     otlp_endpoint: Option<String>,
+    python: Option<PythonFileSettings>,
 }
 
 impl Settings {
     /// Resolves the settings from flags/variables (already merged by clap) and the file.
     pub fn resolve(args: ServeArgs) -> Result<Self, ConfigError> {
-        let file = match &args.config {
-            Some(path) => load_file(path)?,
+        let (file, file_dir) = match &args.config {
+            Some(path) => (load_file(path)?, path.parent().map(Path::to_owned)),
             None if Path::new(DEFAULT_CONFIG_FILE).exists() => {
-                load_file(Path::new(DEFAULT_CONFIG_FILE))?
+                (load_file(Path::new(DEFAULT_CONFIG_FILE))?, None)
             }
-            None => FileSettings::default(),
+            None => (FileSettings::default(), None),
         };
+        let python = python_settings(
+            args.python_modules,
+            args.python_timeout_ms,
+            file.python.unwrap_or_default(),
+            file_dir.as_deref(),
+        )?;
         let pick = |flag: Option<String>, file: Option<String>, default: &str| {
             flag.or(file).unwrap_or_else(|| default.to_owned())
         };
@@ -172,6 +212,7 @@ impl Settings {
             });
         }
         Ok(Self {
+            python,
             otlp_endpoint,
             log_mask,
             http_addr: addr(
@@ -213,18 +254,88 @@ impl Settings {
             ("max_body_bytes", json!(self.max_body_bytes)),
             ("log_mask", json!(self.log_mask)),
             ("otlp_endpoint", json!(self.otlp_endpoint)),
+            (
+                "python",
+                json!({
+                    "modules": self.python.modules,
+                    "timeout_ms": self.python.timeout_ms,
+                }),
+            ),
         ]
     }
 
     /// The effective settings as a `flexcore.toml` document.
     pub fn to_toml(&self) -> String {
-        // TOML has no null: unset optional settings are left out.
-        self.effective()
+        // TOML has no null: unset optional settings are left out. Objects become tables,
+        // which must follow the top-level keys.
+        let (tables, keys): (Vec<_>, Vec<_>) = self
+            .effective()
             .into_iter()
             .filter(|(_, value)| !value.is_null())
+            .partition(|(_, value)| value.is_object());
+        let mut text: String = keys
+            .into_iter()
             .map(|(key, value)| format!("{key} = {value}\n"))
-            .collect()
+            .collect();
+        for (table, value) in tables {
+            text.push_str(&format!("\n[{table}]\n"));
+            for (key, value) in value.as_object().into_iter().flatten() {
+                text.push_str(&format!("{key} = {value}\n"));
+            }
+        }
+        text
     }
+}
+
+/// Merges the Python settings: flag/variable > file > default; checks every module exists.
+fn python_settings(
+    modules: Option<String>,
+    timeout_ms: Option<u64>,
+    file: PythonFileSettings,
+    file_dir: Option<&Path>,
+) -> Result<PythonSettings, ConfigError> {
+    let absolute = |base: Option<&Path>, path: PathBuf| {
+        let path = match base {
+            Some(base) if path.is_relative() => base.join(path),
+            _ => path,
+        };
+        std::path::absolute(&path).unwrap_or(path)
+    };
+    let modules: Vec<PathBuf> = match modules {
+        Some(list) => list
+            .split(',')
+            .map(str::trim)
+            .filter(|m| !m.is_empty())
+            .map(|m| absolute(None, PathBuf::from(m)))
+            .collect(),
+        None => file
+            .modules
+            .unwrap_or_default()
+            .into_iter()
+            .map(|m| absolute(file_dir, m))
+            .collect(),
+    };
+    if let Some(missing) = modules.iter().find(|m| !m.is_file()) {
+        return Err(ConfigError::Invalid {
+            key: "python.modules",
+            value: missing.display().to_string(),
+            expected: "existing Python files (in the file, relative to the config file's directory)",
+        });
+    }
+    let timeout_ms = timeout_ms
+        .or(file.timeout_ms)
+        .unwrap_or(DEFAULT_PYTHON_TIMEOUT_MS);
+    if timeout_ms == 0 {
+        return Err(ConfigError::Invalid {
+            key: "python.timeout_ms",
+            value: "0".into(),
+            expected: "a positive number of milliseconds",
+        });
+    }
+    Ok(PythonSettings {
+        modules,
+        timeout_ms,
+    })
 }
 
 fn load_file(path: &Path) -> Result<FileSettings, ConfigError> {
@@ -311,6 +422,56 @@ mod tests {
         let s = Settings::resolve(args).unwrap();
         assert_eq!(s.http_addr.to_string(), "127.0.0.1:9100");
         assert_eq!(s.log, "debug");
+    }
+
+    #[test]
+    fn python_modules_come_from_the_file_or_the_variable() {
+        let (dir, args) = with_file("[python]\nmodules = [\"users.py\"]\ntimeout_ms = 250\n");
+        std::fs::write(dir.path().join("users.py"), "").unwrap();
+        let s = Settings::resolve(args.clone()).unwrap();
+        assert_eq!(s.python.modules, vec![dir.path().join("users.py")]);
+        assert_eq!(s.python.timeout_ms, 250);
+        // The section round-trips through `config show`.
+        let (_again_dir, again) = with_file(&s.to_toml());
+        assert_eq!(Settings::resolve(again).unwrap().python, s.python);
+        // The variable replaces the file's list; an empty one turns Python off.
+        let other = dir.path().join("other.py");
+        std::fs::write(&other, "").unwrap();
+        let s = Settings::resolve(ServeArgs {
+            python_modules: Some(format!(" {} ,", other.display())),
+            ..args.clone()
+        })
+        .unwrap();
+        assert_eq!(s.python.modules, vec![other]);
+        let s = Settings::resolve(ServeArgs {
+            python_modules: Some(String::new()),
+            ..args
+        })
+        .unwrap();
+        assert!(s.python.modules.is_empty());
+        let (_dir, args) = with_file("");
+        let s = Settings::resolve(args).unwrap();
+        assert!(s.python.modules.is_empty());
+        assert_eq!(s.python.timeout_ms, DEFAULT_PYTHON_TIMEOUT_MS);
+    }
+
+    #[test]
+    fn bad_python_settings_name_the_key() {
+        let (_dir, args) = with_file("[python]\nmodules = [\"absent.py\"]\n");
+        let err = Settings::resolve(args).unwrap_err().to_string();
+        assert!(
+            err.contains("python.modules") && err.contains("absent.py"),
+            "{err}"
+        );
+        let (_dir, args) = with_file("[python]\nmodule = [\"users.py\"]\n");
+        let err = Settings::resolve(args).unwrap_err().to_string();
+        assert!(
+            err.contains("module") && err.contains("flexcore.toml"),
+            "{err}"
+        );
+        let (_dir, args) = with_file("[python]\ntimeout_ms = 0\n");
+        let err = Settings::resolve(args).unwrap_err().to_string();
+        assert!(err.contains("python.timeout_ms"), "{err}");
     }
 
     #[test]

@@ -4,6 +4,7 @@
 //! * [`client`]: `send`, `ask`, `stream read`, `events tail` against a running server;
 //! * [`config`]: settings from `flexcore.toml`, `FLEXCORE_*` variables and flags;
 //! * [`logging`]: text or JSON logs with sensitive values masked;
+//! * [`python`]: Python handler modules, hot-reloaded, in place of the sample domain;
 //! * [`server`]: opens the store named by the store URL, wires the buses and the sample
 //!   domain, and serves HTTP until shutdown;
 //! * [`telemetry`]: OTLP export of spans and W3C trace context;
@@ -14,5 +15,6 @@ pub mod cli;
 pub mod client;
 pub mod config;
 pub mod logging;
+pub mod python;
 pub mod server;
 pub mod telemetry;

@@ -52,10 +52,23 @@ pub async fn open_store(url: &str) -> anyhow::Result<Arc<dyn EventStore>> {
 
 /// Wires the buses, their middleware and the sample domain over a store.
 pub fn app_state(store: Arc<dyn EventStore>, settings: &Settings) -> anyhow::Result<AppState> {
+    app_state_with(store, settings, None)
+}
+
+/// Like [`app_state`]; with Python handler modules, they replace the sample domain.
+pub fn app_state_with(
+    store: Arc<dyn EventStore>,
+    settings: &Settings,
+    python: Option<&flexcore_python::LivePython>,
+) -> anyhow::Result<AppState> {
     let repository = Repository::new(Arc::clone(&store)).with_snapshots_every(SNAPSHOT_EVERY);
     let mut commands = CommandRouter::new();
     let mut queries = QueryRouter::new();
-    flexcore_app::users::register(&mut commands, &mut queries, repository)?;
+    if let Some(python) = python {
+        crate::python::register(python, &mut commands, &mut queries)?;
+    } else {
+        flexcore_app::users::register(&mut commands, &mut queries, repository)?;
+    }
     Ok(AppState {
         commands: Arc::new(
             commands
@@ -72,6 +85,7 @@ pub fn app_state(store: Arc<dyn EventStore>, settings: &Settings) -> anyhow::Res
         },
         metrics: Some(metrics_renderer()?),
         trace_parent: Some(crate::telemetry::parent_from_headers()),
+        health_details: python.map(crate::python::health_details),
         // `flexcore_http::serve` wires the real signal.
         shutdown: flexcore_http::never_shut_down(),
     })
@@ -110,7 +124,8 @@ pub async fn run(
         .await
         .with_context(|| format!("cannot listen on {} (gRPC)", settings.grpc_addr))?;
     let store = open_store(&settings.store_url).await?;
-    let state = app_state(store, &settings)?;
+    let python = crate::python::load(&settings.python, Arc::clone(&store)).await?;
+    let state = app_state_with(Arc::clone(&store), &settings, python.as_ref())?;
     let grpc_state = flexcore_grpc::GrpcState {
         commands: Arc::clone(&state.commands),
         queries: Arc::clone(&state.queries),
@@ -128,6 +143,9 @@ pub async fn run(
         "flexcore is listening"
     );
     let (stopping, stopping_seen) = tokio::sync::watch::channel(false);
+    if let Some(python) = &python {
+        crate::python::start(python, Arc::clone(&store), stopping_seen.clone());
+    }
     tokio::spawn(async move {
         shutdown.await;
         let _ = stopping.send(true);

@@ -143,6 +143,7 @@ async fn the_library_server_runs_on_an_ephemeral_port_and_shuts_down() {
         max_body_bytes: 1024 * 1024,
         log_mask: vec!["email".into()],
         otlp_endpoint: None,
+        python: Default::default(),
     };
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(flexcore::server::run(settings, listener, async {

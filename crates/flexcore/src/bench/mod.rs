@@ -14,6 +14,7 @@
 //! beside the same store and the command bus without a gateway (see [`gateway`]).
 
 pub mod gateway;
+pub mod python;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -61,8 +62,15 @@ pub struct BenchArgs {
         conflicts_with_all = ["writers", "events_per_append", "read_events", "committers"]
     )]
     pub gateway: bool,
-    /// With --gateway: concurrent connections (client tasks), comma-separated.
-    #[arg(long, value_delimiter = ',', default_values_t = vec![1, 32], requires = "gateway")]
+    /// Measure `create_user` through the Python users domain (examples/python-users) against
+    /// the Rust one instead, on the same store, in one run.
+    #[arg(
+        long,
+        conflicts_with_all = ["gateway", "writers", "events_per_append", "read_events", "committers"]
+    )]
+    pub python: bool,
+    /// With --gateway or --python: concurrent connections (client tasks), comma-separated.
+    #[arg(long, value_delimiter = ',', default_values_t = vec![1, 32])]
     pub connections: Vec<usize>,
 }
 
@@ -456,6 +464,9 @@ async fn raw_scan(table: &RawTable) -> anyhow::Result<usize> {
 pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     if args.gateway {
         return gateway::run(&args).await;
+    }
+    if args.python {
+        return python::run(&args).await;
     }
     let backend = Backend::new(&args.store, args.committers)?;
     let result = run_cases(&backend, &args).await;

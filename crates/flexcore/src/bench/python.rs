@@ -1,0 +1,294 @@
+//! `flexcore bench --python`: `create_user` through the Python users domain
+//! (`examples/python-users/users.py`) against the built-in Rust one, in one run.
+//!
+//! Both go through the command bus exactly as `flexcore serve` wires it (retry, idempotency,
+//! metrics and tracing middleware) over a fresh SQLite file per run; the Python side also runs
+//! what `serve` runs beside it (the event bus feeding the module's `user.created` handler, and
+//! the file watcher). With N concurrent clients each sending back to back, runs of the two
+//! are interleaved and the median of `--repeat` is reported with the Python/Rust ratio, checked
+//! against issue #5's target (≥ 25%).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use flexcore_app::command::{Command, CommandBus, CommandContext};
+use serde::Serialize;
+use serde_json::json;
+use tokio::task::JoinSet;
+
+use super::{BenchArgs, median, tempfile_dir};
+use crate::cli::ServeArgs;
+use crate::config::Settings;
+use crate::server::{app_state, app_state_with, open_store};
+
+/// The example's module, built into the binary so the bench runs from anywhere.
+const USERS_PY: &str = include_str!("../../../../examples/python-users/users.py");
+
+/// The Python path's share of the Rust path's throughput that issue #5 asks for.
+pub const TARGET_RATIO: f64 = 0.25;
+
+/// One domain at one connection count.
+#[derive(Debug, Clone, Serialize)]
+pub struct PythonFigure {
+    /// `rust` or `python`.
+    pub domain: &'static str,
+    /// Concurrent clients.
+    pub connections: usize,
+    /// Median commands/s.
+    pub commands_per_s: f64,
+    /// Every run's commands/s.
+    pub runs: Vec<f64>,
+    /// Median latency of the median run, ms.
+    pub p50_ms: f64,
+    /// 99th percentile latency of the median run, ms.
+    pub p99_ms: f64,
+}
+
+/// Python against Rust at one connection count.
+#[derive(Debug, Clone, Serialize)]
+pub struct PythonRatio {
+    /// Concurrent clients.
+    pub connections: usize,
+    /// Python commands/s over Rust commands/s.
+    pub ratio: f64,
+    /// Whether the ratio reaches [`TARGET_RATIO`].
+    pub target_met: bool,
+}
+
+/// The report of `flexcore bench --python` (printed as is with `--json`).
+#[derive(Debug, Clone, Serialize)]
+pub struct PythonReport {
+    /// Always `python`.
+    pub mode: &'static str,
+    /// Seconds per run.
+    pub duration_s: f64,
+    /// Runs per case.
+    pub repeat: usize,
+    /// Every case.
+    pub cases: Vec<PythonFigure>,
+    /// The ratios per connection count.
+    pub ratios: Vec<PythonRatio>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Domain {
+    Rust,
+    Python,
+}
+
+impl Domain {
+    fn name(self) -> &'static str {
+        match self {
+            Self::Rust => "rust",
+            Self::Python => "python",
+        }
+    }
+}
+
+struct Run {
+    rate: f64,
+    latencies: Vec<Duration>,
+}
+
+/// Runs the benchmark and prints the report.
+pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        args.store == "sqlite",
+        "flexcore bench --python runs on SQLite only (got --store {})",
+        args.store
+    );
+    {
+        // Errors only (a failed command stops the run anyway).
+        use tracing_subscriber::fmt::writer::MakeWriterExt;
+        let _ = tracing_subscriber::fmt()
+            .with_writer(std::io::stderr.with_max_level(tracing::Level::ERROR))
+            .try_init();
+    }
+    let dir = tempfile_dir::Dir::new().context("cannot create a temp dir")?;
+    let module = dir.path().join("users.py");
+    std::fs::write(&module, USERS_PY).context("cannot write the Python module")?;
+    let config = dir.path().join("flexcore.toml");
+    std::fs::write(&config, "").context("cannot write the bench's settings file")?;
+
+    let duration = Duration::from_secs_f64(args.duration.max(0.1));
+    let repeat = args.repeat.max(1);
+    let mut connections: Vec<usize> = Vec::new();
+    for n in args.connections.iter().map(|&c| c.max(1)) {
+        if !connections.contains(&n) {
+            connections.push(n);
+        }
+    }
+    let mut case = 0;
+    let mut cases = Vec::new();
+    let mut ratios = Vec::new();
+    for &n in &connections {
+        let mut runs = [Vec::new(), Vec::new()];
+        for _ in 0..repeat {
+            for (i, domain) in [Domain::Rust, Domain::Python].into_iter().enumerate() {
+                case += 1;
+                let url = format!(
+                    "sqlite://{}",
+                    dir.path().join(format!("python-{case}.db")).display()
+                );
+                let settings = Settings::resolve(ServeArgs {
+                    config: Some(config.clone()),
+                    store_url: Some(url),
+                    python_modules: Some(match domain {
+                        Domain::Rust => String::new(),
+                        Domain::Python => module.display().to_string(),
+                    }),
+                    ..ServeArgs::default()
+                })?;
+                runs[i].push(run_once(&settings, n, duration).await?);
+            }
+        }
+        let [rust, python] = runs.map(|r| figure_of(r, n));
+        let (rust, python) = (
+            PythonFigure {
+                domain: Domain::Rust.name(),
+                ..rust
+            },
+            PythonFigure {
+                domain: Domain::Python.name(),
+                ..python
+            },
+        );
+        let ratio = python.commands_per_s / rust.commands_per_s.max(f64::MIN_POSITIVE);
+        ratios.push(PythonRatio {
+            connections: n,
+            ratio,
+            target_met: ratio >= TARGET_RATIO,
+        });
+        cases.push(rust);
+        cases.push(python);
+    }
+    let report = PythonReport {
+        mode: "python",
+        duration_s: duration.as_secs_f64(),
+        repeat,
+        cases,
+        ratios,
+    };
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print_text(&report);
+    }
+    Ok(())
+}
+
+/// One run: a fresh store, the serve wiring with or without Python, N clients.
+async fn run_once(
+    settings: &Settings,
+    connections: usize,
+    duration: Duration,
+) -> anyhow::Result<Run> {
+    let store = open_store(&settings.store_url).await?;
+    let python = crate::python::load(&settings.python, Arc::clone(&store)).await?;
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let state = match &python {
+        Some(python) => {
+            crate::python::start(python, Arc::clone(&store), stopped);
+            app_state_with(store, settings, Some(python))?
+        }
+        None => app_state(store, settings)?,
+    };
+    let measured = measure(&state.commands, connections, duration).await;
+    let _ = stop.send(true);
+    measured
+}
+
+async fn measure(
+    bus: &Arc<dyn CommandBus>,
+    connections: usize,
+    duration: Duration,
+) -> anyhow::Result<Run> {
+    let started = Instant::now();
+    let deadline = started + duration;
+    let mut tasks = JoinSet::new();
+    for task in 0..connections {
+        let bus = Arc::clone(bus);
+        tasks.spawn(async move {
+            let mut latencies = Vec::with_capacity(4096);
+            let mut n = 0u64;
+            while Instant::now() < deadline {
+                let command = Command {
+                    command_type: "create_user".into(),
+                    payload: json!({ "email": format!("u{task}-{n}@bench.example") }),
+                };
+                let sent = Instant::now();
+                bus.send(&CommandContext::default(), &command)
+                    .await
+                    .with_context(|| format!("client {task}, command {n}"))?;
+                latencies.push(sent.elapsed());
+                n += 1;
+            }
+            anyhow::Ok(latencies)
+        });
+    }
+    let mut latencies = Vec::new();
+    while let Some(joined) = tasks.join_next().await {
+        latencies.extend(joined.context("a client task panicked")??);
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    latencies.sort_unstable();
+    Ok(Run {
+        rate: latencies.len() as f64 / elapsed,
+        latencies,
+    })
+}
+
+fn figure_of(mut runs: Vec<Run>, connections: usize) -> PythonFigure {
+    runs.sort_by(|a, b| a.rate.total_cmp(&b.rate));
+    let mut rates: Vec<f64> = runs.iter().map(|r| r.rate).collect();
+    let middle = &runs[runs.len() / 2];
+    let ms = |p: f64| {
+        let l = &middle.latencies;
+        if l.is_empty() {
+            return 0.0;
+        }
+        let i = ((l.len() as f64 * p).ceil() as usize).clamp(1, l.len()) - 1;
+        l[i].as_secs_f64() * 1000.0
+    };
+    PythonFigure {
+        domain: "",
+        connections,
+        commands_per_s: median(&mut rates),
+        runs: rates,
+        p50_ms: ms(0.50),
+        p99_ms: ms(0.99),
+    }
+}
+
+fn print_text(report: &PythonReport) {
+    println!(
+        "create_user through the command bus, SQLite, {:.1} s per run, median of {}",
+        report.duration_s, report.repeat
+    );
+    println!(
+        "{:<8} {:>5} {:>12} {:>9} {:>9}   runs",
+        "domain", "conn", "commands/s", "p50 ms", "p99 ms"
+    );
+    for c in &report.cases {
+        let runs: Vec<String> = c.runs.iter().map(|r| format!("{r:.0}")).collect();
+        println!(
+            "{:<8} {:>5} {:>12.0} {:>9.2} {:>9.2}   {}",
+            c.domain,
+            c.connections,
+            c.commands_per_s,
+            c.p50_ms,
+            c.p99_ms,
+            runs.join(" ")
+        );
+    }
+    for r in &report.ratios {
+        println!(
+            "python/rust at {} connections: {:.0}% (target >= {:.0}%: {})",
+            r.connections,
+            r.ratio * 100.0,
+            TARGET_RATIO * 100.0,
+            if r.target_met { "met" } else { "NOT met" }
+        );
+    }
+}

@@ -1,0 +1,80 @@
+//! Python handler modules in `flexcore serve` (`[python] modules = [...]`).
+//!
+//! When modules are configured they *are* the domain: their command and query handlers are
+//! registered instead of the built-in Rust sample (so a Python `create_user` never competes
+//! with the Rust one), their event handlers follow the log on an [`EventBus`] from position 0
+//! (in-memory read models rebuild at every start), and a watcher polls the files every second
+//! and hot-reloads them ([`flexcore_python::LivePython`]). `/health` and `/ready` report
+//! `python: {ok, generation, error}`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use flexcore_app::command::CommandRouter;
+use flexcore_app::event_bus::EventBus;
+use flexcore_app::query::QueryRouter;
+use flexcore_app::store::EventStore;
+use flexcore_http::HealthDetails;
+use flexcore_python::{LivePython, PythonConfig};
+use tokio::sync::watch;
+
+use crate::config::PythonSettings;
+
+/// How often the module files are checked for changes.
+pub const RELOAD_POLL: Duration = Duration::from_secs(1);
+
+/// Loads the configured modules (`None` when there are none); an import error stops the start
+/// with its traceback.
+pub async fn load(
+    settings: &PythonSettings,
+    store: Arc<dyn EventStore>,
+) -> anyhow::Result<Option<LivePython>> {
+    if settings.modules.is_empty() {
+        return Ok(None);
+    }
+    let config = PythonConfig::new(settings.modules.iter().cloned())
+        .with_timeout(Duration::from_millis(settings.timeout_ms));
+    let live = LivePython::load(config, store)
+        .await
+        .context("cannot load the Python handler modules")?;
+    let names = live.handlers();
+    tracing::info!(
+        modules = ?settings.modules,
+        commands = ?names.commands,
+        queries = ?names.queries,
+        events = ?names.events,
+        "python handlers loaded; they replace the built-in sample domain"
+    );
+    Ok(Some(live))
+}
+
+/// Registers the Python command and query handlers.
+pub fn register(
+    python: &LivePython,
+    commands: &mut CommandRouter,
+    queries: &mut QueryRouter,
+) -> anyhow::Result<()> {
+    python.register_commands(commands)?;
+    python.register_queries(queries)?;
+    Ok(())
+}
+
+/// Starts the file watcher and the event bus feeding the Python event handlers; both stop
+/// when `shutdown` turns true.
+pub fn start(python: &LivePython, store: Arc<dyn EventStore>, shutdown: watch::Receiver<bool>) {
+    python.watch(RELOAD_POLL, shutdown.clone());
+    let mut bus = EventBus::new();
+    python.subscribe_events(&mut bus);
+    bus.spawn(store, 0, shutdown);
+}
+
+/// The `python` field of `/health` and `/ready`.
+pub fn health_details(python: &LivePython) -> HealthDetails {
+    let python = python.clone();
+    Arc::new(move || {
+        let mut details = serde_json::Map::new();
+        details.insert("python".into(), python.status().to_json());
+        details
+    })
+}

@@ -1,0 +1,334 @@
+//! `examples/python-users` end to end: the real binary with the example's config, driven over
+//! HTTP; then hot reload of a copy of the example (a changed handler takes over while commands
+//! keep flowing; a broken one leaves the previous version running and is reported).
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use common::Server;
+use serde_json::{Value, json};
+
+fn example_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/python-users")
+}
+
+async fn start(config: &Path, data: &Path) -> Server {
+    let url = format!("sqlite://{}", data.join("flexcore.db").display());
+    let config = config.display().to_string();
+    Server::start_with_env(data, &url, &[("FLEXCORE_CONFIG", config.as_str())]).await
+}
+
+async fn command(
+    client: &reqwest::Client,
+    server: &Server,
+    name: &str,
+    body: Value,
+) -> (u16, Value) {
+    let r = client
+        .post(format!("{}/v1/commands/{name}", server.base))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    (r.status().as_u16(), r.json().await.unwrap())
+}
+
+async fn query(
+    client: &reqwest::Client,
+    server: &Server,
+    name: &str,
+    params: Value,
+) -> (u16, Value) {
+    let r = client
+        .post(format!("{}/v1/queries/{name}", server.base))
+        .json(&params)
+        .send()
+        .await
+        .unwrap();
+    (r.status().as_u16(), r.json().await.unwrap())
+}
+
+async fn get(client: &reqwest::Client, server: &Server, path: &str) -> Value {
+    let r = client
+        .get(format!("{}{path}", server.base))
+        .send()
+        .await
+        .unwrap();
+    r.json().await.unwrap()
+}
+
+/// Polls `check` until it returns `Some`, for at most 15 s.
+async fn eventually<T, F, Fut>(what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn user_id(outcome: &Value) -> String {
+    outcome["stream_id"]
+        .as_str()
+        .and_then(|s| s.strip_prefix("user-"))
+        .unwrap_or_else(|| panic!("no user stream in {outcome}"))
+        .to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_python_users_example_serves_the_sample_domain() {
+    let data = tempfile::tempdir().unwrap();
+    let server = start(&example_dir().join("flexcore.toml"), data.path()).await;
+    let client = reqwest::Client::new();
+
+    let health = get(&client, &server, "/health").await;
+    assert_eq!(health["python"]["ok"], true, "{health}");
+    assert_eq!(health["python"]["generation"], 1, "{health}");
+
+    let (status, created) = command(
+        &client,
+        &server,
+        "create_user",
+        json!({"email": " Ann@Example.COM", "profile": {"name": "Ann"}}),
+    )
+    .await;
+    assert_eq!(status, 200, "{created}");
+    assert_eq!(created["version"], 0);
+    assert_eq!(created["events"].as_array().unwrap().len(), 1, "{created}");
+    let ann = user_id(&created);
+
+    // Validation and uniqueness: 422 validation_failed with the handler's message.
+    for (body, message) in [
+        (json!({"email": "not-an-email"}), "missing '@'"),
+        (json!({"profile": {}}), "email is required"),
+        (json!({"email": "ann@example.com"}), "already in use"),
+        (
+            json!({"email": "x@example.com", "user_id": "mine"}),
+            "assigned by the server",
+        ),
+    ] {
+        let (status, problem) = command(&client, &server, "create_user", body.clone()).await;
+        assert_eq!(status, 422, "{body}: {problem}");
+        assert_eq!(problem["code"], "validation_failed");
+        assert!(
+            problem["detail"].as_str().unwrap().contains(message),
+            "{problem}"
+        );
+    }
+
+    // The user.created handler feeds the read model behind get_user.
+    let user = eventually("get_user", || async {
+        let (status, user) = query(&client, &server, "get_user", json!({"user_id": ann})).await;
+        (status == 200).then_some(user)
+    })
+    .await;
+    assert_eq!(user["email"], "ann@example.com");
+    assert_eq!(user["profile"], json!({"name": "Ann"}));
+
+    let (status, changed) = command(
+        &client,
+        &server,
+        "change_email",
+        json!({"user_id": ann, "email": "ann@example.org"}),
+    )
+    .await;
+    assert_eq!(status, 200, "{changed}");
+    assert_eq!(changed["version"], 1);
+    let (status, same) = command(
+        &client,
+        &server,
+        "change_email",
+        json!({"user_id": ann, "email": "ANN@example.org"}),
+    )
+    .await;
+    assert_eq!((status, same["version"].clone()), (200, json!(1)), "{same}");
+    assert_eq!(same["events"], json!([]));
+    let (status, problem) = command(
+        &client,
+        &server,
+        "change_email",
+        json!({"user_id": "0190f3a0-0000-7000-8000-000000000000", "email": "z@example.com"}),
+    )
+    .await;
+    assert_eq!(status, 422, "{problem}");
+
+    // The old address is free again once the change is applied.
+    eventually("the old address to be released", || async {
+        let (status, _) = command(
+            &client,
+            &server,
+            "create_user",
+            json!({"email": "ann@example.com"}),
+        )
+        .await;
+        (status == 200).then_some(())
+    })
+    .await;
+    let users = eventually("two users", || async {
+        let (_, list) = query(&client, &server, "list_users", json!({})).await;
+        (list["users"].as_array().map(Vec::len) == Some(2)).then_some(list)
+    })
+    .await;
+    let emails: Vec<&str> = users["users"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|u| u["email"].as_str().unwrap())
+        .collect();
+    assert_eq!(emails, ["ann@example.com", "ann@example.org"]);
+
+    // The stream holds what Python returned.
+    let stream = get(&client, &server, &format!("/v1/streams/user-{ann}")).await;
+    let types: Vec<&str> = stream["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["event_type"].as_str().unwrap())
+        .collect();
+    assert_eq!(types, ["user.created", "user.email_changed"]);
+    assert_eq!(stream["events"][1]["data"]["old_email"], "ann@example.com");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_changed_module_is_reloaded_and_a_broken_one_is_reported() {
+    let dir = tempfile::tempdir().unwrap();
+    for file in ["flexcore.toml", "users.py"] {
+        std::fs::copy(example_dir().join(file), dir.path().join(file)).unwrap();
+    }
+    let module = dir.path().join("users.py");
+    let original = std::fs::read_to_string(&module).unwrap();
+    let server = start(&dir.path().join("flexcore.toml"), dir.path()).await;
+    let client = reqwest::Client::new();
+
+    let (status, created) = command(
+        &client,
+        &server,
+        "create_user",
+        json!({"email": "bo@example.com"}),
+    )
+    .await;
+    assert_eq!(status, 200, "{created}");
+
+    // Commands keep flowing through every reload below; none may fail.
+    let stop = Arc::new(AtomicBool::new(false));
+    let traffic = {
+        let (client, base, stop) = (client.clone(), server.base.clone(), Arc::clone(&stop));
+        tokio::spawn(async move {
+            let mut sent = 0;
+            while !stop.load(Ordering::Relaxed) {
+                let r = client
+                    .post(format!("{base}/v1/commands/create_user"))
+                    .json(&json!({"email": format!("load{sent}@example.com")}))
+                    .send()
+                    .await
+                    .unwrap();
+                let status = r.status().as_u16();
+                assert_eq!(status, 200, "{}", r.text().await.unwrap());
+                sent += 1;
+            }
+            sent
+        })
+    };
+
+    // A changed handler takes over; the new version's read model is rebuilt from the log.
+    let changed = original.replace("is already in use", "is taken").replace(
+        "return {\"users\": sorted(",
+        "return {\"reloaded\": True, \"users\": sorted(",
+    );
+    assert_ne!(changed, original);
+    std::fs::write(&module, &changed).unwrap();
+    eventually("the reload", || async {
+        let health = get(&client, &server, "/health").await;
+        (health["python"]["generation"] == 2).then_some(())
+    })
+    .await;
+    let (status, problem) = command(
+        &client,
+        &server,
+        "create_user",
+        json!({"email": "bo@example.com"}),
+    )
+    .await;
+    assert_eq!(status, 422);
+    assert!(
+        problem["detail"].as_str().unwrap().ends_with("is taken"),
+        "{problem}"
+    );
+    let (_, list) = query(&client, &server, "list_users", json!({})).await;
+    assert_eq!(list["reloaded"], true, "{list}");
+    assert!(
+        list["users"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|u| u["email"] == "bo@example.com"),
+        "{list}"
+    );
+
+    // A broken module: the previous version keeps answering and /health says why.
+    std::fs::write(&module, format!("{changed}\ndef broken(:\n")).unwrap();
+    let health = eventually("the error report", || async {
+        let health = get(&client, &server, "/health").await;
+        (health["python"]["ok"] == false).then_some(health)
+    })
+    .await;
+    assert!(
+        health["python"]["error"]
+            .as_str()
+            .unwrap()
+            .contains("SyntaxError"),
+        "{health}"
+    );
+    assert_eq!(health["python"]["generation"], 2);
+    let ready = get(&client, &server, "/ready").await;
+    assert_eq!(ready["python"]["ok"], false, "{ready}");
+    let (status, problem) = command(
+        &client,
+        &server,
+        "create_user",
+        json!({"email": "bo@example.com"}),
+    )
+    .await;
+    assert_eq!(status, 422);
+    assert!(
+        problem["detail"].as_str().unwrap().ends_with("is taken"),
+        "{problem}"
+    );
+
+    // Fixed again: the error clears.
+    std::fs::write(&module, &original).unwrap();
+    eventually("the recovery", || async {
+        let health = get(&client, &server, "/health").await;
+        (health["python"]["ok"] == true && health["python"]["generation"] == 3).then_some(())
+    })
+    .await;
+    let (status, problem) = command(
+        &client,
+        &server,
+        "create_user",
+        json!({"email": "bo@example.com"}),
+    )
+    .await;
+    assert_eq!(status, 422);
+    assert!(
+        problem["detail"]
+            .as_str()
+            .unwrap()
+            .ends_with("is already in use"),
+        "{problem}"
+    );
+
+    stop.store(true, Ordering::Relaxed);
+    let sent = traffic.await.unwrap();
+    assert!(sent > 0);
+}
