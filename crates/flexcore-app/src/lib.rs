@@ -21,6 +21,7 @@ pub mod durable;
 mod error;
 pub mod event_bus;
 pub mod idempotency;
+pub mod outbox;
 pub mod projection;
 pub mod query;
 pub mod query_cache;

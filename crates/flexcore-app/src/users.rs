@@ -8,16 +8,22 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use flexcore_domain::users::{Email, EmailReservation, ReservationCommand, User, UserCommand};
-use flexcore_domain::{Aggregate, DomainError};
+use flexcore_domain::users::{
+    Email, EmailReservation, ReservationCommand, User, UserCommand, UserEvent,
+};
+use flexcore_domain::{
+    Aggregate, DomainError, DomainEvent, EventEnvelope, EventId, ExpectedVersion, NewEvent,
+    RawJson, StreamId,
+};
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use serde_json::{Map, Value};
 use uuid::Uuid;
 
 use crate::command::{CommandContext, CommandHandler, CommandRouter};
+use crate::event_bus::EventHandler;
 use crate::repository::{Loaded, Repository};
-use crate::store::StreamWriteResult;
+use crate::store::{EventAppender, EventFilter, StreamWriteResult};
 use crate::{Error, Result};
 
 /// Registers the sample domain's command handlers.
@@ -66,30 +72,57 @@ impl CommandHandler for CreateUser {
         let metadata = ctx.event_metadata();
         let repo = &self.0.repository;
 
-        // A fresh UUIDv7: its stream cannot exist, so it is not read (the append still expects
-        // `no_stream`).
-        let user = Loaded::<User>::new_instance(&user_id.to_string())?;
-        let reservation = repo.load::<EmailReservation>(email.as_str()).await?;
-        let (_, reserve) = reservation.decide(
-            &ReservationCommand::Reserve {
-                email: email.clone(),
-                user_id,
-            },
-            &metadata,
-        )?;
-        let (state, create) = user.decide(
-            &UserCommand::Create {
-                user_id,
-                email,
-                profile: payload.profile.unwrap_or_default(),
-            },
-            &metadata,
-        )?;
-        let result = repo.store().append_atomic(vec![create, reserve]).await?;
-        let user_write = first_stream(result.streams)?;
-        repo.maybe_snapshot(&state, user.version, &user_write).await;
-        Ok(user_write)
+        let profile = payload.profile.unwrap_or_default();
+        // Most addresses were never claimed: claim with `no_stream` first, without reading the
+        // reservation stream. Only when that expectation fails (the address is taken, or was
+        // released earlier) is the reservation loaded and the claim decided on its state; the
+        // append's expectation keeps the check atomic either way.
+        let optimistic = Loaded::<EmailReservation>::new_instance(email.as_str())?;
+        let reservation_stream = optimistic.stream_id.clone();
+        match create(repo, user_id, &email, &profile, optimistic, &metadata).await {
+            Err(Error::Domain(DomainError::WrongExpectedVersion { stream_id, .. }))
+                if stream_id == reservation_stream.as_str() =>
+            {
+                let reservation = repo.load::<EmailReservation>(email.as_str()).await?;
+                create(repo, user_id, &email, &profile, reservation, &metadata).await
+            }
+            other => other,
+        }
     }
+}
+
+/// Appends `user.created` for a new user id together with the claim of its address, decided
+/// on `reservation`.
+async fn create(
+    repo: &Repository,
+    user_id: Uuid,
+    email: &Email,
+    profile: &Map<String, Value>,
+    reservation: Loaded<EmailReservation>,
+    metadata: &flexcore_domain::EventMetadata,
+) -> Result<StreamWriteResult> {
+    // A fresh UUIDv7: its stream cannot exist, so it is not read (the append still expects
+    // `no_stream`).
+    let user = Loaded::<User>::new_instance(&user_id.to_string())?;
+    let (_, reserve) = reservation.decide(
+        &ReservationCommand::Reserve {
+            email: email.clone(),
+            user_id,
+        },
+        metadata,
+    )?;
+    let (state, create) = user.decide(
+        &UserCommand::Create {
+            user_id,
+            email: email.clone(),
+            profile: profile.clone(),
+        },
+        metadata,
+    )?;
+    let result = repo.store().append_atomic(vec![create, reserve]).await?;
+    let user_write = first_stream(result.streams)?;
+    repo.maybe_snapshot(&state, user.version, &user_write).await;
+    Ok(user_write)
 }
 
 #[async_trait]
@@ -179,4 +212,65 @@ pub fn cache_policy() -> crate::query_cache::CachePolicy {
             }
             _ => Vec::new(),
         })
+}
+
+/// The sample domain's side effect, run as a durable consumer (see [`crate::durable`]): every
+/// `user.created` queues a welcome notification, the event `notification.welcome_queued` on
+/// the stream `notification-{user_id}`.
+///
+/// Delivery is at least once, so the handler is idempotent: the notification's event id is
+/// derived from the `user.created` event's id, and the store answers a re-sent event id with
+/// the original result, writing nothing.
+pub struct WelcomeNotifier {
+    store: Arc<dyn EventAppender>,
+}
+
+impl WelcomeNotifier {
+    /// The consumer's name.
+    pub const NAME: &'static str = "welcome";
+
+    /// A notifier appending to `store`.
+    pub fn new(store: Arc<dyn EventAppender>) -> Self {
+        Self { store }
+    }
+
+    /// The events it reads.
+    pub fn filter() -> EventFilter {
+        EventFilter {
+            type_prefix: Some("user.created".into()),
+            ..EventFilter::default()
+        }
+    }
+}
+
+#[async_trait]
+impl EventHandler for WelcomeNotifier {
+    async fn handle(&self, event: &EventEnvelope) -> Result<()> {
+        if event.event_type != "user.created" {
+            return Ok(());
+        }
+        let UserEvent::Created { user_id, email, .. } = UserEvent::from_envelope(event)? else {
+            return Ok(());
+        };
+        // A stable id per source event (UUIDv8: the source id's bytes, re-labelled).
+        let mut bytes = *event.event_id.0.as_bytes();
+        for (byte, salt) in bytes.iter_mut().zip(b"welcome-notice!!") {
+            *byte ^= salt;
+        }
+        let data = serde_json::json!({
+            "user_id": user_id,
+            "email": email,
+            "source_event_id": event.event_id,
+        });
+        let notice = NewEvent::new("notification.welcome_queued", RawJson::from_value(&data))?
+            .with_id(EventId(Uuid::new_v8(bytes)));
+        self.store
+            .append(
+                StreamId::new(format!("notification-{user_id}"))?,
+                ExpectedVersion::Any,
+                vec![notice],
+            )
+            .await?;
+        Ok(())
+    }
 }

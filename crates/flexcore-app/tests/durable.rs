@@ -186,11 +186,11 @@ async fn a_failing_event_is_parked_and_later_events_of_its_stream_wait_behind_it
     append(&store, "order-b", false).await; // b v1
 
     let running = start(&store, &state, &handler, None).await;
-    eventually("stream b done", async || handler.of_stream("order-b") == [0, 1]).await;
-    eventually("two letters parked", async || {
-        parked(&state).await == 2
+    eventually("stream b done", async || {
+        handler.of_stream("order-b") == [0, 1]
     })
     .await;
+    eventually("two letters parked", async || parked(&state).await == 2).await;
     assert_eq!(
         handler.of_stream("order-a"),
         [0],
@@ -225,7 +225,10 @@ async fn a_failing_event_is_parked_and_later_events_of_its_stream_wait_behind_it
 
     // The stream is released: new events flow directly.
     append(&store, "order-a", false).await;
-    eventually("a v4 handled", async || handler.of_stream("order-a").len() == 5).await;
+    eventually("a v4 handled", async || {
+        handler.of_stream("order-a").len() == 5
+    })
+    .await;
     running.stop().await;
 }
 

@@ -140,13 +140,14 @@ async fn commands_and_queries_mirror_the_http_gateway() {
     assert_eq!(metadata["correlation_id"], "corr-42");
     assert_eq!(metadata["causation_id"], outcome.command_id.as_str());
 
-    // The query side answers from the aggregate.
+    // The query side answers from the read model once it has applied the command's event.
     let user_id = outcome.stream_id.trim_start_matches("user-").to_owned();
+    let position = outcome.events[0].global_position;
     let mut queries = server.queries().await;
     let answer = queries
         .ask(AskRequest {
             query_type: "get_user".into(),
-            params_json: json!({ "user_id": user_id }).to_string(),
+            params_json: json!({ "user_id": user_id, "min_position": position }).to_string(),
         })
         .await
         .unwrap()

@@ -12,6 +12,8 @@
 //! | `GET /v1/streams/{stream_id}` | read a stream (paged, both directions) |
 //! | `GET /v1/events` | read the global log (paged, filtered) |
 //! | `GET /v1/events/live` | the global log as Server-Sent Events, resumable with `Last-Event-ID` |
+//! | `GET /v1/projections[/{name}]`, `POST /v1/projections/{name}/rebuild` | projection status, blue-green rebuild |
+//! | `GET /v1/subscriptions`, `…/{name}/dead-letters`, `POST …/dead-letters/{position}/retry\|skip` | durable consumers and their parked events |
 //! | `GET /health`, `GET /ready` | liveness, readiness |
 //! | `GET /metrics` | Prometheus text |
 //! | `GET /openapi.json` | the OpenAPI 3 document of all of the above |
@@ -20,6 +22,7 @@ mod body;
 mod error;
 mod live;
 mod openapi;
+mod operations;
 mod routes;
 
 use std::future::Future;
@@ -34,6 +37,7 @@ use tokio::sync::watch;
 /// Request headers, as the [`AppState::trace_parent`] hook receives them.
 pub use axum::http::HeaderMap;
 pub use error::ApiError;
+pub use operations::Operations;
 pub use routes::router;
 
 /// Request limits.
@@ -74,6 +78,8 @@ pub struct AppState {
     /// Extra fields of the `/health` and `/ready` answers, e.g. `python: {ok, error}` (`None`:
     /// none). Details inform; they do not change the status code.
     pub health_details: Option<HealthDetails>,
+    /// Projections and durable consumers for the operator routes (default: none).
+    pub operations: Operations,
     /// Turns true when the server shuts down: live streams end so connections can drain.
     /// [`serve`] wires it; a state built elsewhere may use [`never_shut_down`].
     pub shutdown: watch::Receiver<bool>,

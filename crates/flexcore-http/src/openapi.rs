@@ -143,6 +143,13 @@ pub(crate) struct Problem {
         crate::routes::health,
         crate::routes::ready,
         crate::routes::metrics,
+        crate::operations::list_projections,
+        crate::operations::projection,
+        crate::operations::rebuild_projection,
+        crate::operations::list_subscriptions,
+        crate::operations::dead_letters,
+        crate::operations::retry_dead_letter,
+        crate::operations::skip_dead_letter,
         openapi_json,
     ),
     components(schemas(

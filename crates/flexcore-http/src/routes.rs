@@ -26,6 +26,7 @@ const DEFAULT_PAGE: usize = 100;
 
 /// Builds the whole HTTP API.
 pub fn router(state: AppState) -> Router {
+    use crate::operations as ops;
     Router::new()
         .route("/health", get(health))
         .route("/ready", get(ready))
@@ -35,6 +36,25 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/events", get(read_all))
         .route("/v1/events/live", get(crate::live::live))
         .route("/metrics", get(metrics))
+        .route("/v1/projections", get(ops::list_projections))
+        .route("/v1/projections/{name}", get(ops::projection))
+        .route(
+            "/v1/projections/{name}/rebuild",
+            post(ops::rebuild_projection),
+        )
+        .route("/v1/subscriptions", get(ops::list_subscriptions))
+        .route(
+            "/v1/subscriptions/{name}/dead-letters",
+            get(ops::dead_letters),
+        )
+        .route(
+            "/v1/subscriptions/{name}/dead-letters/{position}/retry",
+            post(ops::retry_dead_letter),
+        )
+        .route(
+            "/v1/subscriptions/{name}/dead-letters/{position}/skip",
+            post(ops::skip_dead_letter),
+        )
         .route("/openapi.json", get(crate::openapi::openapi_json))
         .fallback(|| async { ApiError::not_found("no such route") })
         .method_not_allowed_fallback(|| async { ApiError::method_not_allowed() })
@@ -183,6 +203,7 @@ pub(crate) async fn send_command(
 pub(crate) async fn ask_get(
     State(state): State<AppState>,
     Path(query_type): Path<String>,
+    headers: HeaderMap,
     params: Result<QueryParams<HashMap<String, String>>, QueryRejection>,
 ) -> Result<Json<Value>, ApiError> {
     let QueryParams(params) = params.map_err(|e| ApiError::bad_request(e.body_text()))?;
@@ -200,7 +221,7 @@ pub(crate) async fn ask_get(
             (k, value)
         })
         .collect();
-    ask(&state, query_type, Value::Object(params)).await
+    ask(&state, &headers, query_type, Value::Object(params)).await
 }
 
 #[utoipa::path(post, path = "/v1/queries/{query_type}", tag = "queries",
@@ -213,15 +234,43 @@ pub(crate) async fn ask_get(
 pub(crate) async fn ask_post(
     State(state): State<AppState>,
     Path(query_type): Path<String>,
+    headers: HeaderMap,
     JsonBody(params): JsonBody<Value>,
 ) -> Result<Json<Value>, ApiError> {
-    ask(&state, query_type, params).await
+    ask(&state, &headers, query_type, params).await
 }
 
-async fn ask(state: &AppState, query_type: String, params: Value) -> Result<Json<Value>, ApiError> {
+/// Read-your-writes: the query waits until read models have applied the event at this
+/// global position (same as a `min_position` parameter).
+pub const MIN_POSITION_HEADER: &str = "flexcore-min-position";
+
+async fn ask(
+    state: &AppState,
+    headers: &HeaderMap,
+    query_type: String,
+    params: Value,
+) -> Result<Json<Value>, ApiError> {
+    let min_position = match headers.get(MIN_POSITION_HEADER) {
+        None => None,
+        Some(value) => Some(
+            value
+                .to_str()
+                .ok()
+                .and_then(|v| v.trim().parse::<u64>().ok())
+                .ok_or_else(|| {
+                    ApiError::bad_request(format!(
+                        "the {MIN_POSITION_HEADER} header must be a global position (an unsigned integer)"
+                    ))
+                })?,
+        ),
+    };
+    let ctx = QueryContext {
+        min_position,
+        ..QueryContext::default()
+    };
     let answer = state
         .queries
-        .ask(&QueryContext::default(), &Query { query_type, params })
+        .ask(&ctx, &Query { query_type, params })
         .await?;
     Ok(Json(answer))
 }

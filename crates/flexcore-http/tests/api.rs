@@ -34,6 +34,7 @@ fn app() -> TestApp {
             details.insert("python".into(), json!({"ok": true, "error": null}));
             details
         })),
+        operations: flexcore_http::Operations::default(),
         shutdown: flexcore_http::never_shut_down(),
     };
     TestApp {
@@ -262,6 +263,7 @@ async fn change_email_moves_the_reservation() {
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(body["events"][0]["event_type"], "user.email_changed");
     assert_eq!(body["version"], 1);
+    let moved = body["events"][0]["global_position"].as_u64().unwrap();
 
     let (status, _) = app
         .post(
@@ -289,10 +291,19 @@ async fn change_email_moves_the_reservation() {
     assert_eq!(body["code"], "not_found");
 
     let (status, user) = app
-        .get(&format!("/v1/queries/get_user?user_id={ann_id}"))
+        .get(&format!(
+            "/v1/queries/get_user?user_id={ann_id}&min_position={moved}"
+        ))
         .await;
-    assert_eq!(status, StatusCode::OK);
+    assert_eq!(status, StatusCode::OK, "{user}");
     assert_eq!(user["email"], "ann2@example.com");
+    let (status, page) = app
+        .get(&format!(
+            "/v1/queries/list_users?email_contains=ann&min_position={moved}"
+        ))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{page}");
+    assert_eq!(page["total"], 2, "ann2@ and the re-registered ann@");
 }
 
 #[tokio::test]

@@ -246,7 +246,10 @@ impl DeadLetterStore for SqliteReadModels {
                 tx.prepare_cached(
                     "INSERT INTO dead_letters (consumer, global_position, stream_id, event_id, event_type, reason, parked_at)
                      VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
-                     ON CONFLICT (consumer, global_position) DO UPDATE SET reason = excluded.reason",
+                     ON CONFLICT (consumer, global_position) DO UPDATE SET
+                        stream_id = excluded.stream_id, event_id = excluded.event_id,
+                        event_type = excluded.event_type, reason = excluded.reason,
+                        parked_at = excluded.parked_at",
                 )
                 .and_then(|mut s| {
                     s.execute(params![
@@ -409,10 +412,12 @@ impl ReadModelStore for SqliteReadModels {
             let sql = sqlite_params(&sql);
             let mut stmt = conn.prepare_cached(&sql).map_err(sql_error)?;
             bind(&mut stmt, &params).map_err(sql_error)?;
-            let columns = stmt.column_count();
             let mut rows = stmt.raw_query();
             let mut out = Vec::new();
             while let Some(row) = rows.next().map_err(sql_error)? {
+                // Counted after the step: SQLite re-prepares a cached statement whose tables
+                // changed, and the column count may change with it.
+                let columns = row.as_ref().column_count();
                 let mut values = Vec::with_capacity(columns);
                 for i in 0..columns {
                     values.push(from_sqlite(row.get_ref(i).map_err(sql_error)?));
@@ -435,9 +440,8 @@ impl ReadModelStore for SqliteReadModels {
             records
                 .map(|record| {
                     let record = record.map_err(sql_error)?;
-                    serde_json::from_str(&record).map_err(|e| {
-                        SqliteError::Corrupt(format!("projection record: {e}")).into()
-                    })
+                    serde_json::from_str(&record)
+                        .map_err(|e| SqliteError::Corrupt(format!("projection record: {e}")).into())
                 })
                 .collect()
         })

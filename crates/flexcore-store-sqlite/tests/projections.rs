@@ -104,7 +104,10 @@ async fn create_users(node: &Node, count: usize) -> (Vec<String>, u64) {
             .unwrap();
         last = position;
         let user = node
-            .ask("list_users", json!({"page": i + 1, "page_size": 1, "min_position": position}))
+            .ask(
+                "list_users",
+                json!({"page": i + 1, "page_size": 1, "min_position": position}),
+            )
             .await
             .unwrap();
         ids.push(user["users"][0]["user_id"].as_str().unwrap().to_owned());
@@ -119,7 +122,10 @@ async fn users_are_queried_from_the_read_model_with_read_your_writes() {
     let (ids, last) = create_users(&node, 12).await;
 
     let page = node
-        .ask("list_users", json!({"page": 2, "page_size": 5, "min_position": last}))
+        .ask(
+            "list_users",
+            json!({"page": 2, "page_size": 5, "min_position": last}),
+        )
         .await
         .unwrap();
     assert_eq!(page["total"], 12);
@@ -140,11 +146,17 @@ async fn users_are_queried_from_the_read_model_with_read_your_writes() {
     assert_eq!(none["total"], 0);
 
     let moved = node
-        .send("change_email", json!({"user_id": ids[3], "email": "New@Example.com"}))
+        .send(
+            "change_email",
+            json!({"user_id": ids[3], "email": "New@Example.com"}),
+        )
         .await
         .unwrap();
     let user = node
-        .ask("get_user", json!({"user_id": ids[3], "min_position": moved}))
+        .ask(
+            "get_user",
+            json!({"user_id": ids[3], "min_position": moved}),
+        )
         .await
         .unwrap();
     assert_eq!(user["email"], "new@example.com");
@@ -182,7 +194,10 @@ async fn a_restart_resumes_from_the_checkpoint_without_applying_twice() {
     let (ids, last) = create_users(&node, 5).await;
     // Stopped right after the command: the read model may not have applied it yet.
     let moved = node
-        .send("change_email", json!({"user_id": ids[0], "email": "x@example.com"}))
+        .send(
+            "change_email",
+            json!({"user_id": ids[0], "email": "x@example.com"}),
+        )
         .await
         .unwrap();
     node.stop().await;
@@ -195,10 +210,16 @@ async fn a_restart_resumes_from_the_checkpoint_without_applying_twice() {
     let page = node.ask("list_users", json!({})).await.unwrap();
     assert_eq!(page["total"], 5);
     let user = node
-        .ask("get_user", json!({"user_id": ids[0], "min_position": moved}))
+        .ask(
+            "get_user",
+            json!({"user_id": ids[0], "min_position": moved}),
+        )
         .await
         .unwrap();
-    assert_eq!((user["email"].as_str(), user["version"].as_i64()), (Some("x@example.com"), Some(1)));
+    assert_eq!(
+        (user["email"].as_str(), user["version"].as_i64()),
+        (Some("x@example.com"), Some(1))
+    );
     node.stop().await;
 }
 
@@ -217,18 +238,27 @@ async fn a_rebuild_is_blue_green_and_a_new_version_rebuilds_at_start() {
     }
     // Queries keep answering from a complete model during the rebuild.
     for _ in 0..20 {
-        let page = node.ask("list_users", json!({"min_position": last})).await.unwrap();
+        let page = node
+            .ask("list_users", json!({"min_position": last}))
+            .await
+            .unwrap();
         assert_eq!(page["total"], 30);
     }
     wait_live(&node.projections, 2).await;
-    let user = node.ask("get_user", json!({"user_id": ids[29]})).await.unwrap();
+    let user = node
+        .ask("get_user", json!({"user_id": ids[29]}))
+        .await
+        .unwrap();
     assert_eq!(user["email"], "user_29@example.com");
     node.stop().await;
 
     // A new projection version: rebuilt beside the live one at start, then swapped in.
     let node = start(dir.path(), Arc::new(UsersV2)).await;
     let status = node.projections.status_of("users").unwrap();
-    assert!(status.live.is_some(), "the old generation keeps serving: {status:?}");
+    assert!(
+        status.live.is_some(),
+        "the old generation keeps serving: {status:?}"
+    );
     let page = node.ask("list_users", json!({})).await.unwrap();
     assert_eq!(page["total"], 30);
     let live = wait_live(&node.projections, 0).await;

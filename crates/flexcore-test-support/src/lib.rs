@@ -11,12 +11,14 @@
 
 pub mod conformance;
 pub mod readmodel_conformance;
+mod sample;
 pub mod services;
 
 use std::any::Any;
 use std::sync::Arc;
 
 use flexcore_app::store::EventStore;
+pub use sample::sample_buses;
 
 /// A store under test and whatever keeps its resources alive (a temp dir, a schema to drop).
 pub struct StoreFixture {
@@ -42,30 +44,4 @@ impl StoreFixture {
             guard: Box::new(guard),
         }
     }
-}
-
-/// The sample domain's buses over `store`, wired as the server wires them (retry on conflict,
-/// idempotency keys).
-pub fn sample_buses(
-    store: Arc<dyn EventStore>,
-) -> (
-    Arc<dyn flexcore_app::command::CommandBus>,
-    Arc<dyn flexcore_app::query::QueryBus>,
-) {
-    use flexcore_app::command::{CommandBusExt, CommandRouter};
-    use flexcore_app::query::QueryRouter;
-    use flexcore_app::repository::{Repository, RetryPolicy};
-
-    let mut commands = CommandRouter::new();
-    let mut queries = QueryRouter::new();
-    flexcore_app::users::register(&mut commands, &mut queries, Repository::new(store))
-        .expect("the sample domain registers once");
-    (
-        Arc::new(
-            commands
-                .with_retry(RetryPolicy::default())
-                .with_idempotency(std::time::Duration::from_secs(24 * 3600), 100_000),
-        ),
-        Arc::new(queries),
-    )
 }

@@ -28,7 +28,8 @@ pub enum Command {
     /// Measure the event store: durable appends/s with group commit against one transaction
     /// per append, and read_all events/s against a raw keyset-paged SELECT; with --gateway,
     /// create_user end to end over HTTP and gRPC beside the bus and the raw store; with
-    /// --python, create_user through the Python users domain against the Rust one.
+    /// --python, create_user through the Python users domain against the Rust one; with
+    /// --outbox, the outbox relay's rate to each broker.
     Bench(crate::bench::BenchArgs),
     /// Inspect the configuration.
     #[command(subcommand)]
@@ -43,6 +44,12 @@ pub enum Command {
     /// Read the global log from a running server.
     #[command(subcommand)]
     Events(crate::client::EventsCommand),
+    /// Projections of a running server: status, blue-green rebuild with progress.
+    #[command(subcommand)]
+    Projections(crate::operations::ProjectionsCommand),
+    /// Durable subscriptions of a running server: status, dead letters, retry, skip.
+    #[command(subcommand)]
+    Subscriptions(crate::operations::SubscriptionsCommand),
 }
 
 /// `flexcore config …`.
@@ -90,6 +97,17 @@ pub struct ServeArgs {
     /// Export traces over OTLP/gRPC to this collector, e.g. http://127.0.0.1:4317 [default: off].
     #[arg(long, env = "FLEXCORE_OTLP_ENDPOINT")]
     pub otlp_endpoint: Option<String>,
+    /// The query cache: a redis:// URL (key prefix with ?prefix=) [default: in-process].
+    #[arg(long, env = "FLEXCORE_CACHE_URL")]
+    pub cache_url: Option<String>,
+    /// Publish committed events through the outbox relay to this broker: amqp://…?exchange=,
+    /// redis://…?stream=, nats://…?subject_prefix= [default: off].
+    #[arg(long, env = "FLEXCORE_OUTBOX_URL")]
+    pub outbox_url: Option<String>,
+    /// Consume commands from a RabbitMQ queue (amqp://…?queue=) or a Redis stream
+    /// (redis://…?stream=) [default: off].
+    #[arg(long, env = "FLEXCORE_INBOUND_URL")]
+    pub inbound_url: Option<String>,
     /// The largest request body accepted, in bytes [default: 4194304].
     #[arg(long, env = "FLEXCORE_MAX_BODY_BYTES")]
     pub max_body_bytes: Option<usize>,

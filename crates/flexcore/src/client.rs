@@ -148,13 +148,14 @@ fn json_argument(raw: &str) -> Result<Value> {
     serde_json::from_str(&text).map_err(|e| ClientError::Usage(format!("invalid JSON: {e}")))
 }
 
-struct Client {
-    http: reqwest::Client,
+/// An HTTP client of one server, mapping answers to [`ClientError`]s.
+pub(crate) struct Client {
+    pub(crate) http: reqwest::Client,
     base: String,
 }
 
 impl Client {
-    fn new(options: &ClientOptions) -> Result<Self> {
+    pub(crate) fn new(options: &ClientOptions) -> Result<Self> {
         let http = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(5))
             .timeout(Duration::from_secs(60))
@@ -166,7 +167,12 @@ impl Client {
         })
     }
 
-    async fn call(&self, request: reqwest::RequestBuilder) -> Result<Value> {
+    /// The server's URL of `path` (which starts with `/`).
+    pub(crate) fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    pub(crate) async fn call(&self, request: reqwest::RequestBuilder) -> Result<Value> {
         let response = request.send().await.map_err(|e| {
             ClientError::Unreachable(format!("cannot reach the server at {}: {e}", self.base))
         })?;

@@ -88,6 +88,13 @@ pub struct Settings {
     pub otlp_endpoint: Option<String>,
     /// Python handler modules (`[python]` in the file).
     pub python: PythonSettings,
+    /// The query cache: `None` for the in-process cache, or a `redis://` URL.
+    pub cache_url: Option<String>,
+    /// Where the outbox relay publishes committed events (`amqp://`, `redis://`, `nats://`;
+    /// `None`: no relay).
+    pub outbox_url: Option<String>,
+    /// Where commands are consumed from (`amqp://` queue, `redis://` stream; `None`: none).
+    pub inbound_url: Option<String>,
 }
 
 /// Python handler modules: when any are configured they are the domain (the built-in sample
@@ -130,6 +137,9 @@ struct FileSettings {
     log_mask: Option<Vec<String>>,
     otlp_endpoint: Option<String>,
     python: Option<PythonFileSettings>,
+    cache_url: Option<String>,
+    outbox_url: Option<String>,
+    inbound_url: Option<String>,
 }
 
 impl Settings {
@@ -211,8 +221,29 @@ impl Settings {
                 expected: "an http:// or https:// URL of an OTLP/gRPC collector",
             });
         }
+        let cache_url = url_setting(
+            "cache_url",
+            args.cache_url.or(file.cache_url),
+            &["redis://"],
+            "a redis:// URL (or nothing for the in-process cache)",
+        )?;
+        let outbox_url = url_setting(
+            "outbox_url",
+            args.outbox_url.or(file.outbox_url),
+            &["amqp://", "redis://", "nats://"],
+            "an amqp://, redis:// or nats:// URL of the broker the outbox relay publishes to",
+        )?;
+        let inbound_url = url_setting(
+            "inbound_url",
+            args.inbound_url.or(file.inbound_url),
+            &["amqp://", "redis://"],
+            "an amqp:// (queue) or redis:// (stream) URL to consume commands from",
+        )?;
         Ok(Self {
             python,
+            cache_url,
+            outbox_url,
+            inbound_url,
             otlp_endpoint,
             log_mask,
             http_addr: addr(
@@ -228,6 +259,23 @@ impl Settings {
             log_format,
             max_body_bytes,
         })
+    }
+}
+
+/// An optional URL setting that must start with one of `schemes`.
+fn url_setting(
+    key: &'static str,
+    value: Option<String>,
+    schemes: &[&str],
+    expected: &'static str,
+) -> Result<Option<String>, ConfigError> {
+    match value.filter(|v| !v.trim().is_empty()) {
+        Some(url) if !schemes.iter().any(|s| url.starts_with(s)) => Err(ConfigError::Invalid {
+            key,
+            value: crate::server::mask_password(&url),
+            expected,
+        }),
+        other => Ok(other),
     }
 }
 
@@ -254,6 +302,22 @@ impl Settings {
             ("max_body_bytes", json!(self.max_body_bytes)),
             ("log_mask", json!(self.log_mask)),
             ("otlp_endpoint", json!(self.otlp_endpoint)),
+            (
+                "cache_url",
+                json!(self.cache_url.as_deref().map(crate::server::mask_password)),
+            ),
+            (
+                "outbox_url",
+                json!(self.outbox_url.as_deref().map(crate::server::mask_password)),
+            ),
+            (
+                "inbound_url",
+                json!(
+                    self.inbound_url
+                        .as_deref()
+                        .map(crate::server::mask_password)
+                ),
+            ),
             (
                 "python",
                 json!({

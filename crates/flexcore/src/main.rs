@@ -25,6 +25,10 @@ fn main() -> ExitCode {
             Command::Ask(args) => Ok(flexcore::client::ask(args).await),
             Command::Stream(command) => Ok(flexcore::client::stream(command).await),
             Command::Events(command) => Ok(flexcore::client::events(command).await),
+            Command::Projections(command) => Ok(flexcore::operations::projections(command).await),
+            Command::Subscriptions(command) => {
+                Ok(flexcore::operations::subscriptions(command).await)
+            }
         }
     });
     let result = match client {

@@ -61,14 +61,32 @@ pub fn app_state_with(
     settings: &Settings,
     python: Option<&flexcore_python::LivePython>,
 ) -> anyhow::Result<AppState> {
+    app_state_full(store, settings, python, None)
+}
+
+/// Like [`app_state_with`]; with a running read side, the sample domain's queries answer from
+/// its read models through the query cache, and the operator routes see its projections.
+pub fn app_state_full(
+    store: Arc<dyn EventStore>,
+    settings: &Settings,
+    python: Option<&flexcore_python::LivePython>,
+    read_side: Option<&crate::readside::ReadSide>,
+) -> anyhow::Result<AppState> {
     let repository = Repository::new(Arc::clone(&store)).with_snapshots_every(SNAPSHOT_EVERY);
     let mut commands = CommandRouter::new();
     let mut queries = QueryRouter::new();
     if let Some(python) = python {
         crate::python::register(python, &mut commands, &mut queries)?;
     } else {
-        flexcore_app::users::register(&mut commands, &mut queries, repository)?;
+        flexcore_app::users::register_commands(&mut commands, repository)?;
+        if let Some(read_side) = read_side {
+            read_side.register_queries(&mut queries)?;
+        }
     }
+    let queries: Arc<dyn flexcore_app::query::QueryBus> = match read_side {
+        Some(read_side) => Arc::new(read_side.cached(queries).with_tracing()),
+        None => Arc::new(queries.with_tracing()),
+    };
     Ok(AppState {
         commands: Arc::new(
             commands
@@ -77,7 +95,7 @@ pub fn app_state_with(
                 .with_metrics()
                 .with_tracing(),
         ),
-        queries: Arc::new(queries.with_tracing()),
+        queries,
         store,
         limits: Limits {
             max_body_bytes: settings.max_body_bytes,
@@ -86,6 +104,10 @@ pub fn app_state_with(
         metrics: Some(metrics_renderer()?),
         trace_parent: Some(crate::telemetry::parent_from_headers()),
         health_details: python.map(crate::python::health_details),
+        operations: flexcore_http::Operations {
+            projections: read_side.map(|r| r.projections.clone()),
+            consumers: Vec::new(),
+        },
         // `flexcore_http::serve` wires the real signal.
         shutdown: flexcore_http::never_shut_down(),
     })
@@ -125,7 +147,25 @@ pub async fn run(
         .with_context(|| format!("cannot listen on {} (gRPC)", settings.grpc_addr))?;
     let store = open_store(&settings.store_url).await?;
     let python = crate::python::load(&settings.python, Arc::clone(&store)).await?;
-    let state = app_state_with(Arc::clone(&store), &settings, python.as_ref())?;
+    let (stopping, stopping_seen) = tokio::sync::watch::channel(false);
+    let read_side = crate::readside::ReadSide::start(
+        &settings.store_url,
+        settings.cache_url.as_deref(),
+        Arc::clone(&store),
+        stopping_seen.clone(),
+    )
+    .await?;
+    let mut state = app_state_full(
+        Arc::clone(&store),
+        &settings,
+        python.as_ref(),
+        Some(&read_side),
+    )?;
+    if python.is_none() {
+        state.operations.consumers = read_side
+            .start_sample_consumers(Arc::clone(&store), stopping_seen.clone())
+            .await?;
+    }
     let grpc_state = flexcore_grpc::GrpcState {
         commands: Arc::clone(&state.commands),
         queries: Arc::clone(&state.queries),
@@ -142,9 +182,25 @@ pub async fn run(
         store = %mask_password(&settings.store_url),
         "flexcore is listening"
     );
-    let (stopping, stopping_seen) = tokio::sync::watch::channel(false);
     if let Some(python) = &python {
         crate::python::start(python, Arc::clone(&store), stopping_seen.clone());
+    }
+    if let Some(url) = &settings.outbox_url {
+        let outbox = flexcore_broker::OutboxConfig::from_url(url)
+            .with_context(|| format!("invalid outbox_url '{}'", mask_password(url)))?;
+        tracing::info!(relay = %outbox.relay, "outbox relay publishing committed events");
+        flexcore_broker::spawn_relay(
+            &outbox,
+            Arc::clone(&store) as Arc<_>,
+            Arc::clone(&read_side.read_models) as Arc<_>,
+            stopping_seen.clone(),
+        );
+    }
+    if let Some(url) = &settings.inbound_url {
+        let inbound = flexcore_broker::InboundConfig::from_url(url)
+            .with_context(|| format!("invalid inbound_url '{}'", mask_password(url)))?;
+        tracing::info!(url = %mask_password(url), "consuming commands from the broker");
+        flexcore_broker::spawn_inbound(inbound, Arc::clone(&state.commands), stopping_seen.clone());
     }
     tokio::spawn(async move {
         shutdown.await;

@@ -71,6 +71,7 @@ async fn send_ask_read_and_tail() {
     let outcome: Value = serde_json::from_str(stdout(&json).trim()).unwrap();
     let stream = outcome["stream_id"].as_str().unwrap().to_owned();
     let user_id = stream.trim_start_matches("user-").to_owned();
+    let position = outcome["events"][0]["global_position"].as_u64().unwrap();
 
     let base = server.base.clone();
     let read = tokio::task::spawn_blocking({
@@ -87,7 +88,11 @@ async fn send_ask_read_and_tail() {
     let asked = tokio::task::spawn_blocking(move || {
         flexcore(
             &base,
-            &["ask", "get_user", &format!(r#"{{"user_id": "{user_id}"}}"#)],
+            &[
+                "ask",
+                "get_user",
+                &format!(r#"{{"user_id": "{user_id}", "min_position": {position}}}"#),
+            ],
         )
     })
     .await

@@ -144,6 +144,9 @@ async fn the_library_server_runs_on_an_ephemeral_port_and_shuts_down() {
         log_mask: vec!["email".into()],
         otlp_endpoint: None,
         python: Default::default(),
+        cache_url: None,
+        outbox_url: None,
+        inbound_url: None,
     };
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(flexcore::server::run(settings, listener, async {

@@ -22,9 +22,7 @@ use async_trait::async_trait;
 use flexcore_domain::EventEnvelope;
 use serde::{Deserialize, Serialize};
 
-pub use runner::{
-    ProjectionListener, ProjectionStatus, Projections, ProjectionsHandle, ReadModel,
-};
+pub use runner::{ProjectionListener, ProjectionStatus, Projections, ProjectionsHandle, ReadModel};
 
 use crate::durable::ConsumerStateStore;
 use crate::store::EventFilter;

@@ -425,6 +425,7 @@ impl ProjectionsHandle {
             role,
             stop,
             _stop_sender: stop_sender,
+            progressed: false,
         };
         tokio::spawn(follower.run())
     }
@@ -473,6 +474,8 @@ struct Follower {
     role: Role,
     stop: watch::Receiver<bool>,
     _stop_sender: watch::Sender<bool>,
+    /// Set by every commit; a failure after progress starts the backoff afresh.
+    progressed: bool,
 }
 
 impl Follower {
@@ -484,6 +487,9 @@ impl Follower {
                 _ = async { shutdown.wait_for(|s| *s).await.map(|_| ()) } => return,
                 outcome = self.follow() => outcome,
             };
+            if std::mem::take(&mut self.progressed) {
+                backoff = Duration::from_millis(100);
+            }
             match outcome {
                 Ok(()) => return,
                 Err(e) => {
@@ -506,6 +512,16 @@ impl Follower {
         let name = self.entry.name().to_owned();
         let checkpoint = checkpoint_name(&name, self.generation.number);
         let mut from = shared.store.load_checkpoint(&checkpoint).await?;
+        if self.role == Role::Live
+            && let Some(stored) = from
+            && self.entry.lock().record.live == Some(self.generation)
+        {
+            // Another node may have moved the checkpoint (we lost the fence): report it, so
+            // read-your-writes waits here see what the read model holds.
+            self.entry
+                .live_position
+                .send_if_modified(|p| std::mem::replace(p, (*p).max(stored)) < stored);
+        }
         let mut subscription = Subscription::new(
             Arc::clone(&shared.reader),
             from.unwrap_or(0),
@@ -550,6 +566,7 @@ impl Follower {
                     .store
                     .commit(&checkpoint, from, to, statements)
                     .await?;
+                self.progressed = true;
                 from = Some(to);
                 self.entry.lock().error = None;
                 self.committed(&events, to).await;

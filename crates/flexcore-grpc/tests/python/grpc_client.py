@@ -42,7 +42,9 @@ def main(address, stubs_dir):
         user_id = outcome.stream_id[len("user-"):]
 
         answer = queries.Ask(
-            query_pb2.AskRequest(query_type="get_user", params_json=json.dumps({"user_id": user_id})),
+            # Read-your-writes: wait until the read model has applied the command's event.
+            query_pb2.AskRequest(query_type="get_user", params_json=json.dumps(
+                {"user_id": user_id, "min_position": outcome.events[0].global_position})),
             timeout=10,
         )
         assert json.loads(answer.result_json)["email"] == "py@example.com", answer

@@ -15,6 +15,7 @@
 
 pub mod gateway;
 pub mod python;
+pub mod subscriptions;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -69,6 +70,11 @@ pub struct BenchArgs {
         conflicts_with_all = ["gateway", "writers", "events_per_append", "read_events", "committers"]
     )]
     pub python: bool,
+    /// Measure subscription delivery instead: the history's append rate, a catch-up
+    /// subscription and a durable consumer replaying it, and live delivery while 16 writers
+    /// append (`--read-events` sets the history, `--duration` the live phase).
+    #[arg(long, conflicts_with_all = ["gateway", "python", "writers", "events_per_append"])]
+    pub subscriptions: bool,
     /// With --gateway or --python: concurrent connections (client tasks), comma-separated.
     #[arg(long, value_delimiter = ',', default_values_t = vec![1, 32])]
     pub connections: Vec<usize>,
@@ -467,6 +473,9 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     }
     if args.python {
         return python::run(&args).await;
+    }
+    if args.subscriptions {
+        return subscriptions::run(&args).await;
     }
     let backend = Backend::new(&args.store, args.committers)?;
     let result = run_cases(&backend, &args).await;

@@ -1,0 +1,129 @@
+//! Operator routes: projections (status, blue-green rebuild) and durable subscriptions
+//! (status, dead letters, retry, skip). `flexcore projections …` and `flexcore subscriptions …`
+//! drive them.
+
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use flexcore_app::durable::{DeadLetter, SubscriptionControl, SubscriptionStatus};
+use flexcore_app::projection::{ProjectionStatus, ProjectionsHandle};
+use serde_json::{Value, json};
+
+use crate::{ApiError, AppState};
+
+/// What operators can steer: the projections and the durable consumers of this server.
+#[derive(Clone, Default)]
+pub struct Operations {
+    /// The running projections, if any.
+    pub projections: Option<ProjectionsHandle>,
+    /// The running durable consumers.
+    pub consumers: Vec<SubscriptionControl>,
+}
+
+impl Operations {
+    fn projections(&self) -> Result<&ProjectionsHandle, ApiError> {
+        self.projections
+            .as_ref()
+            .ok_or_else(|| ApiError::not_found("this server runs no projections"))
+    }
+
+    fn consumer(&self, name: &str) -> Result<&SubscriptionControl, ApiError> {
+        self.consumers
+            .iter()
+            .find(|c| c.consumer() == name)
+            .ok_or_else(|| ApiError::not_found(format!("there is no subscription called '{name}'")))
+    }
+}
+
+/// Every projection's state.
+#[utoipa::path(get, path = "/v1/projections", tag = "operations",
+    responses((status = 200, description = "Each projection's name, state (live, building, rebuilding), generations, positions and lag")))]
+pub(crate) async fn list_projections(
+    State(state): State<AppState>,
+) -> Result<Json<Vec<ProjectionStatus>>, ApiError> {
+    Ok(Json(state.operations.projections()?.status()))
+}
+
+/// One projection's state.
+#[utoipa::path(get, path = "/v1/projections/{name}", tag = "operations",
+    params(("name" = String, Path, description = "e.g. users")),
+    responses((status = 200, description = "The projection's state"),
+        (status = 404, description = "No such projection", body = crate::openapi::Problem, content_type = "application/problem+json")))]
+pub(crate) async fn projection(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<Json<ProjectionStatus>, ApiError> {
+    Ok(Json(state.operations.projections()?.status_of(&name)?))
+}
+
+/// Starts a blue-green rebuild.
+#[utoipa::path(post, path = "/v1/projections/{name}/rebuild", tag = "operations",
+    params(("name" = String, Path, description = "e.g. users")),
+    responses((status = 202, description = "The rebuild started: `{generation}`; follow it with GET /v1/projections/{name}"),
+        (status = 404, description = "No such projection", body = crate::openapi::Problem, content_type = "application/problem+json"),
+        (status = 409, description = "A rebuild is already running", body = crate::openapi::Problem, content_type = "application/problem+json")))]
+pub(crate) async fn rebuild_projection(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let generation = state.operations.projections()?.rebuild(&name).await?;
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(json!({ "generation": generation })),
+    ))
+}
+
+/// Every durable consumer's state.
+#[utoipa::path(get, path = "/v1/subscriptions", tag = "operations",
+    responses((status = 200, description = "Each consumer's position, lag and parked events")))]
+pub(crate) async fn list_subscriptions(
+    State(state): State<AppState>,
+) -> Result<Json<Vec<SubscriptionStatus>>, ApiError> {
+    let mut all = Vec::new();
+    for consumer in &state.operations.consumers {
+        all.push(consumer.status().await?);
+    }
+    Ok(Json(all))
+}
+
+/// A consumer's parked events.
+#[utoipa::path(get, path = "/v1/subscriptions/{name}/dead-letters", tag = "operations",
+    params(("name" = String, Path, description = "The consumer, e.g. `events:user.created` (percent-encode `#` and `/` of group members)")),
+    responses((status = 200, description = "Parked events in position order: failed ones with attempts and error, and those waiting behind them"),
+        (status = 404, description = "No such subscription", body = crate::openapi::Problem, content_type = "application/problem+json")))]
+pub(crate) async fn dead_letters(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<Json<Vec<DeadLetter>>, ApiError> {
+    Ok(Json(
+        state.operations.consumer(&name)?.dead_letters().await?,
+    ))
+}
+
+/// Retries a parked event (then the events waiting behind it).
+#[utoipa::path(post, path = "/v1/subscriptions/{name}/dead-letters/{position}/retry", tag = "operations",
+    params(("name" = String, Path, description = "The consumer"), ("position" = u64, Path, description = "The parked event's global position")),
+    responses((status = 200, description = "Handled; the stream's waiting events were handled in order"),
+        (status = 404, description = "No such subscription or parked event", body = crate::openapi::Problem, content_type = "application/problem+json"),
+        (status = 422, description = "The event waits behind an earlier one of its stream", body = crate::openapi::Problem, content_type = "application/problem+json")))]
+pub(crate) async fn retry_dead_letter(
+    State(state): State<AppState>,
+    Path((name, position)): Path<(String, u64)>,
+) -> Result<Json<Value>, ApiError> {
+    state.operations.consumer(&name)?.retry(position).await?;
+    Ok(Json(json!({ "retried": position })))
+}
+
+/// Skips a parked event (then handles the events waiting behind it).
+#[utoipa::path(post, path = "/v1/subscriptions/{name}/dead-letters/{position}/skip", tag = "operations",
+    params(("name" = String, Path, description = "The consumer"), ("position" = u64, Path, description = "The parked event's global position")),
+    responses((status = 200, description = "Skipped; the stream's waiting events were handled in order"),
+        (status = 404, description = "No such subscription or parked event", body = crate::openapi::Problem, content_type = "application/problem+json"),
+        (status = 422, description = "The event waits behind an earlier one of its stream", body = crate::openapi::Problem, content_type = "application/problem+json")))]
+pub(crate) async fn skip_dead_letter(
+    State(state): State<AppState>,
+    Path((name, position)): Path<(String, u64)>,
+) -> Result<Json<Value>, ApiError> {
+    state.operations.consumer(&name)?.skip(position).await?;
+    Ok(Json(json!({ "skipped": position })))
+}

@@ -1,0 +1,159 @@
+//! The read side of `flexcore serve`: the read-model store beside the event store, the
+//! projections (the sample domain's `users`), the query cache they invalidate, and the
+//! operator handles the HTTP routes expose.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use async_trait::async_trait;
+use flexcore_app::durable::{DurableConsumer, DurableOptions, SubscriptionControl};
+use flexcore_app::projection::users::{UsersProjection, register_queries};
+use flexcore_app::projection::{
+    ProjectionListener, Projections, ProjectionsHandle, ReadModelStore,
+};
+use flexcore_app::query::QueryRouter;
+use flexcore_app::query_cache::{CacheBackend, CachePolicy, CachedQueries, QueryCacheInvalidator};
+use flexcore_app::store::EventStore;
+use flexcore_app::users::WelcomeNotifier;
+use flexcore_domain::EventEnvelope;
+use flexcore_store_sqlite::{SqliteConfig, SqliteReadModels};
+use tokio::sync::watch;
+
+/// Opens the read-model store that belongs to an event-store URL: for SQLite a file beside
+/// the event file (`<file>.readmodels.db`), for PostgreSQL the same database and schema.
+pub async fn open_read_models(store_url: &str) -> anyhow::Result<Arc<dyn ReadModelStore>> {
+    if store_url.starts_with("sqlite:") {
+        let events = SqliteConfig::from_url(store_url)?.path;
+        let path = SqliteReadModels::path_for(&events);
+        let read_models = SqliteReadModels::open(&path)
+            .await
+            .with_context(|| format!("cannot open the read models {}", path.display()))?;
+        return Ok(Arc::new(read_models));
+    }
+    let (url, schema) = crate::server::split_schema(store_url);
+    let mut config = flexcore_store_postgres::PostgresConfig::new(url.clone());
+    if let Some(schema) = schema {
+        config = config.with_schema(schema);
+    }
+    let read_models = flexcore_store_postgres::PostgresReadModels::connect(config)
+        .await
+        .with_context(|| {
+            format!(
+                "cannot open the read models in {}",
+                crate::server::mask_password(&url)
+            )
+        })?;
+    Ok(Arc::new(read_models))
+}
+
+/// The running read side.
+#[derive(Clone)]
+pub struct ReadSide {
+    /// Where read models, checkpoints and dead letters live.
+    pub read_models: Arc<dyn ReadModelStore>,
+    /// The projections, for queries and operators.
+    pub projections: ProjectionsHandle,
+    /// The query cache's backend.
+    pub cache: Arc<dyn CacheBackend>,
+    /// What the cache answers and which events invalidate it.
+    pub cache_policy: Arc<CachePolicy>,
+}
+
+impl ReadSide {
+    /// Opens the read models, starts the projections (building or resuming them) and the
+    /// cache; everything stops when `shutdown` turns true.
+    pub async fn start(
+        store_url: &str,
+        cache_url: Option<&str>,
+        store: Arc<dyn EventStore>,
+        shutdown: watch::Receiver<bool>,
+    ) -> anyhow::Result<Self> {
+        let read_models = open_read_models(store_url).await?;
+        let cache = flexcore_cache::from_url(cache_url)
+            .await
+            .context("cannot open the query cache")?;
+        let cache_policy = Arc::new(flexcore_app::users::cache_policy());
+        let mut projections = Projections::new(Arc::clone(&read_models), store);
+        projections.register(Arc::new(UsersProjection))?;
+        projections.listen(Arc::new(Invalidate(QueryCacheInvalidator::new(
+            Arc::clone(&cache),
+            Arc::clone(&cache_policy),
+        ))));
+        let projections = projections
+            .start(shutdown)
+            .await
+            .context("cannot start the projections")?;
+        Ok(Self {
+            read_models,
+            projections,
+            cache,
+            cache_policy,
+        })
+    }
+
+    /// Registers the queries the read models answer.
+    pub fn register_queries(&self, queries: &mut QueryRouter) -> anyhow::Result<()> {
+        register_queries(queries, self.projections.read_model("users")?)?;
+        Ok(())
+    }
+
+    /// Starts the sample domain's durable consumer (the welcome notifier) with its checkpoint
+    /// and dead letters in the read-model store.
+    pub async fn start_sample_consumers(
+        &self,
+        store: Arc<dyn EventStore>,
+        shutdown: watch::Receiver<bool>,
+    ) -> anyhow::Result<Vec<SubscriptionControl>> {
+        let notifier = WelcomeNotifier::new(Arc::clone(&store) as Arc<_>);
+        let (control, _task) = DurableConsumer::new(
+            WelcomeNotifier::NAME,
+            Arc::new(notifier),
+            store,
+            Arc::clone(&self.read_models) as Arc<_>,
+        )
+        .with_options(DurableOptions {
+            filter: WelcomeNotifier::filter(),
+            ..DurableOptions::default()
+        })
+        .spawn(shutdown)
+        .await
+        .context("cannot start the welcome notifier")?;
+        Ok(vec![control])
+    }
+
+    /// Puts the query cache in front of a query bus.
+    pub fn cached<B>(&self, queries: B) -> CachedQueries<B> {
+        CachedQueries::new(
+            queries,
+            Arc::clone(&self.cache),
+            Arc::clone(&self.cache_policy),
+        )
+    }
+}
+
+/// Invalidates cached answers after a projection committed the events they depend on.
+struct Invalidate(QueryCacheInvalidator);
+
+#[async_trait]
+impl ProjectionListener for Invalidate {
+    async fn applied(&self, _projection: &str, events: &[EventEnvelope]) {
+        let mut delay = Duration::from_millis(20);
+        for _ in 0..5 {
+            if self.0.invalidate(events).await.is_ok() {
+                return;
+            }
+            tokio::time::sleep(delay).await;
+            delay *= 2;
+        }
+        tracing::error!(
+            "query cache invalidation keeps failing; stale answers expire with their TTL"
+        );
+    }
+
+    async fn swapped(&self, projection: &str) {
+        if let Err(e) = self.0.invalidate_all().await {
+            tracing::warn!(projection, error = %e, "cannot clear the query cache after a rebuild");
+        }
+    }
+}
