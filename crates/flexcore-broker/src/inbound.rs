@@ -84,8 +84,9 @@ pub struct InboundOptions {
     pub retry_delay: Duration,
     /// Messages handled at once (RabbitMQ prefetch; Redis entries per read).
     pub concurrency: usize,
-    /// At shutdown, how long in-flight messages may finish before they are abandoned
-    /// (unacknowledged: the broker delivers them again later).
+    /// RabbitMQ: at shutdown, how long in-flight messages may finish before they are abandoned
+    /// (unacknowledged: the broker delivers them again later). The Redis consumer abandons
+    /// them at once (they stay pending and are reclaimed).
     pub shutdown_grace: Duration,
     /// The longest wait between reconnection attempts after a broker failure.
     pub max_backoff: Duration,

@@ -14,6 +14,9 @@
 //! `watch::Receiver<bool>` turning `true`. Nothing connects until the task runs, and a broker
 //! that is down only delays the work: every task reconnects with a capped backoff.
 //!
+//! TLS is not compiled in (no `amqps://`, `rediss://` or `tls://`): the drivers are built
+//! without TLS features, for brokers on a private network or behind a local TLS terminator.
+//!
 //! # Outbox URLs
 //!
 //! | URL | parameters (defaults) |
@@ -80,6 +83,9 @@ use flexcore_app::store::EventReader;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+/// The drivers, re-exported for callers that set up or inspect destinations (tests, benches).
+pub use {async_nats, lapin, redis};
+
 pub use error::{BrokerError, Result};
 pub use inbound::{CommandMessage, InboundOptions};
 pub use nats::NatsPublisher;
@@ -117,8 +123,8 @@ impl OutboxConfig {
         let batch_size = parsed.take_number::<usize>("batch_size")?.unwrap_or(500);
         let rest = parsed.driver_url();
         let publisher: Arc<dyn EventPublisher> = match parsed.scheme() {
-            "amqp" | "amqps" => Arc::new(RabbitPublisher::from_url(&rest)?),
-            "redis" | "rediss" => Arc::new(RedisStreamPublisher::from_url(&rest)?),
+            "amqp" => Arc::new(RabbitPublisher::from_url(&rest)?),
+            "redis" => Arc::new(RedisStreamPublisher::from_url(&rest)?),
             "nats" => Arc::new(NatsPublisher::from_url(&rest)?),
             other => {
                 return Err(BrokerError::InvalidUrl(format!(
@@ -177,8 +183,8 @@ impl InboundConfig {
     /// Parses an inbound URL (see the crate docs). Connects to nothing.
     pub fn from_url(url: &str) -> Result<Self> {
         match BrokerUrl::parse(url)?.scheme() {
-            "amqp" | "amqps" => Ok(Self::RabbitMq(RabbitCommandConsumer::from_url(url)?)),
-            "redis" | "rediss" => Ok(Self::Redis(RedisCommandConsumer::from_url(url)?)),
+            "amqp" => Ok(Self::RabbitMq(RabbitCommandConsumer::from_url(url)?)),
+            "redis" => Ok(Self::Redis(RedisCommandConsumer::from_url(url)?)),
             other => Err(BrokerError::InvalidUrl(format!(
                 "unsupported inbound broker '{other}' (amqp or redis)"
             ))),
