@@ -14,6 +14,7 @@
 //! beside the same store and the command bus without a gateway (see [`gateway`]).
 
 pub mod gateway;
+pub mod outbox;
 pub mod python;
 pub mod subscriptions;
 
@@ -75,6 +76,10 @@ pub struct BenchArgs {
     /// append (`--read-events` sets the history, `--duration` the live phase).
     #[arg(long, conflicts_with_all = ["gateway", "python", "writers", "events_per_append"])]
     pub subscriptions: bool,
+    /// Measure the outbox relay instead: append `--read-events` events, then relay the whole
+    /// log to RabbitMQ, Redis Streams and NATS JetStream (each that is up), events/s.
+    #[arg(long, conflicts_with_all = ["gateway", "python", "subscriptions", "writers", "events_per_append"])]
+    pub outbox: bool,
     /// With --gateway or --python: concurrent connections (client tasks), comma-separated.
     #[arg(long, value_delimiter = ',', default_values_t = vec![1, 32])]
     pub connections: Vec<usize>,
@@ -476,6 +481,9 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     }
     if args.subscriptions {
         return subscriptions::run(&args).await;
+    }
+    if args.outbox {
+        return outbox::run(&args).await;
     }
     let backend = Backend::new(&args.store, args.committers)?;
     let result = run_cases(&backend, &args).await;
