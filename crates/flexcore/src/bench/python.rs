@@ -17,7 +17,7 @@ use serde::Serialize;
 use serde_json::json;
 use tokio::task::JoinSet;
 
-use super::{BenchArgs, median, tempfile_dir};
+use super::{BenchArgs, median};
 use crate::cli::ServeArgs;
 use crate::config::Settings;
 use crate::server::{app_state, app_state_with, open_store};
@@ -91,8 +91,43 @@ struct Run {
     latencies: Vec<Duration>,
 }
 
+/// A temp directory of its own (other benches in the process remove theirs), removed on drop.
+struct Dir(std::path::PathBuf);
+
+impl Dir {
+    fn new() -> std::io::Result<Self> {
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let path =
+            std::env::temp_dir().join(format!("flexcore-bench-python-{}-{n}", std::process::id()));
+        std::fs::create_dir_all(&path)?;
+        Ok(Self(path))
+    }
+
+    fn path(&self) -> &std::path::Path {
+        &self.0
+    }
+}
+
+impl Drop for Dir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
 /// Runs the benchmark and prints the report.
 pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
+    let report = measure_all(args).await?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print_text(&report);
+    }
+    Ok(())
+}
+
+/// Runs every case and computes the ratios.
+pub async fn measure_all(args: &BenchArgs) -> anyhow::Result<PythonReport> {
     anyhow::ensure!(
         args.store == "sqlite",
         "flexcore bench --python runs on SQLite only (got --store {})",
@@ -105,7 +140,7 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
             .with_writer(std::io::stderr.with_max_level(tracing::Level::ERROR))
             .try_init();
     }
-    let dir = tempfile_dir::Dir::new().context("cannot create a temp dir")?;
+    let dir = Dir::new().context("cannot create a temp dir")?;
     let module = dir.path().join("users.py");
     std::fs::write(&module, USERS_PY).context("cannot write the Python module")?;
     let config = dir.path().join("flexcore.toml");
@@ -163,19 +198,13 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
         cases.push(rust);
         cases.push(python);
     }
-    let report = PythonReport {
+    Ok(PythonReport {
         mode: "python",
         duration_s: duration.as_secs_f64(),
         repeat,
         cases,
         ratios,
-    };
-    if args.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
-    } else {
-        print_text(&report);
-    }
-    Ok(())
+    })
 }
 
 /// One run: a fresh store, the serve wiring with or without Python, N clients.
@@ -290,5 +319,57 @@ fn print_text(report: &PythonReport) {
             TARGET_RATIO * 100.0,
             if r.target_met { "met" } else { "NOT met" }
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use crate::cli::{Cli, Command};
+
+    fn args(extra: &[&str]) -> super::BenchArgs {
+        let mut argv = vec!["flexcore", "bench", "--python"];
+        argv.extend_from_slice(extra);
+        match Cli::try_parse_from(argv).unwrap().command {
+            Command::Bench(args) => args,
+            other => panic!("parsed as {other:?}"),
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn both_domains_are_measured_and_compared() {
+        let report = super::measure_all(&args(&[
+            "--connections",
+            "2",
+            "--duration",
+            "0.3",
+            "--repeat",
+            "1",
+        ]))
+        .await
+        .unwrap();
+        let domains: Vec<&str> = report.cases.iter().map(|c| c.domain).collect();
+        assert_eq!(domains, ["rust", "python"]);
+        for case in &report.cases {
+            assert!(case.commands_per_s > 0.0, "{case:?}");
+            assert_eq!(case.connections, 2);
+        }
+        assert_eq!(report.ratios.len(), 1);
+        assert!(report.ratios[0].ratio > 0.0);
+    }
+
+    #[test]
+    fn python_excludes_the_other_modes() {
+        let parsed = Cli::try_parse_from(["flexcore", "bench", "--python", "--gateway"]);
+        assert!(parsed.is_err());
+    }
+
+    #[tokio::test]
+    async fn only_sqlite_is_measured() {
+        let err = super::measure_all(&args(&["--store", "postgres://x@h/db"]))
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("SQLite only"), "{err}");
     }
 }
