@@ -15,11 +15,12 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use async_trait::async_trait;
-use flexcore_app::durable::{ConsumerStateStore, DurableConsumer, InMemoryCheckpoints};
+use flexcore_app::durable::{ConsumerStateStore, DurableConsumer};
 use flexcore_app::event_bus::EventHandler;
 use flexcore_app::store::EventStore;
 use flexcore_app::subscription::{Subscription, SubscriptionOptions};
 use flexcore_domain::{EventEnvelope, ExpectedVersion, StreamId};
+use flexcore_store_postgres::{PostgresConfig, PostgresReadModels};
 use flexcore_store_sqlite::SqliteReadModels;
 use serde::Serialize;
 use tokio::sync::{Notify, watch};
@@ -54,13 +55,17 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
         let fresh = backend
             .fresh(CommitMode::GroupCommit, 1000 + case, 16)
             .await?;
-        let state: Arc<dyn ConsumerStateStore> = match &args.store[..] {
-            "sqlite" => {
-                let dir = std::env::temp_dir()
-                    .join(format!("flexcore-bench-sub-{}-{case}", std::process::id()));
-                Arc::new(SqliteReadModels::open(dir.join("readmodels.db")).await?)
+        // The durable consumer keeps its checkpoint where the server keeps it.
+        let state: Arc<dyn ConsumerStateStore> = match &fresh.raw {
+            super::RawTable::Sqlite(path) => {
+                Arc::new(SqliteReadModels::open(SqliteReadModels::path_for(path)).await?)
             }
-            _ => Arc::new(InMemoryCheckpoints::new()),
+            super::RawTable::Postgres { url, schema } => Arc::new(
+                PostgresReadModels::connect(
+                    PostgresConfig::new(url.clone()).with_schema(schema.clone()),
+                )
+                .await?,
+            ),
         };
         let figures = run_once(fresh.store, state, history, args.duration).await;
         runs.push(figures?);
