@@ -107,7 +107,12 @@ async fn write_kill_restart_read(data: &Path, store_url: &str) {
         .as_array()
         .unwrap()
         .iter()
-        .filter(|e| !e["stream_id"].as_str().unwrap().starts_with("notification-"))
+        .filter(|e| {
+            !e["stream_id"]
+                .as_str()
+                .unwrap()
+                .starts_with("notification-")
+        })
         .count();
     assert_eq!(domain_events, 82);
 }
@@ -309,7 +314,10 @@ async fn metrics_count_commands_appends_and_requests() {
         .find_map(|l| l.strip_prefix("flexcore_events_appended_total "))
         .and_then(|v| v.trim().parse().ok())
         .unwrap_or(0.0);
-    assert!((2.0..=3.0).contains(&appended), "{appended} events appended:\n{text}");
+    assert!(
+        (2.0..=3.0).contains(&appended),
+        "{appended} events appended:\n{text}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
