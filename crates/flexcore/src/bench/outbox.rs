@@ -199,7 +199,7 @@ async fn relay_once(
 enum Destination {
     Rabbit {
         url: String,
-        connection: lapin::Connection,
+        connection: Box<lapin::Connection>,
         channel: lapin::Channel,
     },
     Redis {
@@ -259,7 +259,7 @@ impl Destination {
                     .await?;
                 Ok(Self::Rabbit {
                     url,
-                    connection,
+                    connection: Box::new(connection),
                     channel,
                 })
             }
