@@ -104,6 +104,13 @@ pub async fn serve(
 ) -> std::io::Result<()> {
     let (stopping, stop_signal) = watch::channel(false);
     state.shutdown = stop_signal;
+    use axum::serve::ListenerExt;
+    // Answers leave at once: no Nagle delay on small responses.
+    let listener = listener.tap_io(|tcp| {
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!(error = %e, "cannot set TCP_NODELAY");
+        }
+    });
     axum::serve(listener, router(state))
         .with_graceful_shutdown(async move {
             shutdown.await;

@@ -28,6 +28,8 @@
 //! there (only errors are printed), and the process-wide Prometheus recorder is installed before
 //! the first case so every case pays for its metrics alike.
 
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -540,48 +542,60 @@ impl CreateUser for BusClient {
     }
 }
 
-/// One keep-alive HTTP/1.1 connection.
+/// One keep-alive HTTP/1.1 connection, driven by hyper's connection API: a lean load
+/// generator (as `wrk` is), so the figures measure the server rather than a client library.
 struct HttpClient {
-    client: reqwest::Client,
-    url: String,
+    sender: hyper::client::conn::http1::SendRequest<Full<Bytes>>,
+    uri: hyper::Uri,
+    host: String,
 }
 
 impl HttpClient {
-    /// A client holding at most one connection, opened now (`GET /health`) so the measured
-    /// requests find it ready.
+    /// Opens the connection now (and checks `GET /health`) so the measured requests find it
+    /// ready.
     async fn connect(addr: SocketAddr) -> anyhow::Result<Self> {
-        let client = reqwest::Client::builder()
-            .no_proxy()
-            .http1_only()
-            .tcp_nodelay(true)
-            .pool_max_idle_per_host(1)
-            .build()?;
-        client
-            .get(format!("http://{addr}/health"))
-            .send()
-            .await?
-            .error_for_status()?
-            .bytes()
-            .await?;
-        Ok(Self {
-            client,
-            url: format!("http://{addr}/v1/commands/create_user"),
-        })
+        let stream = tokio::net::TcpStream::connect(addr).await?;
+        stream.set_nodelay(true)?;
+        let (sender, connection) =
+            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await?;
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::debug!(error = %e, "bench HTTP connection closed");
+            }
+        });
+        let mut client = Self {
+            sender,
+            uri: format!("http://{addr}/v1/commands/create_user").parse()?,
+            host: addr.to_string(),
+        };
+        let health = hyper::Request::get(format!("http://{addr}/health"))
+            .header(hyper::header::HOST, &client.host)
+            .body(Full::new(Bytes::new()))?;
+        let (status, _) = client.send(health).await?;
+        anyhow::ensure!(status.is_success(), "GET /health answered {status}");
+        Ok(client)
+    }
+
+    /// Sends one request and reads the whole answer (so the connection is free again).
+    async fn send(
+        &mut self,
+        request: hyper::Request<Full<Bytes>>,
+    ) -> anyhow::Result<(hyper::StatusCode, Bytes)> {
+        self.sender.ready().await?;
+        let response = self.sender.send_request(request).await?;
+        let status = response.status();
+        let body = response.into_body().collect().await?.to_bytes();
+        Ok((status, body))
     }
 }
 
 impl CreateUser for HttpClient {
     async fn create_user(&mut self, email: String) -> anyhow::Result<()> {
-        let response = self
-            .client
-            .post(&self.url)
-            .header(reqwest::header::CONTENT_TYPE, "application/json")
-            .body(create_user_body(&email))
-            .send()
-            .await?;
-        let status = response.status();
-        // Read the whole body, so the connection is free for the next request.
-        let body = response.bytes().await?;
+        let request = hyper::Request::post(self.uri.clone())
+            .header(hyper::header::HOST, &self.host)
+            .header(hyper::header::CONTENT_TYPE, "application/json")
+            .body(Full::new(Bytes::from(create_user_body(&email))))?;
+        let (status, body) = self.send(request).await?;
         anyhow::ensure!(
             status.is_success(),
             "HTTP {status}: {}",
