@@ -276,6 +276,36 @@ fn bench_event(n: u64) -> NewEvent {
         .with_metadata(metadata)
 }
 
+/// Fills a store with at least `total` events: 16 writers, appends of 100 events to their own
+/// stream with exact expectations. Returns the events written and the rate (events/s).
+async fn append_history(store: &Arc<dyn EventStore>, total: u64) -> anyhow::Result<(u64, f64)> {
+    let started = Instant::now();
+    let per_writer = total.div_ceil(16);
+    let mut writers = Vec::new();
+    for w in 0..16u64 {
+        let store = Arc::clone(store);
+        writers.push(tokio::spawn(async move {
+            let stream = StreamId::new(format!("order-{w}")).expect("valid");
+            let mut written = 0;
+            let mut version: Option<u64> = None;
+            while written < per_writer {
+                let n = (per_writer - written).min(100);
+                let events = (0..n).map(|i| bench_event(written + i)).collect();
+                let expected = version.map_or(ExpectedVersion::NoStream, ExpectedVersion::Exact);
+                let result = store.append(stream.clone(), expected, events).await?;
+                version = result.current_version;
+                written += n;
+            }
+            anyhow::Ok(written)
+        }));
+    }
+    let mut written = 0;
+    for writer in writers {
+        written += writer.await.context("a writer panicked")??;
+    }
+    Ok((written, written as f64 / started.elapsed().as_secs_f64()))
+}
+
 /// Runs one append case: `writers` tasks append `per_append` events for `duration`.
 async fn append_case(
     store: Arc<dyn EventStore>,

@@ -23,11 +23,10 @@ use flexcore_app::outbox::{EventPublisher, OutboxRelay};
 use flexcore_app::store::EventStore;
 use flexcore_broker::{NatsPublisher, RabbitPublisher, RedisStreamPublisher};
 use flexcore_broker::{async_nats, lapin, redis};
-use flexcore_domain::{ExpectedVersion, StreamId};
 use serde::Serialize;
 use tokio::sync::watch;
 
-use super::{BenchArgs, CommitMode, bench_event, median};
+use super::{BenchArgs, CommitMode, median};
 
 /// The figures of `flexcore bench --outbox`.
 #[derive(Debug, Clone, Serialize)]
@@ -62,7 +61,7 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
     let fresh = backend.fresh(CommitMode::GroupCommit, 2000, 16).await?;
     let store = fresh.store;
     let events = args.read_events.max(1000) as u64;
-    let append_per_s = append_history(&store, events).await?;
+    let (_, append_per_s) = super::append_history(&store, events).await?;
 
     let mut relays = Vec::new();
     for broker in ["rabbitmq", "redis", "nats"] {
@@ -120,34 +119,6 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
         }
     }
     Ok(())
-}
-
-async fn append_history(store: &Arc<dyn EventStore>, total: u64) -> anyhow::Result<f64> {
-    let started = Instant::now();
-    let per_writer = total.div_ceil(16);
-    let mut writers = Vec::new();
-    for w in 0..16u64 {
-        let store = Arc::clone(store);
-        writers.push(tokio::spawn(async move {
-            let stream = StreamId::new(format!("order-{w}")).expect("valid");
-            let mut written = 0;
-            let mut version: Option<u64> = None;
-            while written < per_writer {
-                let n = (per_writer - written).min(100);
-                let events = (0..n).map(|i| bench_event(written + i)).collect();
-                let expected = version.map_or(ExpectedVersion::NoStream, ExpectedVersion::Exact);
-                let result = store.append(stream.clone(), expected, events).await?;
-                version = result.current_version;
-                written += n;
-            }
-            anyhow::Ok(written)
-        }));
-    }
-    let mut written = 0;
-    for writer in writers {
-        written += writer.await.context("a writer panicked")??;
-    }
-    Ok(written as f64 / started.elapsed().as_secs_f64())
 }
 
 fn url(var: &str, default: &str) -> String {

@@ -130,32 +130,7 @@ async fn run_once(
     history: u64,
     live_secs: f64,
 ) -> anyhow::Result<SubscriptionFigures> {
-    // History.
-    let started = Instant::now();
-    let per_writer = history.div_ceil(16);
-    let mut writers = Vec::new();
-    for w in 0..16u64 {
-        let store = Arc::clone(&store);
-        writers.push(tokio::spawn(async move {
-            let mut written = 0;
-            let mut version: Option<u64> = None;
-            let stream = StreamId::new(format!("order-{w}")).expect("valid");
-            while written < per_writer {
-                let n = (per_writer - written).min(100);
-                let events = (0..n).map(|i| bench_event(written + i)).collect();
-                let expected = version.map_or(ExpectedVersion::NoStream, ExpectedVersion::Exact);
-                let result = store.append(stream.clone(), expected, events).await?;
-                version = result.current_version;
-                written += n;
-            }
-            anyhow::Ok(written)
-        }));
-    }
-    let mut total = 0;
-    for writer in writers {
-        total += writer.await.context("a writer panicked")??;
-    }
-    let append_per_s = total as f64 / started.elapsed().as_secs_f64();
+    let (total, append_per_s) = super::append_history(&store, history).await?;
 
     // Catch-up from 0.
     let started = Instant::now();
