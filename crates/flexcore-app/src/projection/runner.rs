@@ -170,6 +170,8 @@ struct Entry {
     state: Mutex<EntryState>,
     /// The live generation's checkpoint (0 until one is live).
     live_position: watch::Sender<u64>,
+    /// Held while a rebuild starts, so two requests cannot both start one.
+    starting: tokio::sync::Mutex<()>,
 }
 
 struct EntryState {
@@ -191,6 +193,7 @@ impl Entry {
                 stop_live: None,
             }),
             live_position: watch::Sender::new(0),
+            starting: tokio::sync::Mutex::new(()),
         }
     }
 
@@ -259,6 +262,7 @@ impl ProjectionsHandle {
     /// the live one and replaces it once caught up. Returns the new generation.
     pub async fn rebuild(&self, name: &str) -> Result<Generation> {
         let entry = Arc::clone(self.entry(name)?);
+        let _starting = entry.starting.lock().await;
         if entry.lock().record.building.is_some() {
             return Err(DomainError::AlreadyExists(format!(
                 "projection '{name}' is already being rebuilt"
