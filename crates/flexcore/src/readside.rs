@@ -62,11 +62,14 @@ pub struct ReadSide {
 
 impl ReadSide {
     /// Opens the read models, starts the projections (building or resuming them) and the
-    /// cache; everything stops when `shutdown` turns true.
+    /// cache; everything stops when `shutdown` turns true. Without the sample domain (Python
+    /// modules replace it) no projection runs: the read-model store still keeps the relays'
+    /// checkpoints.
     pub async fn start(
         store_url: &str,
         cache_url: Option<&str>,
         store: Arc<dyn EventStore>,
+        sample_domain: bool,
         shutdown: watch::Receiver<bool>,
     ) -> anyhow::Result<Self> {
         let read_models = open_read_models(store_url).await?;
@@ -75,7 +78,9 @@ impl ReadSide {
             .context("cannot open the query cache")?;
         let cache_policy = Arc::new(flexcore_app::users::cache_policy());
         let mut projections = Projections::new(Arc::clone(&read_models), store);
-        projections.register(Arc::new(UsersProjection))?;
+        if sample_domain {
+            projections.register(Arc::new(UsersProjection))?;
+        }
         projections.listen(Arc::new(Invalidate(QueryCacheInvalidator::new(
             Arc::clone(&cache),
             Arc::clone(&cache_policy),

@@ -83,9 +83,11 @@ pub fn app_state_full(
             read_side.register_queries(&mut queries)?;
         }
     }
-    let queries: Arc<dyn flexcore_app::query::QueryBus> = match read_side {
-        Some(read_side) => Arc::new(read_side.cached(queries).with_tracing()),
-        None => Arc::new(queries.with_tracing()),
+    // The cache's policy and invalidation belong to the sample's read model; Python queries
+    // answer from state the cache would not see change.
+    let queries: Arc<dyn flexcore_app::query::QueryBus> = match (read_side, python) {
+        (Some(read_side), None) => Arc::new(read_side.cached(queries).with_tracing()),
+        _ => Arc::new(queries.with_tracing()),
     };
     Ok(AppState {
         commands: Arc::new(
@@ -152,6 +154,7 @@ pub async fn run(
         &settings.store_url,
         settings.cache_url.as_deref(),
         Arc::clone(&store),
+        python.is_none(),
         stopping_seen.clone(),
     )
     .await?;
