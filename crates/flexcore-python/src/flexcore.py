@@ -150,6 +150,7 @@ class _Registry:
         self.commands = {}  # command type -> (function, _Aggregate, wants_state, creates)
         self.queries = {}
         self.events = {}  # event type -> [functions]
+        self.durable = {}  # consumer name -> (event type, function)
         self.aggregates = {}
 
     def describe(self):
@@ -161,6 +162,7 @@ class _Registry:
                 },
                 "queries": sorted(self.queries),
                 "events": sorted(self.events),
+                "durable": {name: event_type for name, (event_type, _) in self.durable.items()},
             }
         )
 
@@ -251,11 +253,26 @@ class FlexCore:
         return register
 
     @staticmethod
-    def event_handler(event_type):
-        """Registers ``func(event)`` for an event type (at-least-once: make it idempotent)."""
+    def event_handler(event_type, durable=None):
+        """Registers ``func(event)`` for an event type (at-least-once: make it idempotent).
+
+        Without ``durable`` the handler sees the whole log again at every start and reload (for
+        in-memory read models). With ``durable="name"`` it is a durable consumer of that name:
+        a stored checkpoint, each event handled once more only after a crash, retries with
+        backoff, then a dead letter that keeps the stream's later events waiting (for side
+        effects such as emails). A new durable name is picked up at the next start.
+        """
 
         def register(func):
-            _registry().events.setdefault(event_type, []).append(func)
+            reg = _registry()
+            if durable is None:
+                reg.events.setdefault(event_type, []).append(func)
+            else:
+                if not isinstance(durable, str) or not durable:
+                    raise ValueError("durable must be a non-empty consumer name")
+                if durable in reg.durable:
+                    raise ValueError(f"durable consumer '{durable}' is registered twice")
+                reg.durable[durable] = (event_type, func)
             return func
 
         return register
@@ -311,6 +328,18 @@ def _run_command(registry, command_type, payload_json, events_json):
 
 def _run_query(registry, query_type, params_json):
     return registry.queries[query_type](_wrap(json.loads(params_json), "query"))
+
+
+def _run_durable(registry, name, event_json):
+    """Runs the durable consumer ``name`` on one event; False when this version lacks it."""
+    entry = registry.durable.get(name)
+    if entry is None:
+        return False
+    event_type, func = entry
+    raw = json.loads(event_json)
+    if raw["event_type"] == event_type:
+        func(_stored_event(raw))
+    return True
 
 
 def _run_event_handlers(registry, event_json):

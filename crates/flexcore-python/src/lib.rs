@@ -35,6 +35,13 @@
 //! def on_user_created(event):             # at-least-once: make it idempotent
 //!     print(event.data.email, event.event_type, event.stream_id,
 //!           event.stream_version, event.global_position)
+//!
+//! # Plain event handlers see the whole log again at every start and reload (in-memory read
+//! # models); a durable one is a checkpointed consumer `python:welcome` (retries, dead letters
+//! # that keep per-stream order), for side effects that must not repeat.
+//! @FlexCore.event_handler("user.created", durable="welcome")
+//! def send_welcome(event):
+//!     ...
 //! ```
 //!
 //! Commands and query parameters arrive as read-only objects with attribute access (nested
@@ -184,6 +191,8 @@ pub struct PythonHandlers {
     commands: Vec<(String, CommandRoute)>,
     queries: Vec<String>,
     events: Vec<String>,
+    /// Durable consumers: name → event type.
+    durable: Vec<(String, String)>,
     retry: RetryPolicy,
 }
 
@@ -241,6 +250,19 @@ impl PythonHandlers {
                 .unwrap_or_default()
         };
         let (queries, events) = (names("queries"), names("events"));
+        let durable = described["durable"]
+            .as_object()
+            .map(|map| {
+                map.iter()
+                    .map(|(name, event_type)| {
+                        (
+                            name.clone(),
+                            event_type.as_str().unwrap_or_default().to_owned(),
+                        )
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
         Ok(Self {
             worker: Arc::new(Worker {
                 jobs: Mutex::new(jobs),
@@ -254,6 +276,7 @@ impl PythonHandlers {
             commands,
             queries,
             events,
+            durable,
             retry: config.retry,
         })
     }
@@ -318,6 +341,23 @@ impl PythonHandlers {
                     event_type: name.clone(),
                 });
                 (name.clone(), handler)
+            })
+            .collect()
+    }
+
+    /// The durable consumers (`@FlexCore.event_handler(type, durable="name")`): name, event
+    /// type, and a handler to run under a [`flexcore_app::durable::DurableConsumer`]. A
+    /// handler whose consumer this load lacks answers `Ok(false)` from Python, reported as
+    /// an error so the event is retried or parked rather than silently dropped.
+    pub fn durable_handlers(&self) -> Vec<(String, String, Arc<dyn EventHandler>)> {
+        self.durable
+            .iter()
+            .map(|(name, event_type)| {
+                let handler: Arc<dyn EventHandler> = Arc::new(PythonDurableHandler {
+                    worker: self.worker.clone(),
+                    name: name.clone(),
+                });
+                (name.clone(), event_type.clone(), handler)
             })
             .collect()
     }
@@ -438,6 +478,25 @@ enum Failure {
 }
 
 impl Failure {
+    /// The error of a durable consumer: operators see it in the dead letters, so an exception
+    /// keeps its message (the traceback's last line); the full traceback is logged.
+    fn into_consumer_error(self, consumer: &str) -> Error {
+        match self {
+            Self::Exception {
+                exception,
+                traceback,
+            } => {
+                tracing::error!(target: "flexcore_python", consumer, exception, "python consumer raised an exception:\n{traceback}");
+                let last = traceback.lines().rev().find(|l| !l.trim().is_empty());
+                Error::Internal(format!(
+                    "python consumer '{consumer}' raised {}",
+                    last.unwrap_or(&exception).trim()
+                ))
+            }
+            other => other.into_error(consumer),
+        }
+    }
+
     /// The application error, logging what clients must not see.
     fn into_error(self, handler: &str) -> Error {
         match self {
@@ -860,6 +919,36 @@ impl QueryHandler for PythonQueryHandler {
             .map_err(|f| f.into_error(&self.query_type))?;
         serde_json::from_str(&json)
             .map_err(|e| Error::Internal(format!("python query result is not JSON: {e}")))
+    }
+}
+
+struct PythonDurableHandler {
+    worker: Arc<Worker>,
+    name: String,
+}
+
+#[async_trait]
+impl EventHandler for PythonDurableHandler {
+    async fn handle(&self, event: &EventEnvelope) -> Result<()> {
+        let json = serde_json::to_string(event)
+            .map_err(|e| Error::Internal(format!("cannot encode an event for python: {e}")))?;
+        let name = self.name.clone();
+        let found = self
+            .worker
+            .call(move |ctx| {
+                let found = ctx.call("_run_durable", (&ctx.registry, name, json))?;
+                Ok(found.is_truthy().unwrap_or(false))
+            })
+            .await
+            .map_err(|f| f.into_consumer_error(&self.name))?;
+        if found {
+            Ok(())
+        } else {
+            Err(Error::Unavailable(format!(
+                "the loaded python modules have no durable consumer '{}'",
+                self.name
+            )))
+        }
     }
 }
 

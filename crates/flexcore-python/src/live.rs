@@ -90,6 +90,7 @@ struct Version {
     commands: HashMap<String, Arc<dyn CommandHandler>>,
     queries: HashMap<String, Arc<dyn QueryHandler>>,
     events: HashMap<String, Arc<dyn EventHandler>>,
+    durable: HashMap<String, Arc<dyn EventHandler>>,
 }
 
 impl Version {
@@ -101,6 +102,11 @@ impl Version {
                 .collect(),
             queries: handlers.query_handlers().into_iter().collect(),
             events: handlers.event_handlers().into_iter().collect(),
+            durable: handlers
+                .durable_handlers()
+                .into_iter()
+                .map(|(name, _, handler)| (name, handler))
+                .collect(),
             handlers,
         }
     }
@@ -223,6 +229,26 @@ impl LivePython {
                 inner: Arc::clone(&self.inner),
             }),
         );
+    }
+
+    /// The durable consumers of the running version (`@FlexCore.event_handler(type,
+    /// durable="name")`): name, event type, and a handler that always runs the current
+    /// version's function of that name (to run under a
+    /// [`flexcore_app::durable::DurableConsumer`]). Unlike the other event handlers they are
+    /// never replayed from the start: their consumer's checkpoint says where they are.
+    pub fn durable_consumers(&self) -> Vec<(String, String, Arc<dyn EventHandler>)> {
+        self.current()
+            .handlers
+            .durable_handlers()
+            .into_iter()
+            .map(|(name, event_type, _)| {
+                let handler: Arc<dyn EventHandler> = Arc::new(LiveDurable {
+                    inner: Arc::clone(&self.inner),
+                    name: name.clone(),
+                });
+                (name, event_type, handler)
+            })
+            .collect()
     }
 
     /// Imports the modules again and, if that works, makes the new version current (after
@@ -382,6 +408,26 @@ impl QueryHandler for LiveQuery {
         match version.queries.get(&self.query_type) {
             Some(handler) => handler.handle(ctx, params).await,
             None => Err(Error::UnknownQuery(self.query_type.clone())),
+        }
+    }
+}
+
+struct LiveDurable {
+    inner: Arc<Inner>,
+    name: String,
+}
+
+#[async_trait]
+impl EventHandler for LiveDurable {
+    async fn handle(&self, event: &EventEnvelope) -> Result<()> {
+        let version = current(&self.inner);
+        match version.durable.get(&self.name) {
+            Some(handler) => handler.handle(event).await,
+            // Removed by a reload: retried, then parked, never dropped unseen.
+            None => Err(Error::Unavailable(format!(
+                "the loaded python modules have no durable consumer '{}'",
+                self.name
+            ))),
         }
     }
 }

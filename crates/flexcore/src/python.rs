@@ -3,8 +3,9 @@
 //! When modules are configured they *are* the domain: their command and query handlers are
 //! registered instead of the built-in Rust sample (so a Python `create_user` never competes
 //! with the Rust one), their event handlers follow the log on an [`EventBus`] from position 0
-//! (in-memory read models rebuild at every start), and a watcher polls the files every second
-//! and hot-reloads them ([`flexcore_python::LivePython`]). `/health` and `/ready` report
+//! (in-memory read models rebuild at every start; `durable="name"` handlers instead run as
+//! durable consumers `python:<name>` with their checkpoint in the read-model store), and a
+//! watcher polls the files every second and hot-reloads them ([`flexcore_python::LivePython`]). `/health` and `/ready` report
 //! `python: {ok, generation, error}`.
 
 use std::sync::Arc;
@@ -12,9 +13,12 @@ use std::time::Duration;
 
 use anyhow::Context;
 use flexcore_app::command::CommandRouter;
+use flexcore_app::durable::{
+    ConsumerStateStore, DurableConsumer, DurableOptions, SubscriptionControl,
+};
 use flexcore_app::event_bus::EventBus;
 use flexcore_app::query::QueryRouter;
-use flexcore_app::store::EventStore;
+use flexcore_app::store::{EventFilter, EventStore};
 use flexcore_http::HealthDetails;
 use flexcore_python::{LivePython, PythonConfig};
 use tokio::sync::watch;
@@ -60,13 +64,41 @@ pub fn register(
     Ok(())
 }
 
-/// Starts the file watcher and the event bus feeding the Python event handlers; both stop
-/// when `shutdown` turns true.
-pub fn start(python: &LivePython, store: Arc<dyn EventStore>, shutdown: watch::Receiver<bool>) {
+/// Starts the file watcher, the event bus feeding the Python event handlers, and one durable
+/// consumer `python:<name>` per `@FlexCore.event_handler(type, durable="name")` (checkpoint
+/// and dead letters in `consumer_state`); all stop when `shutdown` turns true. Returns the
+/// durable consumers' handles for the operator routes.
+pub async fn start(
+    python: &LivePython,
+    store: Arc<dyn EventStore>,
+    consumer_state: Arc<dyn ConsumerStateStore>,
+    shutdown: watch::Receiver<bool>,
+) -> anyhow::Result<Vec<SubscriptionControl>> {
     python.watch(RELOAD_POLL, shutdown.clone());
     let mut bus = EventBus::new();
     python.subscribe_events(&mut bus);
-    bus.spawn(store, 0, shutdown);
+    bus.spawn(Arc::clone(&store) as Arc<_>, 0, shutdown.clone());
+    let mut consumers = Vec::new();
+    for (name, event_type, handler) in python.durable_consumers() {
+        let (control, _task) = DurableConsumer::new(
+            format!("python:{name}"),
+            handler,
+            Arc::clone(&store) as Arc<_>,
+            Arc::clone(&consumer_state),
+        )
+        .with_options(DurableOptions {
+            filter: EventFilter {
+                type_prefix: Some(event_type),
+                ..EventFilter::default()
+            },
+            ..DurableOptions::default()
+        })
+        .spawn(shutdown.clone())
+        .await
+        .with_context(|| format!("cannot start the durable Python consumer '{name}'"))?;
+        consumers.push(control);
+    }
+    Ok(consumers)
 }
 
 /// The `python` field of `/health` and `/ready`.

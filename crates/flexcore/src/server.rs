@@ -186,7 +186,13 @@ pub async fn run(
         "flexcore is listening"
     );
     if let Some(python) = &python {
-        crate::python::start(python, Arc::clone(&store), stopping_seen.clone());
+        state.operations.consumers = crate::python::start(
+            python,
+            Arc::clone(&store),
+            Arc::clone(&read_side.read_models) as Arc<_>,
+            stopping_seen.clone(),
+        )
+        .await?;
     }
     if let Some(url) = &settings.outbox_url {
         let outbox = flexcore_broker::OutboxConfig::from_url(url)

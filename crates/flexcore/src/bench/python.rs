@@ -218,7 +218,9 @@ async fn run_once(
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let state = match &python {
         Some(python) => {
-            crate::python::start(python, Arc::clone(&store), stopped);
+            // The example has no durable consumers; their checkpoints would go here.
+            let state = Arc::new(flexcore_app::durable::InMemoryCheckpoints::new());
+            crate::python::start(python, Arc::clone(&store), state, stopped).await?;
             app_state_with(store, settings, Some(python))?
         }
         None => app_state(store, settings)?,
