@@ -12,6 +12,9 @@ process; two servers sharing a database, or a reload racing an in-flight create,
 duplicate through. See README.md.
 """
 
+import json
+import os
+
 from flexcore import Event, FlexCore, ValidationError
 
 MAX_EMAIL_LEN = 254
@@ -154,3 +157,23 @@ def get_user(params):
 @FlexCore.query_handler("list_users")
 def list_users(params):
     return {"users": sorted(USERS.values(), key=lambda u: u["email"])}
+
+
+# Welcome messages: a side effect that must happen once per user, not again at every start or
+# reload, so this handler is a durable consumer (`python:welcome`: a stored checkpoint, retries,
+# dead letters; `flexcore subscriptions list`). It queues the message in a mail spool file (one
+# JSON line per message, `WELCOME_SPOOL`, default `welcome.spool` in the server's working
+# directory) for a mail transfer agent. After a crash an event may be handled again: the
+# event_id in each line lets the mailer drop the duplicate.
+WELCOME_SPOOL = os.environ.get("FLEXCORE_EXAMPLE_WELCOME_SPOOL", "welcome.spool")
+
+
+@FlexCore.event_handler("user.created", durable="welcome")
+def send_welcome(event):
+    message = {
+        "event_id": event.event_id,
+        "to": event.data.email,
+        "subject": "Welcome!",
+    }
+    with open(WELCOME_SPOOL, "a", encoding="utf-8") as spool:
+        spool.write(json.dumps(message) + "\n")

@@ -1,5 +1,8 @@
 """The Python users domain: commands, validation, uniqueness, event handlers, queries."""
 
+import json
+
+import flexcore
 import pytest
 from flexcore import ValidationError
 
@@ -110,3 +113,19 @@ def test_event_handlers_are_idempotent_and_ignore_stale_events(engine):
     engine.deliver(created)
     assert engine.ask("get_user", {"user_id": user_id})["email"] == "dee@example.org"
     assert engine.module.EMAILS == {"dee@example.org": user_id}
+
+
+def test_welcome_messages_are_a_durable_consumer_writing_to_the_spool(engine, tmp_path, monkeypatch):
+    assert engine.registry.durable["welcome"][0] == "user.created"
+    assert "send_welcome" not in [f.__name__ for f in engine.registry.events.get("user.created", [])]
+    spool = tmp_path / "welcome.spool"
+    monkeypatch.setattr(engine.module, "WELCOME_SPOOL", str(spool))
+    event = create(engine, "Bea@Example.com")
+    assert flexcore._run_durable(engine.registry, "welcome", json.dumps(event)) is True
+    [line] = spool.read_text().splitlines()
+    assert json.loads(line) == {
+        "event_id": event["event_id"],
+        "to": "bea@example.com",
+        "subject": "Welcome!",
+    }
+
