@@ -162,10 +162,12 @@ def list_users(params):
 # Welcome messages: a side effect that must happen once per user, not again at every start or
 # reload, so this handler is a durable consumer (`python:welcome`: a stored checkpoint, retries,
 # dead letters; `flexcore subscriptions list`). It queues the message in a mail spool file (one
-# JSON line per message, `WELCOME_SPOOL`, default `welcome.spool` in the server's working
-# directory) for a mail transfer agent. After a crash an event may be handled again: the
+# JSON line per message, `WELCOME_SPOOL`, default `data/welcome.spool` under the server's
+# working directory, beside the example's store) for a mail transfer agent. After a crash an event may be handled again: the
 # event_id in each line lets the mailer drop the duplicate.
-WELCOME_SPOOL = os.environ.get("FLEXCORE_EXAMPLE_WELCOME_SPOOL", "welcome.spool")
+WELCOME_SPOOL = os.environ.get(
+    "FLEXCORE_EXAMPLE_WELCOME_SPOOL", os.path.join("data", "welcome.spool")
+)
 
 
 @FlexCore.event_handler("user.created", durable="welcome")
@@ -175,5 +177,6 @@ def send_welcome(event):
         "to": event.data.email,
         "subject": "Welcome!",
     }
+    os.makedirs(os.path.dirname(WELCOME_SPOOL) or ".", exist_ok=True)
     with open(WELCOME_SPOOL, "a", encoding="utf-8") as spool:
         spool.write(json.dumps(message) + "\n")

@@ -135,7 +135,7 @@ async fn the_python_users_example_serves_the_sample_domain() {
     assert_eq!(user["email"], "ann@example.com");
 
     // The durable welcome consumer queued exactly one message for Ann in the spool.
-    let spool = data.path().join("welcome.spool");
+    let spool = data.path().join("data").join("welcome.spool");
     let line = eventually("the welcome message", || async {
         std::fs::read_to_string(&spool).ok().filter(|s| !s.is_empty())
     })
