@@ -137,13 +137,18 @@ async fn the_python_users_example_serves_the_sample_domain() {
     // The durable welcome consumer queued exactly one message for Ann in the spool.
     let spool = data.path().join("data").join("welcome.spool");
     let line = eventually("the welcome message", || async {
-        std::fs::read_to_string(&spool).ok().filter(|s| !s.is_empty())
+        std::fs::read_to_string(&spool)
+            .ok()
+            .filter(|s| !s.is_empty())
     })
     .await;
     let message: Value = serde_json::from_str(line.lines().next().unwrap()).unwrap();
     assert_eq!(message["to"], "ann@example.com");
     let subscriptions = get(&client, &server, "/v1/subscriptions").await;
-    assert_eq!(subscriptions[0]["consumer"], "python:welcome", "{subscriptions}");
+    assert_eq!(
+        subscriptions[0]["consumer"], "python:welcome",
+        "{subscriptions}"
+    );
     assert_eq!(subscriptions[0]["parked"], 0);
     assert_eq!(user["profile"], json!({"name": "Ann"}));
 
