@@ -170,6 +170,8 @@ pub struct GatewayReport {
     pub duration_s: f64,
     /// Runs per case.
     pub repeat: usize,
+    /// The offered load of an open-loop run (`--rate`), commands/s; `None`: back to back.
+    pub offered_rate: Option<f64>,
     /// Every case, by connection count, then layer.
     pub cases: Vec<GatewayFigure>,
     /// The overheads per connection count.
@@ -210,7 +212,7 @@ async fn measure_all(stores: &Stores, args: &BenchArgs) -> anyhow::Result<Gatewa
             for layer in Layer::ALL {
                 case += 1;
                 let url = stores.fresh_url(case);
-                let run = run_once(layer, n, duration, &url, stores)
+                let run = run_once(layer, n, duration, args.rate, &url, stores)
                     .await
                     .with_context(|| format!("{} case, {n} connections, run {r}", layer.name()))?;
                 if !args.json {
@@ -284,6 +286,7 @@ async fn measure_all(stores: &Stores, args: &BenchArgs) -> anyhow::Result<Gatewa
         store: stores.name(),
         duration_s: duration.as_secs_f64(),
         repeat,
+        offered_rate: args.rate,
         cases,
         ratios,
         targets,
@@ -292,6 +295,12 @@ async fn measure_all(stores: &Stores, args: &BenchArgs) -> anyhow::Result<Gatewa
 
 fn print_text(report: &GatewayReport) {
     let store = report.store;
+    if let Some(rate) = report.offered_rate {
+        eprintln!(
+            "{store:<6} open loop: {rate:.0} commands/s offered to every layer; latency from each \
+             command's scheduled time"
+        );
+    }
     for f in &report.cases {
         eprintln!(
             "{store:<6} {:<5} connections={:<3} {:>8.0} commands/s  p50={:.2}ms p99={:.2}ms  cpu={}  runs={:?}",
@@ -321,6 +330,20 @@ fn print_text(report: &GatewayReport) {
         );
     }
     for t in &report.targets {
+        if let Some(rate) = report.offered_rate {
+            // Every layer gets the same load: only the latency it adds is comparable.
+            eprintln!(
+                "{store:<6} target (issue #3) {} at {} connections, {rate:.0} commands/s \
+                 offered: p99 {:+.2}ms over the store's (< {:.1}ms: {}); throughput is \
+                 compared without --rate",
+                t.gateway.name(),
+                t.connections,
+                t.p99_added_ms,
+                t.p99_added_max_ms,
+                met(t.p99_met),
+            );
+            continue;
+        }
         eprintln!(
             "{store:<6} target (issue #3) {} at {} connections: throughput {:.2} of the store's \
              (≥ {:.2}: {}), p99 {:+.2}ms over the store's (< {:.1}ms: {})",
@@ -386,6 +409,7 @@ async fn run_once(
     layer: Layer,
     connections: usize,
     duration: Duration,
+    rate: Option<f64>,
     url: &str,
     stores: &Stores,
 ) -> anyhow::Result<Run> {
@@ -395,7 +419,7 @@ async fn run_once(
             let clients = (0..connections)
                 .map(|_| StoreWriter(Arc::clone(&store)))
                 .collect();
-            measure(clients, duration).await
+            measure(clients, duration, rate).await
         }
         Layer::Bus => {
             let settings = stores.settings(url, None, None)?;
@@ -403,7 +427,7 @@ async fn run_once(
             let clients = (0..connections)
                 .map(|_| BusClient(Arc::clone(&state.commands)))
                 .collect();
-            measure(clients, duration).await
+            measure(clients, duration, rate).await
         }
         Layer::Http | Layer::Grpc => {
             let server = Server::start(url, stores).await?;
@@ -412,13 +436,13 @@ async fn run_once(
                 for _ in 0..connections {
                     clients.push(HttpClient::connect(server.http).await?);
                 }
-                measure(clients, duration).await
+                measure(clients, duration, rate).await
             } else {
                 let mut clients = Vec::with_capacity(connections);
                 for _ in 0..connections {
                     clients.push(GrpcClient::connect(server.grpc).await?);
                 }
-                measure(clients, duration).await
+                measure(clients, duration, rate).await
             };
             let stopped = server.stop().await;
             let run = measured?;
@@ -436,18 +460,37 @@ trait CreateUser: Send + 'static {
 
 /// Every client drives `create_user` back to back until `duration` has passed; the rate is
 /// commands completed over the wall time until the last one finished.
-async fn measure<C: CreateUser>(clients: Vec<C>, duration: Duration) -> anyhow::Result<Run> {
+async fn measure<C: CreateUser>(
+    clients: Vec<C>,
+    duration: Duration,
+    rate: Option<f64>,
+) -> anyhow::Result<Run> {
     let cpu_before = cpu_seconds();
     let started = Instant::now();
     let deadline = started + duration;
+    let connections = clients.len().max(1) as f64;
+    // Open loop: each connection sends on its own fixed schedule, staggered.
+    let period = rate
+        .filter(|r| *r > 0.0)
+        .map(|r| Duration::from_secs_f64(connections / r));
     let mut tasks = JoinSet::new();
     for (task, mut client) in clients.into_iter().enumerate() {
         tasks.spawn(async move {
             let mut latencies = Vec::with_capacity(4096);
             let mut n = 0u64;
-            while Instant::now() < deadline {
+            let mut scheduled = period.map(|p| started + p.mul_f64(task as f64 / connections));
+            while scheduled.unwrap_or_else(Instant::now) < deadline {
                 let email = format!("u{task}-{n}@bench.example");
-                let sent = Instant::now();
+                // Latency counts from the scheduled time, so a slow answer that delays the
+                // next command is not hidden (no coordinated omission).
+                let sent = match (scheduled, period) {
+                    (Some(at), Some(p)) => {
+                        tokio::time::sleep_until(at.into()).await;
+                        scheduled = Some(at + p);
+                        at
+                    }
+                    _ => Instant::now(),
+                };
                 client
                     .create_user(email)
                     .await

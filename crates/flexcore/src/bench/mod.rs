@@ -80,6 +80,11 @@ pub struct BenchArgs {
     /// log to RabbitMQ, Redis Streams and NATS JetStream (each that is up), events/s.
     #[arg(long, conflicts_with_all = ["gateway", "python", "subscriptions", "writers", "events_per_append"])]
     pub outbox: bool,
+    /// With --gateway: offer this many commands/s in total, spread over the connections, on a
+    /// fixed schedule (open loop; latency counts from each command's scheduled time), instead
+    /// of sending back to back. Compares the layers' latency at the same load.
+    #[arg(long, requires = "gateway")]
+    pub rate: Option<f64>,
     /// With --gateway or --python: concurrent connections (client tasks), comma-separated.
     #[arg(long, value_delimiter = ',', default_values_t = vec![1, 32])]
     pub connections: Vec<usize>,
