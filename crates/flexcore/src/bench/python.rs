@@ -218,9 +218,13 @@ async fn run_once(
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let state = match &python {
         Some(python) => {
-            // The example has no durable consumers; their checkpoints would go here.
-            let state = Arc::new(flexcore_app::durable::InMemoryCheckpoints::new());
-            crate::python::start(python, Arc::clone(&store), state, stopped).await?;
+            // The event bus as `serve` runs it; the example's durable consumer (welcome
+            // messages written to ./data) is left out: a bench must not write into the
+            // working directory, and it runs after the command anyway.
+            python.watch(crate::python::RELOAD_POLL, stopped.clone());
+            let mut bus = flexcore_app::event_bus::EventBus::new();
+            python.subscribe_events(&mut bus);
+            bus.spawn(Arc::clone(&store) as Arc<_>, 0, stopped);
             app_state_with(store, settings, Some(python))?
         }
         None => app_state(store, settings)?,
