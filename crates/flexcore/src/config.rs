@@ -480,6 +480,38 @@ mod tests {
     }
 
     #[test]
+    fn broker_and_cache_urls_are_checked_and_masked() {
+        let (_dir, args) = with_file(
+            "cache_url = \"redis://127.0.0.1:6379/?prefix=qc\"\n\
+             outbox_url = \"amqp://guest:secret@127.0.0.1:5672/%2f?exchange=x\"\n\
+             inbound_url = \"redis://127.0.0.1:6379/?stream=commands\"\n",
+        );
+        let s = Settings::resolve(args).unwrap();
+        assert_eq!(
+            s.cache_url.as_deref(),
+            Some("redis://127.0.0.1:6379/?prefix=qc")
+        );
+        assert_eq!(
+            s.inbound_url.as_deref(),
+            Some("redis://127.0.0.1:6379/?stream=commands")
+        );
+        let shown = s.to_toml();
+        assert!(shown.contains("amqp://guest:****@127.0.0.1"), "{shown}");
+        assert!(!shown.contains("secret"));
+        for (key, bad) in [
+            ("cache_url", "memcached://x"),
+            ("outbox_url", "kafka://x"),
+            ("inbound_url", "nats://127.0.0.1:4222"),
+        ] {
+            let (_dir, args) = with_file(&format!("{key} = \"{bad}\"\n"));
+            match Settings::resolve(args) {
+                Err(ConfigError::Invalid { key: named, .. }) => assert_eq!(named, key),
+                other => panic!("{key} = {bad} gave {other:?}"),
+            }
+        }
+    }
+
+    #[test]
     fn flags_beat_the_file() {
         let (_dir, mut args) = with_file("http_addr = \"127.0.0.1:9000\"\nlog = \"debug\"\n");
         args.http_addr = Some("127.0.0.1:9100".into());
