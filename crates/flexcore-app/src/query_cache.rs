@@ -552,6 +552,34 @@ impl QueryCacheInvalidator {
     }
 }
 
+/// After each commit of a projection's live read model, the answers that depend on the
+/// committed events are invalidated (a failed invalidation is retried a few times with backoff,
+/// then logged: stale entries then live at most their TTL); a rebuilt model swapped in clears
+/// every answer.
+#[async_trait]
+impl crate::projection::ProjectionListener for QueryCacheInvalidator {
+    async fn applied(&self, projection: &str, events: &[EventEnvelope]) {
+        let mut delay = Duration::from_millis(20);
+        for _ in 0..5 {
+            if self.invalidate(events).await.is_ok() {
+                return;
+            }
+            tokio::time::sleep(delay).await;
+            delay *= 2;
+        }
+        tracing::error!(
+            projection,
+            "query cache invalidation keeps failing; stale answers expire with their TTL"
+        );
+    }
+
+    async fn swapped(&self, projection: &str) {
+        if let Err(e) = self.invalidate_all().await {
+            tracing::warn!(projection, error = %e, "cannot clear the query cache after a rebuild");
+        }
+    }
+}
+
 /// Follows the event log from `from_position` and invalidates the cache with every event,
 /// until `shutdown` turns true. An invalidation that fails is retried (with backoff up to 5 s)
 /// before the next event is read, so none is skipped.

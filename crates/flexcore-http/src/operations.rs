@@ -3,6 +3,7 @@
 //! drive them.
 
 use axum::Json;
+use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use flexcore_app::durable::{DeadLetter, SubscriptionControl, SubscriptionStatus};
@@ -108,8 +109,9 @@ pub(crate) async fn dead_letters(
         (status = 422, description = "The event waits behind an earlier one of its stream", body = crate::openapi::Problem, content_type = "application/problem+json")))]
 pub(crate) async fn retry_dead_letter(
     State(state): State<AppState>,
-    Path((name, position)): Path<(String, u64)>,
+    target: Result<Path<(String, u64)>, PathRejection>,
 ) -> Result<Json<Value>, ApiError> {
+    let (name, position) = parked_event(target)?;
     state.operations.consumer(&name)?.retry(position).await?;
     Ok(Json(json!({ "retried": position })))
 }
@@ -122,8 +124,22 @@ pub(crate) async fn retry_dead_letter(
         (status = 422, description = "The event waits behind an earlier one of its stream", body = crate::openapi::Problem, content_type = "application/problem+json")))]
 pub(crate) async fn skip_dead_letter(
     State(state): State<AppState>,
-    Path((name, position)): Path<(String, u64)>,
+    target: Result<Path<(String, u64)>, PathRejection>,
 ) -> Result<Json<Value>, ApiError> {
+    let (name, position) = parked_event(target)?;
     state.operations.consumer(&name)?.skip(position).await?;
     Ok(Json(json!({ "skipped": position })))
+}
+
+/// The consumer and position of a dead-letter route; a position that is not an unsigned
+/// integer is a 400 problem, like every other bad request.
+fn parked_event(
+    target: Result<Path<(String, u64)>, PathRejection>,
+) -> Result<(String, u64), ApiError> {
+    target.map(|Path(target)| target).map_err(|e| {
+        ApiError::bad_request(format!(
+            "the position must be a global position (an unsigned integer): {}",
+            e.body_text()
+        ))
+    })
 }

@@ -153,6 +153,17 @@ async fn parked_events_are_listed_retried_and_skipped_over_http() {
     assert_eq!(status, StatusCode::NOT_FOUND);
     let (status, _) = call(&app, Method::GET, "/v1/subscriptions/nobody/dead-letters").await;
     assert_eq!(status, StatusCode::NOT_FOUND);
+    let (status, problem) = call(
+        &app,
+        Method::POST,
+        "/v1/subscriptions/mailer/dead-letters/first/retry",
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(
+        problem["code"], "bad_request",
+        "a problem+json answer: {problem}"
+    );
     let (status, _) = call(
         &app,
         Method::POST,

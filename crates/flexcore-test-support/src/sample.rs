@@ -5,14 +5,13 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use flexcore_app::command::{CommandBus, CommandBusExt, CommandRouter};
+use flexcore_app::projection::Projections;
 use flexcore_app::projection::users::{UsersProjection, register_queries};
-use flexcore_app::projection::{ProjectionListener, Projections};
 use flexcore_app::query::{Query, QueryBus, QueryBusExt, QueryContext, QueryRouter};
 use flexcore_app::query_cache::{CachedQueries, QueryCacheInvalidator};
 use flexcore_app::repository::{Repository, RetryPolicy};
 use flexcore_app::store::EventStore;
 use flexcore_app::{Error, Result};
-use flexcore_domain::EventEnvelope;
 use flexcore_store_sqlite::SqliteReadModels;
 use serde_json::Value;
 use tokio::sync::{OnceCell, watch};
@@ -69,10 +68,10 @@ async fn start(store: Arc<dyn EventStore>) -> Result<ReadSide> {
     let (stop, shutdown) = watch::channel(false);
     let mut projections = Projections::new(Arc::new(read_models), store);
     projections.register(Arc::new(UsersProjection))?;
-    projections.listen(Arc::new(Invalidate(QueryCacheInvalidator::new(
+    projections.listen(Arc::new(QueryCacheInvalidator::new(
         Arc::clone(&backend),
         Arc::clone(&policy),
-    ))));
+    )));
     let projections = projections.start(shutdown).await?;
     for _ in 0..500 {
         if projections.status_of("users")?.state == "live" {
@@ -87,17 +86,4 @@ async fn start(store: Arc<dyn EventStore>) -> Result<ReadSide> {
         _stop: stop,
         _dir: dir,
     })
-}
-
-struct Invalidate(QueryCacheInvalidator);
-
-#[async_trait]
-impl ProjectionListener for Invalidate {
-    async fn applied(&self, _projection: &str, events: &[EventEnvelope]) {
-        let _ = self.0.invalidate(events).await;
-    }
-
-    async fn swapped(&self, _projection: &str) {
-        let _ = self.0.invalidate_all().await;
-    }
 }

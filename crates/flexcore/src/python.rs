@@ -74,10 +74,7 @@ pub async fn start(
     consumer_state: Arc<dyn ConsumerStateStore>,
     shutdown: watch::Receiver<bool>,
 ) -> anyhow::Result<Vec<SubscriptionControl>> {
-    python.watch(RELOAD_POLL, shutdown.clone());
-    let mut bus = EventBus::new();
-    python.subscribe_events(&mut bus);
-    bus.spawn(Arc::clone(&store) as Arc<_>, 0, shutdown.clone());
+    start_replayed(python, Arc::clone(&store), shutdown.clone());
     let mut consumers = Vec::new();
     for (name, event_type, handler) in python.durable_consumers() {
         let (control, _task) = DurableConsumer::new(
@@ -99,6 +96,19 @@ pub async fn start(
         consumers.push(control);
     }
     Ok(consumers)
+}
+
+/// Starts the file watcher and the event bus that replays the log from position 0 to the
+/// plain (not durable) Python event handlers; both stop when `shutdown` turns true.
+pub fn start_replayed(
+    python: &LivePython,
+    store: Arc<dyn EventStore>,
+    shutdown: watch::Receiver<bool>,
+) {
+    python.watch(RELOAD_POLL, shutdown.clone());
+    let mut bus = EventBus::new();
+    python.subscribe_events(&mut bus);
+    bus.spawn(store, 0, shutdown);
 }
 
 /// The `python` field of `/health` and `/ready`.

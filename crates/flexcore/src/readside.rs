@@ -3,20 +3,15 @@
 //! operator handles the HTTP routes expose.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use anyhow::Context;
-use async_trait::async_trait;
 use flexcore_app::durable::{DurableConsumer, DurableOptions, SubscriptionControl};
 use flexcore_app::projection::users::{UsersProjection, register_queries};
-use flexcore_app::projection::{
-    ProjectionListener, Projections, ProjectionsHandle, ReadModelStore,
-};
+use flexcore_app::projection::{Projections, ProjectionsHandle, ReadModelStore};
 use flexcore_app::query::QueryRouter;
 use flexcore_app::query_cache::{CacheBackend, CachePolicy, CachedQueries, QueryCacheInvalidator};
 use flexcore_app::store::EventStore;
 use flexcore_app::users::WelcomeNotifier;
-use flexcore_domain::EventEnvelope;
 use flexcore_store_sqlite::{SqliteConfig, SqliteReadModels};
 use tokio::sync::watch;
 
@@ -31,17 +26,13 @@ pub async fn open_read_models(store_url: &str) -> anyhow::Result<Arc<dyn ReadMod
             .with_context(|| format!("cannot open the read models {}", path.display()))?;
         return Ok(Arc::new(read_models));
     }
-    let (url, schema) = crate::server::split_schema(store_url);
-    let mut config = flexcore_store_postgres::PostgresConfig::new(url.clone());
-    if let Some(schema) = schema {
-        config = config.with_schema(schema);
-    }
+    let config = crate::server::postgres_config(store_url);
     let read_models = flexcore_store_postgres::PostgresReadModels::connect(config)
         .await
         .with_context(|| {
             format!(
                 "cannot open the read models in {}",
-                crate::server::mask_password(&url)
+                crate::server::mask_password(store_url)
             )
         })?;
     Ok(Arc::new(read_models))
@@ -81,10 +72,10 @@ impl ReadSide {
         if sample_domain {
             projections.register(Arc::new(UsersProjection))?;
         }
-        projections.listen(Arc::new(Invalidate(QueryCacheInvalidator::new(
+        projections.listen(Arc::new(QueryCacheInvalidator::new(
             Arc::clone(&cache),
             Arc::clone(&cache_policy),
-        ))));
+        )));
         let projections = projections
             .start(shutdown)
             .await
@@ -134,31 +125,5 @@ impl ReadSide {
             Arc::clone(&self.cache),
             Arc::clone(&self.cache_policy),
         )
-    }
-}
-
-/// Invalidates cached answers after a projection committed the events they depend on.
-struct Invalidate(QueryCacheInvalidator);
-
-#[async_trait]
-impl ProjectionListener for Invalidate {
-    async fn applied(&self, _projection: &str, events: &[EventEnvelope]) {
-        let mut delay = Duration::from_millis(20);
-        for _ in 0..5 {
-            if self.0.invalidate(events).await.is_ok() {
-                return;
-            }
-            tokio::time::sleep(delay).await;
-            delay *= 2;
-        }
-        tracing::error!(
-            "query cache invalidation keeps failing; stale answers expire with their TTL"
-        );
-    }
-
-    async fn swapped(&self, projection: &str) {
-        if let Err(e) = self.0.invalidate_all().await {
-            tracing::warn!(projection, error = %e, "cannot clear the query cache after a rebuild");
-        }
     }
 }

@@ -37,17 +37,22 @@ pub async fn open_store(url: &str) -> anyhow::Result<Arc<dyn EventStore>> {
         return Ok(Arc::new(store));
     }
     if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-        let (url, schema) = split_schema(url);
-        let mut config = PostgresConfig::new(url.clone());
-        if let Some(schema) = schema {
-            config = config.with_schema(schema);
-        }
-        let store = PostgresStore::connect(config)
+        let store = PostgresStore::connect(postgres_config(url))
             .await
-            .with_context(|| format!("cannot open the PostgreSQL store {}", mask_password(&url)))?;
+            .with_context(|| format!("cannot open the PostgreSQL store {}", mask_password(url)))?;
         return Ok(Arc::new(store));
     }
     anyhow::bail!("unsupported store URL '{}'", mask_password(url))
+}
+
+/// The PostgreSQL settings a `postgres://…[?schema=name]` store URL names.
+pub fn postgres_config(url: &str) -> PostgresConfig {
+    let (url, schema) = split_schema(url);
+    let config = PostgresConfig::new(url);
+    match schema {
+        Some(schema) => config.with_schema(schema),
+        None => config,
+    }
 }
 
 /// Wires the buses, their middleware and the sample domain over a store.

@@ -85,14 +85,7 @@ async fn the_users_read_model_serves_queries_and_rebuilds_blue_green() {
             async move { cli(&base, &["projections", "rebuild", "users", "--json"]).await },
         );
     while !rebuild.is_finished() {
-        let page: Value = http
-            .get(format!("{}/v1/queries/list_users", server.base))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let page = server.get_json("/v1/queries/list_users").await;
         assert_eq!(page["total"], 40, "a query saw a half-built model: {page}");
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
@@ -117,17 +110,9 @@ async fn the_users_read_model_serves_queries_and_rebuilds_blue_green() {
     }
     assert_eq!(welcome["consumer"], "welcome");
     assert_eq!(welcome["parked"], 0);
-    let notices: Value = http
-        .get(format!(
-            "{}/v1/events?type_prefix=notification.&limit=1000",
-            server.base
-        ))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let notices = server
+        .get_json("/v1/events?type_prefix=notification.&limit=1000")
+        .await;
     assert_eq!(notices["events"].as_array().unwrap().len(), 40, "{notices}");
     let letters = cli(
         &server.base,

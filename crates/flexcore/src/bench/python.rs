@@ -221,10 +221,7 @@ async fn run_once(
             // The event bus as `serve` runs it; the example's durable consumer (welcome
             // messages written to ./data) is left out: a bench must not write into the
             // working directory, and it runs after the command anyway.
-            python.watch(crate::python::RELOAD_POLL, stopped.clone());
-            let mut bus = flexcore_app::event_bus::EventBus::new();
-            python.subscribe_events(&mut bus);
-            bus.spawn(Arc::clone(&store) as Arc<_>, 0, stopped);
+            crate::python::start_replayed(python, Arc::clone(&store), stopped);
             app_state_with(store, settings, Some(python))?
         }
         None => app_state(store, settings)?,

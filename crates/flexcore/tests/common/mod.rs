@@ -95,6 +95,19 @@ impl Server {
     }
 }
 
+impl Server {
+    /// `GET {base}{path}` and its JSON body (panics on a transport or JSON error).
+    #[allow(dead_code)]
+    pub async fn get_json(&self, path: &str) -> serde_json::Value {
+        reqwest::get(format!("{}{path}", self.base))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+}
+
 impl Drop for Server {
     fn drop(&mut self) {
         let _ = self.child.kill();
