@@ -33,7 +33,7 @@ use tokio::task::JoinHandle;
 
 use crate::durable::CheckpointStore;
 use crate::store::{EventFilter, EventReader};
-use crate::subscription::{Subscription, SubscriptionOptions};
+use crate::subscription::{BACKGROUND_LINGER, Subscription, SubscriptionOptions};
 use crate::{Error, Result};
 
 /// Publishes committed events to a broker. Implemented by each broker adapter.
@@ -78,6 +78,8 @@ pub struct OutboxOptions {
     pub max_backoff: Duration,
     /// How long one publish call may take before it counts as failed.
     pub publish_timeout: Duration,
+    /// Once caught up, read the log at most this often (see [`SubscriptionOptions::linger`]).
+    pub linger: Duration,
 }
 
 impl Default for OutboxOptions {
@@ -90,6 +92,7 @@ impl Default for OutboxOptions {
             initial_backoff: Duration::from_millis(100),
             max_backoff: Duration::from_secs(10),
             publish_timeout: Duration::from_secs(30),
+            linger: BACKGROUND_LINGER,
         }
     }
 }
@@ -198,6 +201,7 @@ impl OutboxRelay {
                 poll_interval: self.options.poll_interval,
                 filter: self.options.filter.clone(),
                 name: None,
+                linger: self.options.linger,
             },
         );
         let head = self.reader.head();

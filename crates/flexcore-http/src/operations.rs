@@ -2,6 +2,8 @@
 //! (status, dead letters, retry, skip). `flexcore projections …` and `flexcore subscriptions …`
 //! drive them.
 
+use std::sync::Arc;
+
 use axum::Json;
 use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, State};
@@ -17,8 +19,8 @@ use crate::{ApiError, AppState};
 pub struct Operations {
     /// The running projections, if any.
     pub projections: Option<ProjectionsHandle>,
-    /// The running durable consumers.
-    pub consumers: Vec<SubscriptionControl>,
+    /// The running durable consumers (shared: the state is cloned for every request).
+    pub consumers: Arc<[SubscriptionControl]>,
 }
 
 impl Operations {
@@ -81,7 +83,7 @@ pub(crate) async fn list_subscriptions(
     State(state): State<AppState>,
 ) -> Result<Json<Vec<SubscriptionStatus>>, ApiError> {
     let mut all = Vec::new();
-    for consumer in &state.operations.consumers {
+    for consumer in state.operations.consumers.iter() {
         all.push(consumer.status().await?);
     }
     Ok(Json(all))

@@ -105,7 +105,7 @@ async fn parked_events_are_listed_retried_and_skipped_over_http() {
         health_details: None,
         operations: Operations {
             projections: None,
-            consumers: vec![control],
+            consumers: vec![control].into(),
         },
         shutdown: flexcore_http::never_shut_down(),
     });

@@ -83,7 +83,7 @@ fn spawn_subscriber(store: Arc<PostgresStore>, seen: Seen) -> AbortOnDrop {
             page_size: 4,
             poll_interval: Duration::from_millis(20),
             filter: EventFilter::default(),
-            name: None,
+            ..SubscriptionOptions::default()
         };
         let mut subscription = Subscription::new(reader, 0, options);
         loop {

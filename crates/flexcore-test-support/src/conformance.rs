@@ -544,6 +544,7 @@ pub async fn subscription_switches_from_history_to_live_without_gap_or_duplicate
             type_prefix: None,
         },
         name: Some("conformance".into()),
+        ..SubscriptionOptions::default()
     };
     let reader: Arc<dyn flexcore_app::store::EventReader> = store.clone();
     let mut sub = Subscription::new(reader, from, options);

@@ -9,8 +9,9 @@ use std::borrow::Cow;
 use std::io::{self, IsTerminal, Write};
 
 use anyhow::Context;
-use tracing_subscriber::EnvFilter;
+use tracing_subscriber::filter::Targets;
 use tracing_subscriber::fmt::MakeWriter;
+use tracing_subscriber::{EnvFilter, Layer};
 
 use crate::config::{LogFormat, Settings};
 use crate::telemetry::Telemetry;
@@ -170,14 +171,29 @@ impl Drop for MaskedLine {
     }
 }
 
+/// The filter of a `log` setting. A list of `target=level` directives (`info`,
+/// `flexcore=debug,tower=warn`) becomes a [`Targets`] filter, decided once per call site; only
+/// directives on spans or their fields (`[command{command_type=create_user}]=debug`) need an
+/// [`EnvFilter`], which also tracks every entry into every span (a lock per poll of each
+/// instrumented future, several percent of a request's CPU).
+pub fn log_filter<S>(log: &str) -> anyhow::Result<Box<dyn Layer<S> + Send + Sync>>
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+{
+    if let Ok(targets) = log.parse::<Targets>() {
+        return Ok(Box::new(targets));
+    }
+    let filter = EnvFilter::try_new(log).with_context(|| format!("invalid log filter '{log}'"))?;
+    Ok(Box::new(filter))
+}
+
 /// Installs the global subscriber: filter, format and masking from the settings, plus OTLP
 /// export when an endpoint is configured (the returned [`Telemetry`] flushes it at exit).
 pub fn init(settings: &Settings) -> anyhow::Result<Option<Telemetry>> {
     use tracing_subscriber::layer::SubscriberExt;
     use tracing_subscriber::util::SubscriberInitExt;
 
-    let filter = EnvFilter::try_new(&settings.log)
-        .with_context(|| format!("invalid log filter '{}'", settings.log))?;
+    let filter = log_filter(&settings.log)?;
     let writer = MaskingStderr {
         masker: Masker::new(&settings.log_mask),
     };
@@ -216,6 +232,32 @@ pub fn init(settings: &Settings) -> anyhow::Result<Option<Telemetry>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn log_filters_keep_their_meaning_whichever_filter_runs_them() {
+        use tracing::Level;
+        use tracing_subscriber::layer::SubscriberExt;
+        let targets =
+            tracing_subscriber::registry().with(log_filter("flexcore=debug,warn").unwrap());
+        tracing::subscriber::with_default(targets, || {
+            assert!(tracing::enabled!(target: "flexcore::server", Level::DEBUG));
+            assert!(!tracing::enabled!(target: "flexcore::server", Level::TRACE));
+            assert!(tracing::enabled!(target: "hyper", Level::WARN));
+            assert!(!tracing::enabled!(target: "hyper", Level::INFO));
+        });
+        // Span directives need the EnvFilter; they parse and apply.
+        assert!(
+            log_filter::<tracing_subscriber::Registry>("[command{command_type=x}]=debug,info")
+                .is_ok()
+        );
+        let error = log_filter::<tracing_subscriber::Registry>("flexcore=loud")
+            .err()
+            .unwrap();
+        assert!(
+            format!("{error:#}").contains("invalid log filter 'flexcore=loud'"),
+            "{error:#}"
+        );
+    }
 
     fn masker() -> Masker {
         Masker::new(&["email".into(), "password".into(), "token".into()])

@@ -113,7 +113,7 @@ pub fn app_state_full(
         health_details: python.map(crate::python::health_details),
         operations: flexcore_http::Operations {
             projections: read_side.map(|r| r.projections.clone()),
-            consumers: Vec::new(),
+            consumers: Arc::from([]),
         },
         // `flexcore_http::serve` wires the real signal.
         shutdown: flexcore_http::never_shut_down(),
@@ -172,7 +172,8 @@ pub async fn run(
     if python.is_none() {
         state.operations.consumers = read_side
             .start_sample_consumers(Arc::clone(&store), stopping_seen.clone())
-            .await?;
+            .await?
+            .into();
     }
     let grpc_state = flexcore_grpc::GrpcState {
         commands: Arc::clone(&state.commands),
@@ -197,7 +198,8 @@ pub async fn run(
             Arc::clone(&read_side.read_models) as Arc<_>,
             stopping_seen.clone(),
         )
-        .await?;
+        .await?
+        .into();
     }
     if let Some(url) = &settings.outbox_url {
         let outbox = flexcore_broker::OutboxConfig::from_url(url)

@@ -13,7 +13,7 @@ use tokio::task::JoinHandle;
 use super::{ConsumerStateStore, DeadLetter, ParkReason, stream_hash};
 use crate::event_bus::EventHandler;
 use crate::store::{EventFilter, EventReader, ReadAll};
-use crate::subscription::{Subscription, SubscriptionOptions};
+use crate::subscription::{BACKGROUND_LINGER, Subscription, SubscriptionOptions};
 use crate::{Error, Result};
 
 /// How a durable consumer retries, checkpoints and pages.
@@ -33,6 +33,8 @@ pub struct DurableOptions {
     pub page_size: usize,
     /// The checkpoint is saved after this many events, and whenever the consumer is idle.
     pub checkpoint_every: u64,
+    /// Once caught up, read the log at most this often (see [`SubscriptionOptions::linger`]).
+    pub linger: Duration,
 }
 
 impl Default for DurableOptions {
@@ -45,6 +47,7 @@ impl Default for DurableOptions {
             filter: EventFilter::default(),
             page_size: 1000,
             checkpoint_every: 500,
+            linger: BACKGROUND_LINGER,
         }
     }
 }
@@ -223,6 +226,7 @@ impl DurableConsumer {
             SubscriptionOptions {
                 page_size: self.options.page_size,
                 filter: self.options.filter.clone(),
+                linger: self.options.linger,
                 ..SubscriptionOptions::default()
             },
         );

@@ -15,7 +15,7 @@ use super::{
     checkpoint_name, physical_table, resolve_tables, validate_table_name,
 };
 use crate::store::EventReader;
-use crate::subscription::{Subscription, SubscriptionOptions};
+use crate::subscription::{BACKGROUND_LINGER, Subscription, SubscriptionOptions};
 use crate::{Error, Result};
 
 /// How long an old generation's tables stay after a swap, for queries still reading them.
@@ -67,6 +67,7 @@ pub struct Projections {
     projections: Vec<Arc<dyn Projection>>,
     listeners: Vec<Arc<dyn ProjectionListener>>,
     page_size: usize,
+    linger: Duration,
 }
 
 impl Projections {
@@ -78,6 +79,7 @@ impl Projections {
             projections: Vec::new(),
             listeners: Vec::new(),
             page_size: 1000,
+            linger: BACKGROUND_LINGER,
         }
     }
 
@@ -116,6 +118,13 @@ impl Projections {
         self
     }
 
+    /// Sets how often a caught-up projection reads and commits at most (default
+    /// [`BACKGROUND_LINGER`]; see [`SubscriptionOptions::linger`]).
+    pub fn with_linger(mut self, linger: Duration) -> Self {
+        self.linger = linger;
+        self
+    }
+
     /// Loads every projection's record, starts (or resumes) builds and followers, and returns
     /// the handle queries and operators use. Tasks stop when `shutdown` turns true.
     pub async fn start(self, shutdown: watch::Receiver<bool>) -> Result<ProjectionsHandle> {
@@ -131,6 +140,7 @@ impl Projections {
             reader: self.reader,
             listeners: self.listeners,
             page_size: self.page_size,
+            linger: self.linger,
             shutdown,
             entries: self
                 .projections
@@ -161,6 +171,7 @@ struct Shared {
     reader: Arc<dyn EventReader>,
     listeners: Vec<Arc<dyn ProjectionListener>>,
     page_size: usize,
+    linger: Duration,
     shutdown: watch::Receiver<bool>,
     entries: HashMap<String, Arc<Entry>>,
 }
@@ -532,6 +543,7 @@ impl Follower {
             SubscriptionOptions {
                 page_size: shared.page_size,
                 filter: self.entry.projection.filter(),
+                linger: shared.linger,
                 ..SubscriptionOptions::default()
             },
         );

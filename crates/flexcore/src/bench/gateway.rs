@@ -396,9 +396,14 @@ fn figure(layer: Layer, connections: usize, runs: Vec<Run>) -> GatewayFigure {
 /// [`app_state`], the process-wide Prometheus recorder.
 fn install_serve_observability(stores: &Stores) -> anyhow::Result<()> {
     use tracing_subscriber::fmt::writer::MakeWriterExt;
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::new("info"))
-        .with_writer(std::io::stderr.with_max_level(tracing::Level::ERROR))
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    let _ = tracing_subscriber::registry()
+        .with(crate::logging::log_filter("info")?) // `log`'s default in `flexcore serve`
+        .with(
+            tracing_subscriber::fmt::layer()
+                .with_writer(std::io::stderr.with_max_level(tracing::Level::ERROR)),
+        )
         .try_init();
     let settings = stores.settings("sqlite://unused.db", None, None)?;
     app_state(Arc::new(InMemoryStore::new()), &settings)?;
