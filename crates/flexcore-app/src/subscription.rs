@@ -11,10 +11,9 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::time::Instant;
-
 use flexcore_domain::EventEnvelope;
 use tokio::sync::watch;
+use tokio::time::Instant;
 
 use crate::Result;
 use crate::store::{EventFilter, EventReader, ReadAll};

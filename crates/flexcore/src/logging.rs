@@ -180,11 +180,27 @@ pub fn log_filter<S>(log: &str) -> anyhow::Result<Box<dyn Layer<S> + Send + Sync
 where
     S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
 {
-    if let Ok(targets) = log.parse::<Targets>() {
+    if let Some(targets) = static_targets(log) {
         return Ok(Box::new(targets));
     }
     let filter = EnvFilter::try_new(log).with_context(|| format!("invalid log filter '{log}'"))?;
     Ok(Box::new(filter))
+}
+
+/// `log` as a [`Targets`] filter when it is nothing but `target=level`, bare `level` or bare
+/// `target` directives; `None` for anything [`EnvFilter`] reads differently (span names and
+/// fields in brackets, blanks, empty directives).
+fn static_targets(log: &str) -> Option<Targets> {
+    let plain = |directive: &str| {
+        !directive.is_empty()
+            && directive
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | ':' | '-' | '='))
+    };
+    if !log.split(',').all(plain) {
+        return None;
+    }
+    log.parse().ok()
 }
 
 /// Installs the global subscriber: filter, format and masking from the settings, plus OTLP
@@ -245,7 +261,20 @@ mod tests {
             assert!(tracing::enabled!(target: "hyper", Level::WARN));
             assert!(!tracing::enabled!(target: "hyper", Level::INFO));
         });
-        // Span directives need the EnvFilter; they parse and apply.
+        for plain in ["info", "flexcore=debug,warn", "flexcore::server", "off"] {
+            assert!(static_targets(plain).is_some(), "{plain}");
+        }
+        // What EnvFilter reads differently stays with it: spans, fields, blanks, empty parts.
+        for other in [
+            "[command]=debug",
+            "flexcore[{user_id}]=debug",
+            "",
+            " info",
+            "info,",
+        ] {
+            assert!(static_targets(other).is_none(), "{other:?}");
+        }
+        // Span directives need the EnvFilter; they parse.
         assert!(
             log_filter::<tracing_subscriber::Registry>("[command{command_type=x}]=debug,info")
                 .is_ok()

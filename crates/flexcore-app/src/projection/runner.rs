@@ -67,7 +67,6 @@ pub struct Projections {
     projections: Vec<Arc<dyn Projection>>,
     listeners: Vec<Arc<dyn ProjectionListener>>,
     page_size: usize,
-    linger: Duration,
 }
 
 impl Projections {
@@ -79,7 +78,6 @@ impl Projections {
             projections: Vec::new(),
             listeners: Vec::new(),
             page_size: 1000,
-            linger: BACKGROUND_LINGER,
         }
     }
 
@@ -118,13 +116,6 @@ impl Projections {
         self
     }
 
-    /// Sets how often a caught-up projection reads and commits at most (default
-    /// [`BACKGROUND_LINGER`]; see [`SubscriptionOptions::linger`]).
-    pub fn with_linger(mut self, linger: Duration) -> Self {
-        self.linger = linger;
-        self
-    }
-
     /// Loads every projection's record, starts (or resumes) builds and followers, and returns
     /// the handle queries and operators use. Tasks stop when `shutdown` turns true.
     pub async fn start(self, shutdown: watch::Receiver<bool>) -> Result<ProjectionsHandle> {
@@ -140,7 +131,6 @@ impl Projections {
             reader: self.reader,
             listeners: self.listeners,
             page_size: self.page_size,
-            linger: self.linger,
             shutdown,
             entries: self
                 .projections
@@ -171,7 +161,6 @@ struct Shared {
     reader: Arc<dyn EventReader>,
     listeners: Vec<Arc<dyn ProjectionListener>>,
     page_size: usize,
-    linger: Duration,
     shutdown: watch::Receiver<bool>,
     entries: HashMap<String, Arc<Entry>>,
 }
@@ -543,7 +532,7 @@ impl Follower {
             SubscriptionOptions {
                 page_size: shared.page_size,
                 filter: self.entry.projection.filter(),
-                linger: shared.linger,
+                linger: BACKGROUND_LINGER,
                 ..SubscriptionOptions::default()
             },
         );
