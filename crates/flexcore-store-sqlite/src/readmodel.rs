@@ -175,17 +175,16 @@ fn from_sqlite(value: ValueRef<'_>) -> SqlValue {
     }
 }
 
+/// Binds `params` to `$1..$n`; their number must be the statement's (as PostgreSQL requires).
 fn bind(stmt: &mut rusqlite::CachedStatement<'_>, params: &[SqlValue]) -> rusqlite::Result<()> {
-    for (i, value) in params.iter().enumerate() {
-        if i < stmt.parameter_count() {
-            stmt.raw_bind_parameter(i + 1, to_sqlite(value))?;
-        }
-    }
-    if params.len() < stmt.parameter_count() {
+    if params.len() != stmt.parameter_count() {
         return Err(rusqlite::Error::InvalidParameterCount(
             params.len(),
             stmt.parameter_count(),
         ));
+    }
+    for (i, value) in params.iter().enumerate() {
+        stmt.raw_bind_parameter(i + 1, to_sqlite(value))?;
     }
     Ok(())
 }

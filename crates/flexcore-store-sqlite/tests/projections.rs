@@ -244,7 +244,7 @@ async fn a_rebuild_is_blue_green_and_a_new_version_rebuilds_at_start() {
             .unwrap();
         assert_eq!(page["total"], 30);
     }
-    wait_live(&node.projections, 2).await;
+    let rebuilt = wait_live(&node.projections, 2).await;
     let user = node
         .ask("get_user", json!({"user_id": ids[29]}))
         .await
@@ -253,7 +253,7 @@ async fn a_rebuild_is_blue_green_and_a_new_version_rebuilds_at_start() {
     node.stop().await;
 
     // A new projection version: rebuilt beside the live one at start, then swapped in.
-    let node = start(dir.path(), Arc::new(UsersV2)).await;
+    let node = start(dir.path(), Arc::new(UsersNext)).await;
     let status = node.projections.status_of("users").unwrap();
     assert!(
         status.live.is_some(),
@@ -261,8 +261,8 @@ async fn a_rebuild_is_blue_green_and_a_new_version_rebuilds_at_start() {
     );
     let page = node.ask("list_users", json!({})).await.unwrap();
     assert_eq!(page["total"], 30);
-    let live = wait_live(&node.projections, 0).await;
-    assert_eq!(live.version, 2);
+    let live = wait_live(&node.projections, rebuilt.number + 1).await;
+    assert_eq!(live.version, UsersProjection.version() + 1);
     node.stop().await;
 }
 
@@ -280,15 +280,15 @@ async fn wait_live(
     panic!("the rebuild never swapped in");
 }
 
-/// The users projection with a new version number.
-struct UsersV2;
+/// The users projection with the next version number.
+struct UsersNext;
 
-impl Projection for UsersV2 {
+impl Projection for UsersNext {
     fn name(&self) -> &str {
         "users"
     }
     fn version(&self) -> u32 {
-        2
+        UsersProjection.version() + 1
     }
     fn tables(&self) -> Vec<&'static str> {
         UsersProjection.tables()

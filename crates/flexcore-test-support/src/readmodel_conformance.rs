@@ -273,6 +273,13 @@ pub async fn a_failing_statement_applies_nothing(store: Arc<dyn ReadModelStore>)
         ),
         // Not SQL.
         statement("INSERT INTO rm_items_1 VALUES VALUES", Vec::new()),
+        // Fewer parameters than the statement has, and more (PostgreSQL refuses both; so
+        // must every backend, or a projection tested on one fails on the other).
+        statement(insert, vec![SqlValue::Integer(3)]),
+        statement(
+            insert,
+            vec![SqlValue::Integer(3), text("three"), text("extra")],
+        ),
     ] {
         let sql = failing.sql.clone();
         let result = store

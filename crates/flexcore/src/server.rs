@@ -149,6 +149,19 @@ pub async fn run(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
+    // Parsed before anything is opened: a bad broker URL fails the start and writes nothing.
+    let outbox = (settings.outbox_url.as_deref())
+        .map(|url| {
+            flexcore_broker::OutboxConfig::from_url(url)
+                .with_context(|| format!("invalid outbox_url '{}'", mask_password(url)))
+        })
+        .transpose()?;
+    let inbound = (settings.inbound_url.as_deref())
+        .map(|url| {
+            flexcore_broker::InboundConfig::from_url(url)
+                .with_context(|| format!("invalid inbound_url '{}'", mask_password(url)))
+        })
+        .transpose()?;
     let grpc_listener = TcpListener::bind(settings.grpc_addr)
         .await
         .with_context(|| format!("cannot listen on {} (gRPC)", settings.grpc_addr))?;
@@ -201,20 +214,16 @@ pub async fn run(
         .await?
         .into();
     }
-    if let Some(url) = &settings.outbox_url {
-        let outbox = flexcore_broker::OutboxConfig::from_url(url)
-            .with_context(|| format!("invalid outbox_url '{}'", mask_password(url)))?;
+    if let Some(outbox) = &outbox {
         tracing::info!(relay = %outbox.relay, "outbox relay publishing committed events");
         flexcore_broker::spawn_relay(
-            &outbox,
+            outbox,
             Arc::clone(&store) as Arc<_>,
             Arc::clone(&read_side.read_models) as Arc<_>,
             stopping_seen.clone(),
         );
     }
-    if let Some(url) = &settings.inbound_url {
-        let inbound = flexcore_broker::InboundConfig::from_url(url)
-            .with_context(|| format!("invalid inbound_url '{}'", mask_password(url)))?;
+    if let (Some(inbound), Some(url)) = (inbound, &settings.inbound_url) {
         tracing::info!(url = %mask_password(url), "consuming commands from the broker");
         flexcore_broker::spawn_inbound(inbound, Arc::clone(&state.commands), stopping_seen.clone());
     }

@@ -141,6 +141,42 @@ fn a_bad_config_file_fails_at_start_naming_the_key() {
     assert!(!dir.path().join("data").exists(), "nothing was created");
 }
 
+#[test]
+fn a_bad_broker_url_fails_at_start_before_anything_is_written() {
+    let dir = tempfile::tempdir().unwrap();
+    for (variable, url) in [
+        (
+            "FLEXCORE_OUTBOX_URL",
+            "redis://127.0.0.1:6379/?batch_size=many",
+        ),
+        (
+            "FLEXCORE_INBOUND_URL",
+            "amqp://127.0.0.1:5672/%2f?max_attempts=often",
+        ),
+    ] {
+        let output = Command::new(env!("CARGO_BIN_EXE_flexcore"))
+            .args([
+                "serve",
+                "--http-addr",
+                "127.0.0.1:0",
+                "--grpc-addr",
+                "127.0.0.1:0",
+            ])
+            .env(variable, url)
+            .current_dir(dir.path())
+            .output()
+            .unwrap();
+        assert!(!output.status.success(), "{variable}");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        let key = variable.trim_start_matches("FLEXCORE_").to_lowercase();
+        assert!(stderr.contains(&format!("invalid {key}")), "{stderr}");
+        assert!(
+            !dir.path().join("data").exists(),
+            "{variable}: nothing was created"
+        );
+    }
+}
+
 #[tokio::test]
 async fn the_library_server_runs_on_an_ephemeral_port_and_shuts_down() {
     let data = tempfile::tempdir().unwrap();

@@ -60,8 +60,9 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
     let backend = super::Backend::new(&args.store, args.committers)?;
     let fresh = backend.fresh(CommitMode::GroupCommit, 2000, 16).await?;
     let store = fresh.store;
-    let events = args.read_events.max(1000) as u64;
-    let (_, append_per_s) = super::append_history(&store, events).await?;
+    // The log holds exactly what was written (a multiple of 16 writers' shares).
+    let (events, append_per_s) =
+        super::append_history(&store, args.read_events.max(1000) as u64).await?;
 
     let mut relays = Vec::new();
     for broker in ["rabbitmq", "redis", "nats"] {
