@@ -337,8 +337,14 @@ def _run_durable(registry, name, event_json):
         return False
     event_type, func = entry
     raw = json.loads(event_json)
-    if raw["event_type"] == event_type:
-        func(_stored_event(raw))
+    if raw["event_type"] != event_type:
+        # Rust delivers only the type subscribed to at start, so a reload changed the type.
+        # Failing keeps the event (it is parked) instead of passing it unhandled.
+        raise RuntimeError(
+            f"durable consumer '{name}' now handles '{event_type}', not '{raw['event_type']}': "
+            "restart the server to subscribe it to the new type"
+        )
+    func(_stored_event(raw))
     return True
 
 

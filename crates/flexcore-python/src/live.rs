@@ -245,6 +245,7 @@ impl LivePython {
                 let handler: Arc<dyn EventHandler> = Arc::new(LiveDurable {
                     inner: Arc::clone(&self.inner),
                     name: name.clone(),
+                    subscribed: event_type.clone(),
                 });
                 (name, event_type, handler)
             })
@@ -415,11 +416,18 @@ impl QueryHandler for LiveQuery {
 struct LiveDurable {
     inner: Arc<Inner>,
     name: String,
+    /// The event type the consumer subscribed to at start (its filter is a prefix of it).
+    subscribed: String,
 }
 
 #[async_trait]
 impl EventHandler for LiveDurable {
     async fn handle(&self, event: &EventEnvelope) -> Result<()> {
+        if event.event_type != self.subscribed {
+            return Ok(()); // another type sharing the prefix
+        }
+        // A version whose consumer now wants another type fails the event (in Python), so it
+        // is parked rather than passed unhandled.
         let version = current(&self.inner);
         match version.durable.get(&self.name) {
             Some(handler) => handler.handle(event).await,

@@ -8,7 +8,9 @@ use flexcore_app::durable::{
     DeadLetterStore, DurableConsumer, DurableOptions, InMemoryCheckpoints, ParkReason,
 };
 use flexcore_app::event_bus::EventBus;
-use flexcore_app::store::{EventAppender, EventFilter, EventStore, InMemoryStore};
+use flexcore_app::store::{
+    EventAppender, EventFilter, EventReader, EventStore, InMemoryStore, ReadAll,
+};
 use flexcore_domain::{ExpectedVersion, NewEvent, RawJson, StreamId};
 use flexcore_python::{LivePython, PythonConfig};
 use tokio::sync::watch;
@@ -146,4 +148,62 @@ async fn durable_handlers_resume_from_their_checkpoint_and_park_failures() {
     stop.send(true).unwrap();
     replay.await.unwrap();
     assert_eq!(lines(&sent).len(), 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_that_changes_a_durable_type_fails_old_events_instead_of_dropping_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let sent = dir.path().join("sent.txt");
+    let path = dir.path().join("orders.py");
+    std::fs::write(&path, module(&sent)).unwrap();
+    let store = Arc::new(InMemoryStore::new());
+    let python = LivePython::load(
+        PythonConfig::new([&path]),
+        store.clone() as Arc<dyn EventStore>,
+    )
+    .await
+    .unwrap();
+    let (_, subscribed, handler) = python.durable_consumers().remove(0);
+    assert_eq!(subscribed, "order.placed");
+    place(&store, "order-1", false).await;
+    store
+        .append(
+            StreamId::new("order-2").unwrap(),
+            ExpectedVersion::Any,
+            vec![
+                NewEvent::new(
+                    "order.placed_late",
+                    RawJson::from_string("{}".into()).unwrap(),
+                )
+                .unwrap(),
+            ],
+        )
+        .await
+        .unwrap();
+    let events = store
+        .read_all(ReadAll {
+            from_position: 0,
+            limit: 10,
+            filter: EventFilter::default(),
+        })
+        .await
+        .unwrap()
+        .events;
+
+    // A type that merely shares the subscription's prefix is not the consumer's: skipped.
+    handler.handle(&events[1]).await.unwrap();
+    handler.handle(&events[0]).await.unwrap();
+    assert_eq!(lines(&sent), ["order-1"]);
+
+    // The reloaded consumer wants another type: the subscribed type's events now fail (and
+    // would be parked) instead of being acknowledged unhandled.
+    let shipped = module(&sent).replace("\"order.placed\", durable", "\"order.shipped\", durable");
+    std::fs::write(&path, shipped).unwrap();
+    python.reload().await.unwrap();
+    let error = handler.handle(&events[0]).await.unwrap_err();
+    assert!(
+        error.to_string().contains("now handles 'order.shipped'"),
+        "{error}"
+    );
+    assert_eq!(lines(&sent), ["order-1"]);
 }
