@@ -303,6 +303,49 @@ async fn a_consumer_group_splits_streams_between_members() {
     );
 }
 
+#[tokio::test]
+async fn a_restart_from_an_older_checkpoint_leaves_parked_events_as_they_are() {
+    let store = Arc::new(InMemoryStore::new());
+    let state = Arc::new(InMemoryCheckpoints::new());
+    let handler = Arc::new(Recorder::default());
+    handler.broken.store(true, Ordering::SeqCst);
+    append(&store, "order-a", false).await;
+    let failed = append(&store, "order-a", true).await;
+    let waiting = append(&store, "order-a", false).await;
+    append(&store, "order-b", false).await;
+    let running = start(&store, &state, &handler, None).await;
+    eventually("two parked", async || parked(&state).await == 2).await;
+    eventually("order-b handled", async || {
+        handler.of_stream("order-b") == [0]
+    })
+    .await;
+    running.stop().await;
+
+    // The process died before its checkpoint passed these events: everything is delivered
+    // again from the start.
+    state.reset_checkpoint("mailer").await.unwrap();
+    let running = start(&store, &state, &handler, None).await;
+    eventually("caught up again", async || {
+        handler.of_stream("order-b") == [0, 0]
+    })
+    .await;
+    let letters = running.control.dead_letters().await.unwrap();
+    let at: Vec<u64> = letters.iter().map(|l| l.global_position).collect();
+    assert_eq!(at, [failed, waiting], "nothing parked twice or anew");
+    match &letters[0].reason {
+        ParkReason::Failed { attempts, error } => {
+            assert_eq!(*attempts, 3);
+            assert!(error.contains("downstream is down"), "{error}");
+        }
+        other => panic!("the failure was overwritten: {other:?}"),
+    }
+    assert_eq!(letters[1].reason, ParkReason::Waiting);
+    // The event before the failure was handled again (at least once); the status counts two.
+    assert_eq!(handler.of_stream("order-a"), [0, 0]);
+    assert_eq!(running.control.status().await.unwrap().parked, 2);
+    running.stop().await;
+}
+
 async fn parked(state: &InMemoryCheckpoints) -> usize {
     state.dead_letters("mailer").await.unwrap().len()
 }

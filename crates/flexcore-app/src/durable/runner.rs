@@ -1,6 +1,6 @@
 //! The task that drives one durable consumer, and the handle operators use to steer it.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -231,7 +231,10 @@ impl DurableConsumer {
             },
         );
         let mut runner = Runner {
-            blocked: parked.iter().map(|l| l.stream_id.clone()).collect(),
+            blocked: parked.iter().fold(HashMap::new(), |mut blocked, l| {
+                block(&mut blocked, &l.stream_id, l.global_position);
+                blocked
+            }),
             parked: parked.len(),
             head: self.reader.head(),
             saved: position,
@@ -260,8 +263,10 @@ struct Runner {
     position: u64,
     /// The last checkpoint saved.
     saved: u64,
-    /// Streams with a parked event: their later events wait.
-    blocked: HashSet<StreamId>,
+    /// Streams with parked events, with the first and last parked position: their later
+    /// events wait; re-delivered ones (after a restart from an older checkpoint) in that range
+    /// are parked already, and earlier ones were handled before and are handled again.
+    blocked: HashMap<StreamId, (u64, u64)>,
     parked: usize,
 }
 
@@ -314,9 +319,14 @@ impl Runner {
         if self.group.is_some_and(|g| !g.owns(&event.stream_id)) {
             return true;
         }
-        if self.blocked.contains(&event.stream_id) {
-            self.park(event, ParkReason::Waiting).await;
-            return true;
+        if let Some(&(first, last)) = self.blocked.get(&event.stream_id) {
+            if event.global_position > last {
+                self.park(event, ParkReason::Waiting).await;
+                return true;
+            }
+            if event.global_position >= first {
+                return true; // parked already: re-delivered after a restart
+            }
         }
         match self.handle_with_retries(event, shutdown).await {
             Delivery::Handled => true,
@@ -382,7 +392,7 @@ impl Runner {
             tokio::time::sleep(delay).await;
             delay = delay.saturating_mul(2).min(self.options.max_delay);
         }
-        self.blocked.insert(event.stream_id.clone());
+        block(&mut self.blocked, &event.stream_id, event.global_position);
         self.parked += 1;
         metrics::gauge!("flexcore_subscription_parked", "subscription" => self.consumer.clone())
             .set(self.parked as f64);
@@ -470,6 +480,9 @@ impl Runner {
                         error: e.to_string(),
                     };
                     self.consumer_state.park(&[failed]).await?;
+                    if let Some(range) = self.blocked.get_mut(&letter.stream_id) {
+                        range.0 = letter.global_position; // the stream now waits behind this one
+                    }
                     return if first { Err(e) } else { Ok(()) };
                 }
             }
@@ -506,4 +519,15 @@ enum Delivery {
     Handled,
     Failed { attempts: u32, error: String },
     Interrupted,
+}
+
+/// Records a parked position of a stream (positions arrive in order, or in any order at start).
+fn block(blocked: &mut HashMap<StreamId, (u64, u64)>, stream: &StreamId, position: u64) {
+    blocked
+        .entry(stream.clone())
+        .and_modify(|(first, last)| {
+            *first = (*first).min(position);
+            *last = (*last).max(position);
+        })
+        .or_insert((position, position));
 }
