@@ -22,6 +22,7 @@ use flexcore_app::store::{EventFilter, EventStore};
 use flexcore_http::HealthDetails;
 use flexcore_python::{LivePython, PythonConfig};
 use tokio::sync::watch;
+use tokio::task::JoinHandle;
 
 use crate::config::PythonSettings;
 
@@ -67,17 +68,17 @@ pub fn register(
 /// Starts the file watcher, the event bus feeding the Python event handlers, and one durable
 /// consumer `python:<name>` per `@FlexCore.event_handler(type, durable="name")` (checkpoint
 /// and dead letters in `consumer_state`); all stop when `shutdown` turns true. Returns the
-/// durable consumers' handles for the operator routes.
+/// durable consumers' handles for the operator routes, with their tasks (to await at shutdown).
 pub async fn start(
     python: &LivePython,
     store: Arc<dyn EventStore>,
     consumer_state: Arc<dyn ConsumerStateStore>,
     shutdown: watch::Receiver<bool>,
-) -> anyhow::Result<Vec<SubscriptionControl>> {
+) -> anyhow::Result<Vec<(SubscriptionControl, JoinHandle<()>)>> {
     start_replayed(python, Arc::clone(&store), shutdown.clone());
     let mut consumers = Vec::new();
     for (name, event_type, handler) in python.durable_consumers() {
-        let (control, _task) = DurableConsumer::new(
+        let consumer = DurableConsumer::new(
             format!("python:{name}"),
             handler,
             Arc::clone(&store) as Arc<_>,
@@ -93,7 +94,7 @@ pub async fn start(
         .spawn(shutdown.clone())
         .await
         .with_context(|| format!("cannot start the durable Python consumer '{name}'"))?;
-        consumers.push(control);
+        consumers.push(consumer);
     }
     Ok(consumers)
 }

@@ -14,6 +14,7 @@ use flexcore_app::store::EventStore;
 use flexcore_app::users::WelcomeNotifier;
 use flexcore_store_sqlite::{SqliteConfig, SqliteReadModels};
 use tokio::sync::watch;
+use tokio::task::JoinHandle;
 
 /// Opens the read-model store that belongs to an event-store URL: for SQLite a file beside
 /// the event file (`<file>.readmodels.db`), for PostgreSQL the same database and schema.
@@ -95,14 +96,14 @@ impl ReadSide {
     }
 
     /// Starts the sample domain's durable consumer (the welcome notifier) with its checkpoint
-    /// and dead letters in the read-model store.
+    /// and dead letters in the read-model store; returns its handle and its task.
     pub async fn start_sample_consumers(
         &self,
         store: Arc<dyn EventStore>,
         shutdown: watch::Receiver<bool>,
-    ) -> anyhow::Result<Vec<SubscriptionControl>> {
+    ) -> anyhow::Result<Vec<(SubscriptionControl, JoinHandle<()>)>> {
         let notifier = WelcomeNotifier::new(Arc::clone(&store) as Arc<_>);
-        let (control, _task) = DurableConsumer::new(
+        let consumer = DurableConsumer::new(
             WelcomeNotifier::NAME,
             Arc::new(notifier),
             store,
@@ -115,7 +116,7 @@ impl ReadSide {
         .spawn(shutdown)
         .await
         .context("cannot start the welcome notifier")?;
-        Ok(vec![control])
+        Ok(vec![consumer])
     }
 
     /// Puts the query cache in front of a query bus.

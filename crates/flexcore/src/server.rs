@@ -168,6 +168,9 @@ pub async fn run(
     let store = open_store(&settings.store_url).await?;
     let python = crate::python::load(&settings.python, Arc::clone(&store)).await?;
     let (stopping, stopping_seen) = tokio::sync::watch::channel(false);
+    // Durable consumers, the outbox relay and the inbound gateway: awaited at shutdown, so they
+    // save their checkpoints and finish the messages they hold.
+    let mut background: Vec<tokio::task::JoinHandle<()>> = Vec::new();
     let read_side = crate::readside::ReadSide::start(
         &settings.store_url,
         settings.cache_url.as_deref(),
@@ -183,10 +186,13 @@ pub async fn run(
         Some(&read_side),
     )?;
     if python.is_none() {
-        state.operations.consumers = read_side
+        let (controls, tasks): (Vec<_>, Vec<_>) = read_side
             .start_sample_consumers(Arc::clone(&store), stopping_seen.clone())
             .await?
-            .into();
+            .into_iter()
+            .unzip();
+        state.operations.consumers = controls.into();
+        background.extend(tasks);
     }
     let grpc_state = flexcore_grpc::GrpcState {
         commands: Arc::clone(&state.commands),
@@ -205,27 +211,34 @@ pub async fn run(
         "flexcore is listening"
     );
     if let Some(python) = &python {
-        state.operations.consumers = crate::python::start(
+        let (controls, tasks): (Vec<_>, Vec<_>) = crate::python::start(
             python,
             Arc::clone(&store),
             Arc::clone(&read_side.read_models) as Arc<_>,
             stopping_seen.clone(),
         )
         .await?
-        .into();
+        .into_iter()
+        .unzip();
+        state.operations.consumers = controls.into();
+        background.extend(tasks);
     }
     if let Some(outbox) = &outbox {
         tracing::info!(relay = %outbox.relay, "outbox relay publishing committed events");
-        flexcore_broker::spawn_relay(
+        background.push(flexcore_broker::spawn_relay(
             outbox,
             Arc::clone(&store) as Arc<_>,
             Arc::clone(&read_side.read_models) as Arc<_>,
             stopping_seen.clone(),
-        );
+        ));
     }
     if let (Some(inbound), Some(url)) = (inbound, &settings.inbound_url) {
         tracing::info!(url = %mask_password(url), "consuming commands from the broker");
-        flexcore_broker::spawn_inbound(inbound, Arc::clone(&state.commands), stopping_seen.clone());
+        background.push(flexcore_broker::spawn_inbound(
+            inbound,
+            Arc::clone(&state.commands),
+            stopping_seen.clone(),
+        ));
     }
     tokio::spawn(async move {
         shutdown.await;
@@ -240,10 +253,15 @@ pub async fn run(
             flexcore_grpc::serve(grpc_listener, grpc_state, stopped(stopping_seen.clone())),
         );
         http.context("the HTTP server failed")?;
-        grpc.context("the gRPC server failed")
+        grpc.context("the gRPC server failed")?;
+        // They saw the same shutdown signal; the grace period below bounds the wait.
+        for task in background {
+            let _ = task.await;
+        }
+        anyhow::Ok(())
     };
-    // Once shutdown starts, in-flight requests get `SHUTDOWN_GRACE` to finish; live streams end
-    // at once. Whatever was acknowledged is already durable, so a late exit loses nothing.
+    // Once shutdown starts, in-flight requests and background work get `SHUTDOWN_GRACE` to
+    // finish; live streams end at once. Whatever was acknowledged is already durable, so a late exit loses nothing.
     let grace = async {
         stopped(stopping_seen.clone()).await;
         tokio::time::sleep(SHUTDOWN_GRACE).await;
@@ -252,7 +270,7 @@ pub async fn run(
         served = servers => served?,
         () = grace => tracing::warn!(
             grace_secs = SHUTDOWN_GRACE.as_secs(),
-            "requests still running after the shutdown grace period; exiting anyway"
+            "requests or background work still running after the shutdown grace period; exiting anyway"
         ),
     }
     tracing::info!("flexcore stopped");

@@ -217,6 +217,52 @@ async fn the_library_server_runs_on_an_ephemeral_port_and_shuts_down() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sigterm_lets_durable_consumers_save_their_checkpoint() {
+    let data = tempfile::tempdir().unwrap();
+    let db = data.path().join("flexcore.db");
+    let mut server = Server::start_with(data.path(), &format!("sqlite://{}", db.display())).await;
+    let client = reqwest::Client::new();
+    let mut last = 0;
+    for i in 0..5 {
+        let outcome: Value = client
+            .post(format!("{}/v1/commands/create_user", server.base))
+            .json(&json!({"email": format!("term{i}@example.com")}))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        last = outcome["events"][0]["global_position"].as_u64().unwrap();
+    }
+    // The moment the welcome consumer has handled them, before its idle save (200 ms) ran.
+    let mut handled = 0;
+    for _ in 0..500 {
+        let subscriptions = server.get_json("/v1/subscriptions").await;
+        handled = subscriptions[0]["position"].as_u64().unwrap();
+        if handled > last {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    assert!(handled > last, "the welcome consumer never caught up");
+    assert_eq!(server.terminate().await.code(), Some(0));
+    let read_models =
+        rusqlite::Connection::open(data.path().join("flexcore.db.readmodels.db")).unwrap();
+    let saved: i64 = read_models
+        .query_row(
+            "SELECT position FROM checkpoints WHERE consumer = 'welcome'",
+            [],
+            |row| row.get(0),
+        )
+        .unwrap();
+    assert!(
+        saved as u64 >= handled,
+        "the checkpoint saved at shutdown ({saved}) is behind what was handled ({handled})"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn sigterm_drains_in_flight_commands_and_exits_0() {
     let data = tempfile::tempdir().unwrap();
     let url = format!("sqlite://{}", data.path().join("flexcore.db").display());
