@@ -12,8 +12,10 @@
 //!   `bad_request` reply when it names a reply-to.
 //!
 //! Every command runs with an idempotency key (the message's own, or one derived from its
-//! broker id), so a message delivered again after a crash between commit and acknowledgement
-//! is answered from the idempotency decorator's memory instead of running twice.
+//! broker id), so a message delivered again to the same process (a lost acknowledgement, a
+//! reconnect) is answered from the idempotency decorator's memory instead of running twice.
+//! That memory is in-process: a message redelivered after the process died runs again, so
+//! handlers must tolerate it (the sample's `create_user` then answers 409 for the address).
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -188,7 +188,7 @@ impl EventPublisher for RabbitPublisher {
 /// [`InboundOptions::max_attempts`] the message goes to the dead-letter queue with headers
 /// `x-flexcore-error`, `x-flexcore-error-code`, `x-flexcore-attempts` and
 /// `x-flexcore-original-queue`. A consumer that dies before acknowledging leaves the message to
-/// RabbitMQ, which delivers it again; its idempotency key keeps the command from running twice.
+/// RabbitMQ, which delivers it again (at least once: see the inbound module on idempotency).
 #[derive(Debug, Clone)]
 pub struct RabbitCommandConsumer {
     uri: String,

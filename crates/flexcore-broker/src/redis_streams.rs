@@ -241,7 +241,7 @@ impl RedisCommandConsumer {
     /// Consumes until `shutdown` turns `true` (or its sender is dropped), reconnecting with a
     /// capped backoff after failures. Entries in flight at shutdown are abandoned unacknowledged:
     /// they stay pending and a member of the group reclaims them after
-    /// [`InboundOptions::retry_delay`] (their idempotency keys keep them from running twice).
+    /// [`InboundOptions::retry_delay`] (at least once: see the inbound module on idempotency).
     pub async fn run(self, bus: Arc<dyn CommandBus>, mut shutdown: watch::Receiver<bool>) {
         let mut backoff = Duration::from_millis(100);
         loop {
