@@ -143,11 +143,25 @@ fn metrics_renderer() -> anyhow::Result<Arc<dyn Fn() -> String + Send + Sync>> {
     Ok(Arc::new(move || handle.render()))
 }
 
+/// Wraps the event store a server opens before anything uses it (a decorator: the gateway
+/// benchmark times the appends with one).
+pub type StoreLayer = Box<dyn FnOnce(Arc<dyn EventStore>) -> Arc<dyn EventStore> + Send>;
+
 /// Runs the server on an already bound listener until `shutdown` resolves.
 pub async fn run(
     settings: Settings,
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    run_with(settings, listener, shutdown, Box::new(|store| store)).await
+}
+
+/// [`run`], with the opened event store wrapped by `store_layer` for every part of the server.
+pub async fn run_with(
+    settings: Settings,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    store_layer: StoreLayer,
 ) -> anyhow::Result<()> {
     // Parsed before anything is opened: a bad broker URL fails the start and writes nothing.
     let outbox = (settings.outbox_url.as_deref())
@@ -165,7 +179,7 @@ pub async fn run(
     let grpc_listener = TcpListener::bind(settings.grpc_addr)
         .await
         .with_context(|| format!("cannot listen on {} (gRPC)", settings.grpc_addr))?;
-    let store = open_store(&settings.store_url).await?;
+    let store = store_layer(open_store(&settings.store_url).await?);
     let python = crate::python::load(&settings.python, Arc::clone(&store)).await?;
     let (stopping, stopping_seen) = tokio::sync::watch::channel(false);
     // Durable consumers, the outbox relay and the inbound gateway: awaited at shutdown, so they

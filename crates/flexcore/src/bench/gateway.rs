@@ -14,9 +14,17 @@
 //! So the report separates store → bus → gateway costs. Every command uses a new address
 //! (`u{task}-{n}@bench.example`); only successful answers are counted, and any failure stops
 //! the benchmark with its cause. Runs are interleaved (repeat r runs every case before repeat
-//! r+1), so a change of machine load hits every case alike; the median run is reported.
+//! r+1), so a change of machine load hits every case alike; medians over the runs are reported.
 //!
-//! **In-process server.** The gateways run in this process, through [`server::run`] on
+//! **Two phases.** Back to back (each client sends as soon as it has its answer) measures
+//! throughput; with a fixed number of clients, latency there is clients / throughput, so a
+//! slower layer's p99 mostly restates its throughput. Then every layer is offered the same
+//! load (`--load-share` of the HTTP gateway's throughput, or `--rate`), open loop, for latency.
+//! The store appends the commands make are timed inside the process ([`TimedAppends`]), so a
+//! layer's p99 is also set against the p99 of its own appends in the same run: disk stalls,
+//! which move a p99 by milliseconds between runs on a shared machine, are then on both sides.
+//!
+//! **In-process server.** The gateways run in this process, through [`server::run_with`] on
 //! `127.0.0.1` ports, the function `flexcore serve` runs. A spawned `flexcore serve` would not
 //! give the server more CPU: the clients run on the same machine either way, and they would
 //! compete for the same cores through the OS scheduler instead of the tokio scheduler, plus
@@ -36,10 +44,15 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
+use flexcore_app::Result as AppResult;
 use flexcore_app::command::{Command, CommandBus, CommandContext};
 use flexcore_app::repository::Loaded;
-use flexcore_app::store::{EventStore, InMemoryStore, StreamWrite};
+use flexcore_app::store::{
+    AllSlice, AppendResult, EventAppender, EventReader, EventStore, InMemoryStore, ReadAll,
+    ReadStream, Snapshot, SnapshotStore, StreamAdmin, StreamSlice, StreamWrite,
+};
 use flexcore_domain::users::{Email, EmailReservation, ReservationCommand, User, UserCommand};
+use flexcore_domain::{ExpectedVersion, StreamId};
 use flexcore_grpc::pb::SendCommandRequest;
 use flexcore_grpc::pb::command_service_client::CommandServiceClient;
 use serde::Serialize;
@@ -94,21 +107,30 @@ pub struct GatewayFigure {
     pub layer: Layer,
     /// Concurrent connections (tasks).
     pub connections: usize,
+    /// The load offered, commands/s (open loop); `None`: back to back.
+    pub offered_rate: Option<f64>,
     /// Median commands/s over the runs.
     pub commands_per_s: f64,
     /// Every run's commands/s, in run order.
     pub runs: Vec<f64>,
-    /// Commands completed in the median run.
+    /// Median commands completed per run.
     pub commands: usize,
-    /// Median command latency, ms (of the median run).
+    /// Command latency p50, ms (median over the runs; open loop: from the scheduled time).
     pub p50_ms: f64,
-    /// 99th percentile command latency, ms (of the median run).
+    /// Command latency p99, ms (median over the runs; open loop: from the scheduled time).
     pub p99_ms: f64,
-    /// Process CPU time / wall time in the median run (Linux; `None` elsewhere).
+    /// p99 of the store appends these commands made, timed inside the process in the same
+    /// runs, ms (median over the runs).
+    pub appends_p99_ms: f64,
+    /// p99 of the commands timed from their sending minus `appends_p99_ms`, per run, ms
+    /// (median over the runs): what this layer adds to the store's own p99 under the very
+    /// load and disk it runs with. 0 for the store itself.
+    pub p99_over_appends_ms: f64,
+    /// Process CPU time / wall time, median over the runs (Linux; `None` elsewhere).
     pub cpu_cores: Option<f64>,
 }
 
-/// The overheads at one connection count, relative to the raw store and to the bus.
+/// The overheads at one connection count, relative to the raw store's case and to the bus's.
 #[derive(Debug, Clone, Serialize)]
 pub struct GatewayRatios {
     /// Concurrent connections.
@@ -131,6 +153,23 @@ pub struct GatewayRatios {
     pub grpc_p99_over_bus_ms: f64,
 }
 
+/// The cases of one way of loading the layers.
+#[derive(Debug, Clone, Serialize)]
+pub struct GatewayPhase {
+    /// Every case, by connection count, then layer.
+    pub cases: Vec<GatewayFigure>,
+    /// The overheads per connection count.
+    pub ratios: Vec<GatewayRatios>,
+}
+
+impl GatewayPhase {
+    fn find(&self, layer: Layer, connections: usize) -> Option<&GatewayFigure> {
+        self.cases
+            .iter()
+            .find(|f| f.layer == layer && f.connections == connections)
+    }
+}
+
 /// One gateway checked against issue #3's targets.
 #[derive(Debug, Clone, Serialize)]
 pub struct TargetCheck {
@@ -138,24 +177,36 @@ pub struct TargetCheck {
     pub gateway: Layer,
     /// Concurrent connections.
     pub connections: usize,
-    /// Gateway throughput / raw store throughput.
-    pub throughput_ratio: f64,
+    /// Gateway throughput / raw store throughput, back to back (`None` without that phase).
+    pub throughput_ratio: Option<f64>,
     /// The least acceptable ratio.
     pub throughput_ratio_min: f64,
     /// Whether the ratio is met.
-    pub throughput_met: bool,
-    /// Gateway p99 − raw store p99, ms.
-    pub p99_added_ms: f64,
+    pub throughput_met: Option<bool>,
+    /// The load of the latency check, commands/s (`None` without the equal-load phase).
+    pub offered_rate: Option<f64>,
+    /// At that load: the gateway's p99 over the p99 of its own store appends, same runs, ms.
+    pub p99_added_ms: Option<f64>,
     /// The most acceptable addition, ms (exclusive).
     pub p99_added_max_ms: f64,
     /// Whether the latency target is met.
-    pub p99_met: bool,
+    pub p99_met: Option<bool>,
+    /// At that load: the gateway's p99 − the store case's p99 (separate runs), ms.
+    pub p99_added_across_cases_ms: Option<f64>,
+    /// Back to back: the gateway's p99 − the store case's p99, ms. With a fixed number of
+    /// clients, latency is clients / throughput, so this mostly restates the throughput ratio.
+    pub p99_added_at_saturation_ms: Option<f64>,
 }
 
 /// One run of one case.
 struct Run {
     rate: f64,
+    /// From each command's scheduled time (open loop) or its sending (back to back), sorted.
     latencies: Vec<Duration>,
+    /// From each command's sending, sorted.
+    service: Vec<Duration>,
+    /// The store appends the commands made, timed around the store, sorted.
+    appends: Vec<Duration>,
     cpu_cores: Option<f64>,
 }
 
@@ -170,12 +221,11 @@ pub struct GatewayReport {
     pub duration_s: f64,
     /// Runs per case.
     pub repeat: usize,
-    /// The offered load of an open-loop run (`--rate`), commands/s; `None`: back to back.
-    pub offered_rate: Option<f64>,
-    /// Every case, by connection count, then layer.
-    pub cases: Vec<GatewayFigure>,
-    /// The overheads per connection count.
-    pub ratios: Vec<GatewayRatios>,
+    /// Every client sending back to back: throughput (absent with `--rate`).
+    pub saturation: Option<GatewayPhase>,
+    /// Every layer offered the same load (`--rate`, or `--load-share` of the HTTP gateway's
+    /// throughput back to back): latency.
+    pub equal_load: Option<GatewayPhase>,
     /// Issue #3's targets (empty unless 32 connections were measured).
     pub targets: Vec<TargetCheck>,
 }
@@ -203,82 +253,72 @@ async fn measure_all(stores: &Stores, args: &BenchArgs) -> anyhow::Result<Gatewa
             connections.push(n);
         }
     }
+    anyhow::ensure!(
+        (0.0..=1.0).contains(&args.load_share),
+        "--load-share must be between 0 and 1 (a share of the HTTP gateway's throughput), not {}",
+        args.load_share
+    );
     install_serve_observability(stores)?;
-
-    let mut runs: Vec<((Layer, usize), Vec<Run>)> = Vec::new();
-    let mut case = 0;
-    for r in 1..=repeat {
-        for &n in &connections {
-            for layer in Layer::ALL {
-                case += 1;
-                let url = stores.fresh_url(case);
-                let run = run_once(layer, n, duration, args.rate, &url, stores)
-                    .await
-                    .with_context(|| format!("{} case, {n} connections, run {r}", layer.name()))?;
-                if !args.json {
-                    eprintln!(
-                        "  run {r}/{repeat} {:<5} connections={n:<3} {:>8.0} commands/s  p50={:.2}ms p99={:.2}ms  cpu={}",
-                        layer.name(),
-                        run.rate,
-                        percentile(&run.latencies, 0.50),
-                        percentile(&run.latencies, 0.99),
-                        cores_text(run.cpu_cores),
-                    );
-                }
-                match runs.iter_mut().find(|(key, _)| *key == (layer, n)) {
-                    Some((_, list)) => list.push(run),
-                    None => runs.push(((layer, n), vec![run])),
-                }
-            }
-        }
-    }
-
-    let cases: Vec<GatewayFigure> = runs
-        .into_iter()
-        .map(|((layer, n), runs)| figure(layer, n, runs))
-        .collect();
-    let find = |layer: Layer, n: usize| {
-        cases
-            .iter()
-            .find(|f| f.layer == layer && f.connections == n)
-            .expect("every case was measured")
+    let mut phases = Phases {
+        stores,
+        duration,
+        repeat,
+        json: args.json,
+        case: 0,
     };
-    let ratios: Vec<GatewayRatios> = connections
-        .iter()
-        .map(|&n| {
-            let (store, bus) = (find(Layer::Store, n), find(Layer::Bus, n));
-            let (http, grpc) = (find(Layer::Http, n), find(Layer::Grpc, n));
-            GatewayRatios {
-                connections: n,
-                bus_over_store: bus.commands_per_s / store.commands_per_s,
-                http_over_store: http.commands_per_s / store.commands_per_s,
-                grpc_over_store: grpc.commands_per_s / store.commands_per_s,
-                bus_p99_added_ms: bus.p99_ms - store.p99_ms,
-                http_p99_added_ms: http.p99_ms - store.p99_ms,
-                grpc_p99_added_ms: grpc.p99_ms - store.p99_ms,
-                http_p99_over_bus_ms: http.p99_ms - bus.p99_ms,
-                grpc_p99_over_bus_ms: grpc.p99_ms - bus.p99_ms,
-            }
-        })
-        .collect();
-    let targets: Vec<TargetCheck> = ratios
-        .iter()
-        .filter(|r| r.connections == TARGET_CONNECTIONS)
-        .flat_map(|r| {
-            [
-                (Layer::Http, r.http_over_store, r.http_p99_added_ms),
-                (Layer::Grpc, r.grpc_over_store, r.grpc_p99_added_ms),
-            ]
-            .map(|(gateway, ratio, added)| TargetCheck {
-                gateway,
-                connections: r.connections,
-                throughput_ratio: ratio,
-                throughput_ratio_min: TARGET_THROUGHPUT_RATIO,
-                throughput_met: ratio >= TARGET_THROUGHPUT_RATIO,
-                p99_added_ms: added,
-                p99_added_max_ms: TARGET_P99_ADDED_MS,
-                p99_met: added < TARGET_P99_ADDED_MS,
+
+    let saturation = match args.rate {
+        Some(_) => None,
+        None => {
+            let back_to_back: Vec<(usize, Option<f64>)> =
+                connections.iter().map(|&n| (n, None)).collect();
+            Some(phases.measure(&back_to_back).await?)
+        }
+    };
+    let loads: Vec<(usize, Option<f64>)> = match (args.rate, &saturation) {
+        (Some(rate), _) => connections.iter().map(|&n| (n, Some(rate))).collect(),
+        (None, Some(saturation)) if args.load_share > 0.0 => connections
+            .iter()
+            .filter_map(|&n| {
+                let http = saturation.find(Layer::Http, n)?;
+                Some((n, Some((args.load_share * http.commands_per_s).max(1.0))))
             })
+            .collect(),
+        _ => Vec::new(),
+    };
+    let equal_load = if loads.is_empty() {
+        None
+    } else {
+        Some(phases.measure(&loads).await?)
+    };
+
+    let targets = [Layer::Http, Layer::Grpc]
+        .into_iter()
+        .filter(|_| connections.contains(&TARGET_CONNECTIONS))
+        .map(|gateway| {
+            let n = TARGET_CONNECTIONS;
+            let at_saturation = saturation
+                .as_ref()
+                .and_then(|p| Some((p.find(gateway, n)?, p.find(Layer::Store, n)?)));
+            let at_equal_load = equal_load
+                .as_ref()
+                .and_then(|p| Some((p.find(gateway, n)?, p.find(Layer::Store, n)?)));
+            let throughput_ratio =
+                at_saturation.map(|(g, store)| g.commands_per_s / store.commands_per_s);
+            let p99_added = at_equal_load.map(|(g, _)| g.p99_over_appends_ms);
+            TargetCheck {
+                gateway,
+                connections: n,
+                throughput_ratio,
+                throughput_ratio_min: TARGET_THROUGHPUT_RATIO,
+                throughput_met: throughput_ratio.map(|r| r >= TARGET_THROUGHPUT_RATIO),
+                offered_rate: at_equal_load.and_then(|(g, _)| g.offered_rate),
+                p99_added_ms: p99_added,
+                p99_added_max_ms: TARGET_P99_ADDED_MS,
+                p99_met: p99_added.map(|added| added < TARGET_P99_ADDED_MS),
+                p99_added_across_cases_ms: at_equal_load.map(|(g, store)| g.p99_ms - store.p99_ms),
+                p99_added_at_saturation_ms: at_saturation.map(|(g, store)| g.p99_ms - store.p99_ms),
+            }
         })
         .collect();
     Ok(GatewayReport {
@@ -286,75 +326,160 @@ async fn measure_all(stores: &Stores, args: &BenchArgs) -> anyhow::Result<Gatewa
         store: stores.name(),
         duration_s: duration.as_secs_f64(),
         repeat,
-        offered_rate: args.rate,
-        cases,
-        ratios,
+        saturation,
+        equal_load,
         targets,
     })
 }
 
+/// Runs every case of a phase, interleaved, and reduces them.
+struct Phases<'a> {
+    stores: &'a Stores,
+    duration: Duration,
+    repeat: usize,
+    json: bool,
+    /// Cases run so far: each gets a fresh store.
+    case: usize,
+}
+
+impl Phases<'_> {
+    /// Measures every layer at each (connections, offered load); repeat r runs every case
+    /// before repeat r+1, so a change of machine load hits every case alike.
+    async fn measure(&mut self, loads: &[(usize, Option<f64>)]) -> anyhow::Result<GatewayPhase> {
+        let repeat = self.repeat;
+        let mut runs: Vec<((Layer, usize), Vec<Run>)> = Vec::new();
+        for r in 1..=repeat {
+            for &(n, rate) in loads {
+                for layer in Layer::ALL {
+                    self.case += 1;
+                    let url = self.stores.fresh_url(self.case);
+                    let run = run_once(layer, n, self.duration, rate, &url, self.stores)
+                        .await
+                        .with_context(|| {
+                            format!("{} case, {n} connections, run {r}", layer.name())
+                        })?;
+                    if !self.json {
+                        eprintln!(
+                            "  run {r}/{repeat} {:<5} connections={n:<3}{} {:>8.0} commands/s  p50={:.2}ms p99={:.2}ms  appends p99={:.2}ms  cpu={}",
+                            layer.name(),
+                            rate.map_or_else(String::new, |r| format!(" offered={r:.0}/s")),
+                            run.rate,
+                            percentile(&run.latencies, 0.50),
+                            percentile(&run.latencies, 0.99),
+                            percentile(&run.appends, 0.99),
+                            cores_text(run.cpu_cores),
+                        );
+                    }
+                    match runs.iter_mut().find(|(key, _)| *key == (layer, n)) {
+                        Some((_, list)) => list.push(run),
+                        None => runs.push(((layer, n), vec![run])),
+                    }
+                }
+            }
+        }
+        let cases: Vec<GatewayFigure> = runs
+            .into_iter()
+            .map(|((layer, n), runs)| {
+                let rate = loads.iter().find(|(c, _)| *c == n).and_then(|(_, r)| *r);
+                figure(layer, n, rate, &runs)
+            })
+            .collect();
+        let mut phase = GatewayPhase {
+            cases,
+            ratios: Vec::new(),
+        };
+        phase.ratios = loads
+            .iter()
+            .filter_map(|&(n, _)| {
+                let (store, bus) = (phase.find(Layer::Store, n)?, phase.find(Layer::Bus, n)?);
+                let (http, grpc) = (phase.find(Layer::Http, n)?, phase.find(Layer::Grpc, n)?);
+                Some(GatewayRatios {
+                    connections: n,
+                    bus_over_store: bus.commands_per_s / store.commands_per_s,
+                    http_over_store: http.commands_per_s / store.commands_per_s,
+                    grpc_over_store: grpc.commands_per_s / store.commands_per_s,
+                    bus_p99_added_ms: bus.p99_ms - store.p99_ms,
+                    http_p99_added_ms: http.p99_ms - store.p99_ms,
+                    grpc_p99_added_ms: grpc.p99_ms - store.p99_ms,
+                    http_p99_over_bus_ms: http.p99_ms - bus.p99_ms,
+                    grpc_p99_over_bus_ms: grpc.p99_ms - bus.p99_ms,
+                })
+            })
+            .collect();
+        Ok(phase)
+    }
+}
+
 fn print_text(report: &GatewayReport) {
     let store = report.store;
-    if let Some(rate) = report.offered_rate {
-        eprintln!(
-            "{store:<6} open loop: {rate:.0} commands/s offered to every layer; latency from each \
-             command's scheduled time"
-        );
-    }
-    for f in &report.cases {
-        eprintln!(
-            "{store:<6} {:<5} connections={:<3} {:>8.0} commands/s  p50={:.2}ms p99={:.2}ms  cpu={}  runs={:?}",
-            f.layer.name(),
-            f.connections,
-            f.commands_per_s,
-            f.p50_ms,
-            f.p99_ms,
-            cores_text(f.cpu_cores),
-            f.runs.iter().map(|r| r.round() as u64).collect::<Vec<_>>(),
-        );
-    }
-    for r in &report.ratios {
-        eprintln!(
-            "{store:<6} connections={}: throughput / store: bus {:.2}, http {:.2}, grpc {:.2}; \
-             p99 added to the store's: bus {:+.2}ms, http {:+.2}ms, grpc {:+.2}ms \
-             (to the bus's: http {:+.2}ms, grpc {:+.2}ms)",
-            r.connections,
-            r.bus_over_store,
-            r.http_over_store,
-            r.grpc_over_store,
-            r.bus_p99_added_ms,
-            r.http_p99_added_ms,
-            r.grpc_p99_added_ms,
-            r.http_p99_over_bus_ms,
-            r.grpc_p99_over_bus_ms,
-        );
+    let phases = [
+        ("back to back", &report.saturation),
+        ("equal load", &report.equal_load),
+    ];
+    for (title, phase) in phases {
+        let Some(phase) = phase else { continue };
+        eprintln!("{store:<6} {title}:");
+        for f in &phase.cases {
+            eprintln!(
+                "{store:<6} {:<5} connections={:<3}{} {:>8.0} commands/s  p50={:.2}ms p99={:.2}ms  (own appends p99={:.2}ms, added {:+.2}ms)  cpu={}  runs={:?}",
+                f.layer.name(),
+                f.connections,
+                f.offered_rate
+                    .map_or_else(String::new, |r| format!(" offered={r:.0}/s")),
+                f.commands_per_s,
+                f.p50_ms,
+                f.p99_ms,
+                f.appends_p99_ms,
+                f.p99_over_appends_ms,
+                cores_text(f.cpu_cores),
+                f.runs.iter().map(|r| r.round() as u64).collect::<Vec<_>>(),
+            );
+        }
+        for r in &phase.ratios {
+            eprintln!(
+                "{store:<6} connections={}: throughput / store: bus {:.2}, http {:.2}, grpc {:.2}; \
+                 p99 added to the store case's: bus {:+.2}ms, http {:+.2}ms, grpc {:+.2}ms \
+                 (to the bus's: http {:+.2}ms, grpc {:+.2}ms)",
+                r.connections,
+                r.bus_over_store,
+                r.http_over_store,
+                r.grpc_over_store,
+                r.bus_p99_added_ms,
+                r.http_p99_added_ms,
+                r.grpc_p99_added_ms,
+                r.http_p99_over_bus_ms,
+                r.grpc_p99_over_bus_ms,
+            );
+        }
     }
     for t in &report.targets {
-        if let Some(rate) = report.offered_rate {
-            // Every layer gets the same load: only the latency it adds is comparable.
-            eprintln!(
-                "{store:<6} target (issue #3) {} at {} connections, {rate:.0} commands/s \
-                 offered: p99 {:+.2}ms over the store's (< {:.1}ms: {}); throughput is \
-                 compared without --rate",
-                t.gateway.name(),
-                t.connections,
-                t.p99_added_ms,
+        let mut parts = Vec::new();
+        if let (Some(ratio), Some(ok)) = (t.throughput_ratio, t.throughput_met) {
+            parts.push(format!(
+                "throughput back to back {ratio:.2} of the store's (≥ {:.2}: {})",
+                t.throughput_ratio_min,
+                met(ok)
+            ));
+        }
+        if let (Some(rate), Some(added), Some(ok)) = (t.offered_rate, t.p99_added_ms, t.p99_met) {
+            parts.push(format!(
+                "at {rate:.0} commands/s p99 {added:+.2}ms over its own appends' (< {:.1}ms: {}; \
+                 {:+.2}ms over the store case's)",
                 t.p99_added_max_ms,
-                met(t.p99_met),
-            );
-            continue;
+                met(ok),
+                t.p99_added_across_cases_ms.unwrap_or(f64::NAN),
+            ));
+        }
+        if let Some(saturated) = t.p99_added_at_saturation_ms {
+            parts.push(format!(
+                "p99 back to back {saturated:+.2}ms over the store case's"
+            ));
         }
         eprintln!(
-            "{store:<6} target (issue #3) {} at {} connections: throughput {:.2} of the store's \
-             (≥ {:.2}: {}), p99 {:+.2}ms over the store's (< {:.1}ms: {})",
+            "{store:<6} target (issue #3) {} at {} connections: {}",
             t.gateway.name(),
             t.connections,
-            t.throughput_ratio,
-            t.throughput_ratio_min,
-            met(t.throughput_met),
-            t.p99_added_ms,
-            t.p99_added_max_ms,
-            met(t.p99_met),
+            parts.join("; ")
         );
     }
     if report.targets.is_empty() {
@@ -373,21 +498,31 @@ fn cores_text(cores: Option<f64>) -> String {
     cores.map_or_else(|| "n/a".to_owned(), |c| format!("{c:.2} cores"))
 }
 
-/// Reduces a case's runs to the median throughput, with the median run's latencies.
-fn figure(layer: Layer, connections: usize, runs: Vec<Run>) -> GatewayFigure {
+/// Reduces a case's runs: medians over the runs of each run's throughput and percentiles.
+fn figure(
+    layer: Layer,
+    connections: usize,
+    offered_rate: Option<f64>,
+    runs: &[Run],
+) -> GatewayFigure {
+    let over_runs =
+        |value: &dyn Fn(&Run) -> f64| median(&mut runs.iter().map(value).collect::<Vec<_>>());
     let rates: Vec<f64> = runs.iter().map(|r| r.rate).collect();
-    let mut by_rate = runs;
-    by_rate.sort_by(|a, b| a.rate.total_cmp(&b.rate));
-    let middle = &by_rate[by_rate.len() / 2];
+    let cpu: Vec<f64> = runs.iter().filter_map(|r| r.cpu_cores).collect();
     GatewayFigure {
         layer,
         connections,
+        offered_rate,
         commands_per_s: median(&mut rates.clone()),
         runs: rates,
-        commands: middle.latencies.len(),
-        p50_ms: percentile(&middle.latencies, 0.50),
-        p99_ms: percentile(&middle.latencies, 0.99),
-        cpu_cores: middle.cpu_cores,
+        commands: over_runs(&|r| r.latencies.len() as f64) as usize,
+        p50_ms: over_runs(&|r| percentile(&r.latencies, 0.50)),
+        p99_ms: over_runs(&|r| percentile(&r.latencies, 0.99)),
+        appends_p99_ms: over_runs(&|r| percentile(&r.appends, 0.99)),
+        p99_over_appends_ms: over_runs(&|r| {
+            percentile(&r.service, 0.99) - percentile(&r.appends, 0.99)
+        }),
+        cpu_cores: (!cpu.is_empty()).then(|| median(&mut cpu.clone())),
     }
 }
 
@@ -418,24 +553,28 @@ async fn run_once(
     url: &str,
     stores: &Stores,
 ) -> anyhow::Result<Run> {
-    match layer {
+    let appends = TimedAppends::default();
+    let measured = match layer {
         Layer::Store => {
             let store = open_store(url).await?;
             let clients = (0..connections)
                 .map(|_| StoreWriter(Arc::clone(&store)))
                 .collect();
-            measure(clients, duration, rate).await
+            let mut measured = measure(clients, duration, rate).await?;
+            // The commands are the appends, timed from their sending.
+            measured.appends = measured.service.clone();
+            return Ok(measured);
         }
         Layer::Bus => {
             let settings = stores.settings(url, None, None)?;
-            let state = app_state(open_store(url).await?, &settings)?;
+            let state = app_state(appends.wrap(open_store(url).await?), &settings)?;
             let clients = (0..connections)
                 .map(|_| BusClient(Arc::clone(&state.commands)))
                 .collect();
             measure(clients, duration, rate).await
         }
         Layer::Http | Layer::Grpc => {
-            let server = Server::start(url, stores).await?;
+            let server = Server::start(url, stores, &appends).await?;
             let measured = if layer == Layer::Http {
                 let mut clients = Vec::with_capacity(connections);
                 for _ in 0..connections {
@@ -454,6 +593,97 @@ async fn run_once(
             stopped?;
             Ok(run)
         }
+    };
+    let mut run = measured?;
+    run.appends = appends.take();
+    Ok(run)
+}
+
+/// Times the appends `create_user` makes (those holding a `user.created` event) around the
+/// store of a case, so a gateway's latency can be set against the store's own in the same run.
+#[derive(Clone, Default)]
+struct TimedAppends(Arc<std::sync::Mutex<Vec<Duration>>>);
+
+impl TimedAppends {
+    /// A store that records into this.
+    fn wrap(&self, store: Arc<dyn EventStore>) -> Arc<dyn EventStore> {
+        Arc::new(TimedStore {
+            inner: store,
+            appends: self.clone(),
+        })
+    }
+
+    /// The recorded latencies, sorted.
+    fn take(&self) -> Vec<Duration> {
+        let mut taken = std::mem::take(&mut *self.0.lock().unwrap_or_else(|p| p.into_inner()));
+        taken.sort_unstable();
+        taken
+    }
+}
+
+/// The store decorator of [`TimedAppends`]; everything else passes through.
+struct TimedStore {
+    inner: Arc<dyn EventStore>,
+    appends: TimedAppends,
+}
+
+#[async_trait::async_trait]
+impl EventAppender for TimedStore {
+    async fn append_atomic(&self, writes: Vec<StreamWrite>) -> AppResult<AppendResult> {
+        let creates_user = writes
+            .iter()
+            .any(|w| w.events.iter().any(|e| e.event_type == "user.created"));
+        let started = Instant::now();
+        let result = self.inner.append_atomic(writes).await;
+        if creates_user && result.is_ok() {
+            let elapsed = started.elapsed();
+            self.appends
+                .0
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(elapsed);
+        }
+        result
+    }
+}
+
+#[async_trait::async_trait]
+impl EventReader for TimedStore {
+    async fn read_stream(&self, request: ReadStream) -> AppResult<StreamSlice> {
+        self.inner.read_stream(request).await
+    }
+    async fn read_all(&self, request: ReadAll) -> AppResult<AllSlice> {
+        self.inner.read_all(request).await
+    }
+    fn head(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.inner.head()
+    }
+    async fn ping(&self) -> AppResult<()> {
+        self.inner.ping().await
+    }
+}
+
+#[async_trait::async_trait]
+impl SnapshotStore for TimedStore {
+    async fn save_snapshot(&self, snapshot: Snapshot) -> AppResult<()> {
+        self.inner.save_snapshot(snapshot).await
+    }
+    async fn load_snapshot(&self, stream_id: &StreamId) -> AppResult<Option<Snapshot>> {
+        self.inner.load_snapshot(stream_id).await
+    }
+}
+
+#[async_trait::async_trait]
+impl StreamAdmin for TimedStore {
+    async fn delete_stream(
+        &self,
+        stream_id: &StreamId,
+        expected: ExpectedVersion,
+    ) -> AppResult<()> {
+        self.inner.delete_stream(stream_id, expected).await
+    }
+    async fn truncate_before(&self, stream_id: &StreamId, version: u64) -> AppResult<()> {
+        self.inner.truncate_before(stream_id, version).await
     }
 }
 
@@ -463,8 +693,9 @@ trait CreateUser: Send + 'static {
     fn create_user(&mut self, email: String) -> impl Future<Output = anyhow::Result<()>> + Send;
 }
 
-/// Every client drives `create_user` back to back until `duration` has passed; the rate is
-/// commands completed over the wall time until the last one finished.
+/// Every client drives `create_user` until `duration` has passed, back to back or (with
+/// `rate`) on a fixed schedule; the rate is commands completed over the wall time until the
+/// last one finished. The appends are left for the caller to fill in.
 async fn measure<C: CreateUser>(
     clients: Vec<C>,
     duration: Duration,
@@ -482,43 +713,52 @@ async fn measure<C: CreateUser>(
     for (task, mut client) in clients.into_iter().enumerate() {
         tasks.spawn(async move {
             let mut latencies = Vec::with_capacity(4096);
+            let mut service = Vec::with_capacity(4096);
             let mut n = 0u64;
             let mut scheduled = period.map(|p| started + p.mul_f64(task as f64 / connections));
             while scheduled.unwrap_or_else(Instant::now) < deadline {
                 let email = format!("u{task}-{n}@bench.example");
                 // Latency counts from the scheduled time, so a slow answer that delays the
                 // next command is not hidden (no coordinated omission).
-                let sent = match (scheduled, period) {
+                let due = match (scheduled, period) {
                     (Some(at), Some(p)) => {
                         tokio::time::sleep_until(at.into()).await;
                         scheduled = Some(at + p);
-                        at
+                        Some(at)
                     }
-                    _ => Instant::now(),
+                    _ => None,
                 };
+                let sent = Instant::now();
                 client
                     .create_user(email)
                     .await
                     .with_context(|| format!("connection {task}, command {n}"))?;
-                latencies.push(sent.elapsed());
+                let done = Instant::now();
+                latencies.push(done - due.unwrap_or(sent));
+                service.push(done - sent);
                 n += 1;
             }
-            anyhow::Ok(latencies)
+            anyhow::Ok((latencies, service))
         });
     }
-    let mut latencies = Vec::new();
+    let (mut latencies, mut service) = (Vec::new(), Vec::new());
     while let Some(joined) = tasks.join_next().await {
         // Dropping the set on an error aborts the other clients.
-        latencies.extend(joined.context("a client task panicked")??);
+        let (from_due, from_sent) = joined.context("a client task panicked")??;
+        latencies.extend(from_due);
+        service.extend(from_sent);
     }
     let elapsed = started.elapsed().as_secs_f64();
     let cpu_cores = cpu_seconds()
         .zip(cpu_before)
         .map(|(after, before)| (after - before) / elapsed);
     latencies.sort_unstable();
+    service.sort_unstable();
     Ok(Run {
         rate: latencies.len() as f64 / elapsed,
         latencies,
+        service,
+        appends: Vec::new(),
         cpu_cores,
     })
 }
@@ -681,7 +921,7 @@ impl CreateUser for GrpcClient {
     }
 }
 
-/// `flexcore::server::run` on loopback ports, over one store URL.
+/// `flexcore::server::run_with` on loopback ports, over one store URL, its appends timed.
 struct Server {
     http: SocketAddr,
     grpc: SocketAddr,
@@ -695,7 +935,7 @@ impl Server {
     /// `run` binds the gRPC address itself, so a free port is picked first (bind to port 0,
     /// note it, let it go); should another process take it meanwhile, `run` fails at once and
     /// this tries another port.
-    async fn start(url: &str, stores: &Stores) -> anyhow::Result<Self> {
+    async fn start(url: &str, stores: &Stores, appends: &TimedAppends) -> anyhow::Result<Self> {
         let mut last_error = None;
         for _attempt in 0..3 {
             let listener = TcpListener::bind("127.0.0.1:0").await?;
@@ -703,9 +943,16 @@ impl Server {
             let grpc = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
             let settings = stores.settings(url, Some(http), Some(grpc))?;
             let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-            let mut task = tokio::spawn(server::run(settings, listener, async {
-                let _ = stopped.await;
-            }));
+            let appends = appends.clone();
+            let layer: server::StoreLayer = Box::new(move |store| appends.wrap(store));
+            let mut task = tokio::spawn(server::run_with(
+                settings,
+                listener,
+                async {
+                    let _ = stopped.await;
+                },
+                layer,
+            ));
             match wait_ready(http, &mut task).await {
                 Ok(()) => {
                     return Ok(Self {
@@ -900,19 +1147,65 @@ mod tests {
         };
         let stores = Stores::new(&args.store).unwrap();
         let report = measure_all(&stores, &args).await.unwrap();
-        assert_eq!(
-            report.cases.len(),
-            8,
-            "4 layers × 2 distinct connection counts"
-        );
-        for case in &report.cases {
-            assert!(case.commands > 0, "{case:?}");
-            assert!(case.p99_ms >= case.p50_ms, "{case:?}");
+        let saturation = report.saturation.as_ref().expect("back to back by default");
+        let equal_load = report.equal_load.as_ref().expect("then at equal load");
+        for phase in [saturation, equal_load] {
+            assert_eq!(
+                phase.cases.len(),
+                8,
+                "4 layers × 2 distinct connection counts"
+            );
+            assert_eq!(phase.ratios.len(), 2);
+            for case in &phase.cases {
+                assert!(case.commands > 0, "{case:?}");
+                assert!(case.p99_ms >= case.p50_ms, "{case:?}");
+                assert!(case.appends_p99_ms > 0.0, "appends are timed: {case:?}");
+            }
         }
-        assert_eq!(report.ratios.len(), 2);
+        // Half the HTTP gateway's throughput back to back, offered to every layer.
+        for case in &equal_load.cases {
+            let http = saturation.find(Layer::Http, case.connections).unwrap();
+            assert_eq!(case.offered_rate, Some(0.5 * http.commands_per_s));
+        }
+        let store = saturation.find(Layer::Store, 2).unwrap();
+        assert_eq!(
+            store.p99_over_appends_ms, 0.0,
+            "the store's commands are its appends"
+        );
         assert!(report.targets.is_empty(), "no 32-connection case");
         let json = serde_json::to_value(&report).unwrap();
-        assert_eq!(json["cases"][2]["layer"], "http");
+        assert_eq!(json["saturation"]["cases"][2]["layer"], "http");
+        assert_eq!(json["equal_load"]["cases"][2]["layer"], "http");
+    }
+
+    #[test]
+    fn the_load_share_is_a_share() {
+        let parsed = crate::cli::Cli::try_parse_from([
+            "flexcore",
+            "bench",
+            "--gateway",
+            "--rate",
+            "100",
+            "--load-share",
+            "0.3",
+        ]);
+        assert!(parsed.is_err(), "--rate and --load-share conflict");
+        let cli =
+            crate::cli::Cli::parse_from(["flexcore", "bench", "--gateway", "--load-share", "2"]);
+        let crate::cli::Command::Bench(args) = cli.command else {
+            panic!("not the bench command");
+        };
+        let stores = Stores::new(&args.store).unwrap();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let error = runtime.block_on(measure_all(&stores, &args)).unwrap_err();
+        assert!(
+            error
+                .to_string()
+                .contains("--load-share must be between 0 and 1"),
+            "{error}"
+        );
     }
 
     #[test]

@@ -85,6 +85,16 @@ pub struct BenchArgs {
     /// of sending back to back. Compares the layers' latency at the same load.
     #[arg(long, requires = "gateway")]
     pub rate: Option<f64>,
+    /// With --gateway and no --rate: after the back-to-back runs, offer every layer this share
+    /// of the HTTP gateway's back-to-back throughput (open loop) to compare latency at equal
+    /// load; 0 skips that phase.
+    #[arg(
+        long,
+        requires = "gateway",
+        conflicts_with = "rate",
+        default_value_t = 0.5
+    )]
+    pub load_share: f64,
     /// With --gateway or --python: concurrent connections (client tasks), comma-separated.
     #[arg(long, value_delimiter = ',', default_values_t = vec![1, 32])]
     pub connections: Vec<usize>,
@@ -149,8 +159,12 @@ mod tempfile_dir {
     pub(super) struct Dir(PathBuf);
 
     impl Dir {
+        /// A new directory, its own even when several are open in one process.
         pub(super) fn new() -> std::io::Result<Self> {
-            let path = std::env::temp_dir().join(format!("flexcore-bench-{}", std::process::id()));
+            static OPENED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+            let n = OPENED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let path =
+                std::env::temp_dir().join(format!("flexcore-bench-{}-{n}", std::process::id()));
             std::fs::create_dir_all(&path)?;
             Ok(Self(path))
         }
