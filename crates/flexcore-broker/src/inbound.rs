@@ -84,6 +84,11 @@ pub struct InboundOptions {
     pub max_attempts: u32,
     /// How long a transiently failed message waits before its next attempt.
     pub retry_delay: Duration,
+    /// Redis: how long an entry must stay unacknowledged since its last delivery before any
+    /// member of the group may take it over (its consumer died, or its command is still
+    /// running). Keep it above the slowest command: a member taking over a running command
+    /// runs it a second time. (RabbitMQ redelivers when the consumer's channel closes.)
+    pub claim_idle: Duration,
     /// Messages handled at once (RabbitMQ prefetch; Redis entries per read).
     pub concurrency: usize,
     /// RabbitMQ: at shutdown, how long in-flight messages may finish before they are abandoned
@@ -99,6 +104,7 @@ impl Default for InboundOptions {
         Self {
             max_attempts: 5,
             retry_delay: Duration::from_secs(1),
+            claim_idle: Duration::from_secs(30),
             concurrency: 16,
             shutdown_grace: Duration::from_secs(10),
             max_backoff: Duration::from_secs(10),

@@ -33,7 +33,7 @@
 //! | URL | parameters (defaults) |
 //! |---|---|
 //! | `amqp://guest:guest@127.0.0.1:5672/%2f?queue=q` | `queue` (`flexcore.commands`), `dead_letter` (`<queue>.dead-letter`) |
-//! | `redis://127.0.0.1:6379/?stream=k` | `stream` (`flexcore.commands`), `group` (`flexcore`), `consumer` (`<hostname>-<pid>`), `dead_letter` (`<stream>.dead-letter`) |
+//! | `redis://127.0.0.1:6379/?stream=k` | `stream` (`flexcore.commands`), `group` (`flexcore`), `consumer` (`<hostname>-<pid>`), `dead_letter` (`<stream>.dead-letter`), `claim_idle_ms` (30000: how long an entry stays unacknowledged before another member takes it over; keep it above the slowest command) |
 //!
 //! Both also take `max_attempts` (5), `retry_delay_ms` (1000), `concurrency` (16) and
 //! `shutdown_grace_ms` (10000).
@@ -226,12 +226,22 @@ mod tests {
         assert!(OutboxConfig::from_url("kafka://x").is_err());
 
         let InboundConfig::Redis(consumer) = InboundConfig::from_url(
-            "redis://127.0.0.1:6379/?stream=c&group=g&consumer=me&max_attempts=3",
+            "redis://127.0.0.1:6379/?stream=c&group=g&consumer=me&max_attempts=3&claim_idle_ms=45000",
         )
         .unwrap() else {
             panic!("redis")
         };
         assert_eq!(consumer.stream(), "c");
+        assert_eq!(consumer.options().max_attempts, 3);
+        assert_eq!(
+            consumer.options().claim_idle,
+            std::time::Duration::from_secs(45)
+        );
+        assert_eq!(
+            consumer.options().retry_delay,
+            std::time::Duration::from_secs(1),
+            "default"
+        );
         assert_eq!(consumer.dead_letter_stream(), "c.dead-letter");
         let InboundConfig::RabbitMq(consumer) =
             InboundConfig::from_url("amqp://127.0.0.1:5672/%2f?queue=q&dead_letter=d").unwrap()

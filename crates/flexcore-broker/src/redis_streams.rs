@@ -9,7 +9,9 @@ use flexcore_app::command::CommandBus;
 use flexcore_app::outbox::EventPublisher;
 use flexcore_domain::EventEnvelope;
 use redis::aio::MultiplexedConnection;
-use redis::streams::{StreamAutoClaimReply, StreamId, StreamPendingCountReply, StreamReadReply};
+use redis::streams::{
+    StreamAutoClaimReply, StreamClaimReply, StreamId, StreamPendingCountReply, StreamReadReply,
+};
 use redis::{AsyncConnectionConfig, Client, Value};
 use tokio::sync::{Mutex, watch};
 use tokio::task::JoinHandle;
@@ -146,10 +148,12 @@ impl EventPublisher for RedisStreamPublisher {
 ///
 /// New entries are read with `XREADGROUP … >`. An entry is acknowledged (`XACK`) only after its
 /// command returned (events committed), atomically (`MULTI`) with its reply (`XADD` to
-/// `reply_to`) or its dead letter. A transient failure leaves the entry pending: once it has
-/// been idle for [`InboundOptions::retry_delay`], `XAUTOCLAIM` hands it to a consumer of the
-/// group again (this one, or another after a crash) and the delivery count from `XPENDING` is
-/// its attempt number; after [`InboundOptions::max_attempts`] it goes to the dead-letter stream
+/// `reply_to`) or its dead letter. A transient failure leaves the entry pending and this
+/// consumer claims it back (`XCLAIM`) after [`InboundOptions::retry_delay`]; an entry left
+/// unacknowledged for [`InboundOptions::claim_idle`] (its consumer died, or lost its
+/// connection) is taken over by any member with `XAUTOCLAIM`. A command still running is never
+/// taken over before `claim_idle`. The delivery count from `XPENDING` is the attempt number;
+/// after [`InboundOptions::max_attempts`] it goes to the dead-letter stream
 /// with its fields plus `error`, `error_code`, `attempts` and `original_id`. The group is
 /// created at `0` (entries already in the stream are consumed) if it does not exist.
 #[derive(Debug, Clone)]
@@ -229,6 +233,11 @@ impl RedisCommandConsumer {
         &self.dead_letter_stream
     }
 
+    /// The retry and take-over settings.
+    pub fn options(&self) -> &InboundOptions {
+        &self.options
+    }
+
     /// Runs [`run`](Self::run) on a task.
     pub fn spawn(
         self,
@@ -240,8 +249,8 @@ impl RedisCommandConsumer {
 
     /// Consumes until `shutdown` turns `true` (or its sender is dropped), reconnecting with a
     /// capped backoff after failures. Entries in flight at shutdown are abandoned unacknowledged:
-    /// they stay pending and a member of the group reclaims them after
-    /// [`InboundOptions::retry_delay`] (at least once: see the inbound module on idempotency).
+    /// they stay pending and a member of the group takes them over after
+    /// [`InboundOptions::claim_idle`] (at least once: see the inbound module on idempotency).
     pub async fn run(self, bus: Arc<dyn CommandBus>, mut shutdown: watch::Receiver<bool>) {
         let mut backoff = Duration::from_millis(100);
         loop {
@@ -289,25 +298,52 @@ impl RedisCommandConsumer {
             "redis command consumer started");
         let count = self.options.concurrency.max(1);
         let mut cursor = "0-0".to_owned();
+        // Entries of this consumer whose attempt failed, with when to claim them back.
+        let mut retries: Vec<(String, tokio::time::Instant)> = Vec::new();
         loop {
-            // First the entries whose last attempt failed (or whose consumer died).
-            let claimed: StreamAutoClaimReply = redis::cmd("XAUTOCLAIM")
+            let mut batch = Vec::new();
+            // First the retries that are due: claimed back by id (the delivery count grows).
+            let now = tokio::time::Instant::now();
+            let due: Vec<String> = retries
+                .extract_if(.., |(_, at)| *at <= now)
+                .map(|(id, _)| id)
+                .collect();
+            if !due.is_empty() {
+                let claimed: StreamClaimReply = redis::cmd("XCLAIM")
+                    .arg(&self.stream)
+                    .arg(&self.group)
+                    .arg(&self.consumer)
+                    // Idle since its failed delivery; not if another member took it since.
+                    .arg(self.options.retry_delay.as_millis() as u64)
+                    .arg(&due)
+                    .query_async(&mut conn)
+                    .await?;
+                batch.extend(claimed.ids);
+            }
+            // Then the entries another consumer abandoned (or a crash left behind).
+            let abandoned: StreamAutoClaimReply = redis::cmd("XAUTOCLAIM")
                 .arg(&self.stream)
                 .arg(&self.group)
                 .arg(&self.consumer)
-                .arg(self.options.retry_delay.as_millis() as u64)
+                .arg(self.options.claim_idle.as_millis() as u64)
                 .arg(&cursor)
                 .arg("COUNT")
                 .arg(count)
                 .query_async(&mut conn)
                 .await?;
-            cursor = claimed.next_stream_id;
-            let mut batch = Vec::new();
-            for entry in claimed.claimed {
+            cursor = abandoned.next_stream_id;
+            batch.extend(abandoned.claimed);
+            let mut attempts = Vec::with_capacity(batch.len());
+            for entry in batch {
                 let attempt = self.delivery_count(&mut conn, &entry.id).await?;
-                batch.push((entry, attempt));
+                attempts.push((entry, attempt));
             }
-            if batch.is_empty() {
+            if attempts.is_empty() {
+                // Wake up for the next retry that falls due, at the latest.
+                let block = retries.iter().map(|(_, at)| *at).min().map_or(BLOCK, |at| {
+                    at.saturating_duration_since(now)
+                        .clamp(Duration::from_millis(1), BLOCK)
+                });
                 let read: Option<StreamReadReply> = redis::cmd("XREADGROUP")
                     .arg("GROUP")
                     .arg(&self.group)
@@ -315,13 +351,13 @@ impl RedisCommandConsumer {
                     .arg("COUNT")
                     .arg(count)
                     .arg("BLOCK")
-                    .arg(BLOCK.as_millis() as u64)
+                    .arg(block.as_millis() as u64)
                     .arg("STREAMS")
                     .arg(&self.stream)
                     .arg(">")
                     .query_async(&mut reader)
                     .await?;
-                batch.extend(
+                attempts.extend(
                     read.into_iter()
                         .flat_map(|r| r.keys)
                         .flat_map(|k| k.ids)
@@ -329,12 +365,17 @@ impl RedisCommandConsumer {
                 );
             }
             let handled = futures_util::future::join_all(
-                batch
+                attempts
                     .into_iter()
                     .map(|(entry, attempt)| self.handle(conn.clone(), bus, entry, attempt)),
             )
             .await;
-            handled.into_iter().collect::<Result<Vec<()>>>()?;
+            for outcome in handled {
+                if let Handled::Retry(id) = outcome? {
+                    let at = tokio::time::Instant::now() + self.options.retry_delay;
+                    retries.push((id, at));
+                }
+            }
         }
     }
 
@@ -359,7 +400,7 @@ impl RedisCommandConsumer {
         bus: &Arc<dyn CommandBus>,
         entry: StreamId,
         attempt: u32,
-    ) -> Result<()> {
+    ) -> Result<Handled> {
         let field = |key: &str| entry.get::<String>(key).filter(|v| !v.is_empty());
         let parsed = match field("message") {
             Some(json) => CommandMessage::from_json(json.as_bytes()),
@@ -406,7 +447,8 @@ impl RedisCommandConsumer {
         let mut pipe = redis::pipe();
         pipe.atomic();
         let reply = match disposition {
-            Disposition::Retry { .. } => return Ok(()), // stays pending; reclaimed after idling
+            // Stays pending; claimed back after the retry delay.
+            Disposition::Retry { .. } => return Ok(Handled::Retry(entry.id)),
             Disposition::Done { reply } => reply,
             Disposition::DeadLetter { error, code, reply } => {
                 let cmd = pipe.cmd("XADD").arg(&self.dead_letter_stream).arg("*");
@@ -455,8 +497,16 @@ impl RedisCommandConsumer {
             .arg(&entry.id)
             .ignore();
         pipe.query_async::<()>(&mut conn).await?;
-        Ok(())
+        Ok(Handled::Acknowledged)
     }
+}
+
+/// What became of an entry.
+enum Handled {
+    /// Acknowledged, with its reply or dead letter.
+    Acknowledged,
+    /// Left pending for another attempt.
+    Retry(String),
 }
 
 async fn stopped(shutdown: &mut watch::Receiver<bool>) {

@@ -59,6 +59,9 @@ impl BrokerUrl {
         if let Some(d) = self.take_millis("retry_delay_ms")? {
             options.retry_delay = d;
         }
+        if let Some(d) = self.take_millis("claim_idle_ms")? {
+            options.claim_idle = d;
+        }
         if let Some(n) = self.take_number::<usize>("concurrency")? {
             options.concurrency = n.max(1);
         }

@@ -30,6 +30,7 @@ fn options() -> InboundOptions {
     InboundOptions {
         max_attempts: 3,
         retry_delay: Duration::from_millis(100),
+        claim_idle: Duration::from_millis(500),
         concurrency: 4,
         shutdown_grace: Duration::from_millis(200),
         max_backoff: Duration::from_millis(500),
@@ -337,10 +338,19 @@ impl Redis {
     }
 
     fn start(&self, bus: Arc<dyn CommandBus>, consumer: &str) -> Running {
+        self.start_with(bus, consumer, options())
+    }
+
+    fn start_with(
+        &self,
+        bus: Arc<dyn CommandBus>,
+        consumer: &str,
+        options: InboundOptions,
+    ) -> Running {
         let (stop, shutdown) = watch::channel(false);
         let task = RedisCommandConsumer::new(self.url.clone(), self.stream.clone())
             .with_group(self.group.clone(), consumer)
-            .with_options(options())
+            .with_options(options)
             .spawn(bus, shutdown);
         Running { stop, task }
     }
@@ -551,4 +561,66 @@ async fn redis_entry_reclaimed_after_a_crash_before_ack_does_not_run_twice() {
     assert_eq!(replies[0]["ok"], "true", "{:?}", replies[0]);
     assert_eq!(users_created(store.as_ref()).await, 1, "not appended twice");
     assert_eq!(pending, 0, "acknowledged the second time");
+}
+
+/// Runs every command through `inner` after `delay`, counting the calls.
+struct Slow {
+    inner: Arc<dyn CommandBus>,
+    delay: Duration,
+    calls: Arc<AtomicU32>,
+}
+
+#[async_trait::async_trait]
+impl CommandBus for Slow {
+    async fn send(
+        &self,
+        ctx: &flexcore_app::command::CommandContext,
+        command: &flexcore_app::command::Command,
+    ) -> flexcore_app::Result<flexcore_app::command::CommandOutcome> {
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        tokio::time::sleep(self.delay).await;
+        self.inner.send(ctx, command).await
+    }
+}
+
+#[tokio::test]
+async fn redis_slow_command_is_not_taken_over_by_another_member_while_it_runs() {
+    let Some(url) = redis_url() else { return };
+    let redis = Redis::new(url).await;
+    let store = Arc::new(InMemoryStore::new());
+    let (bus, _) = test_bus(store.clone());
+    let calls = Arc::new(AtomicU32::new(0));
+    let slow = Arc::new(Slow {
+        inner: bus,
+        delay: Duration::from_millis(1500),
+        calls: calls.clone(),
+    });
+    // The command runs 15× longer than the retry delay, and within the take-over time.
+    let options = InboundOptions {
+        claim_idle: Duration::from_secs(10),
+        ..options()
+    };
+    let first = redis.start_with(slow.clone(), "m1", options.clone());
+    let second = redis.start_with(slow, "m2", options);
+
+    let message = json!({
+        "command_type": "create_user",
+        "payload": {"email": unique_email()},
+        "reply_to": redis.replies,
+    });
+    redis.send(&[("message", message.to_string())]).await;
+    redis.replies(1).await;
+    // Long enough for a second run to finish too, had one started.
+    tokio::time::sleep(Duration::from_millis(2000)).await;
+    let replies = redis.entries(&redis.replies).await;
+    let pending = redis.pending().await;
+    first.stop().await;
+    second.stop().await;
+    redis.cleanup().await;
+
+    assert_eq!(calls.load(Ordering::SeqCst), 1, "the command ran once");
+    assert_eq!(replies.len(), 1);
+    assert_eq!(replies[0]["ok"], "true", "{:?}", replies[0]);
+    assert_eq!(pending, 0);
+    assert_eq!(users_created(store.as_ref()).await, 1);
 }
