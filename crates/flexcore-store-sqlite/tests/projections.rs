@@ -2,6 +2,7 @@
 //! without re-applying, blue-green rebuilds.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use flexcore_app::command::{Command, CommandBus, CommandContext, CommandRouter};
@@ -295,6 +296,63 @@ impl Projection for UsersNext {
     }
     fn schema(&self) -> Vec<String> {
         UsersProjection.schema()
+    }
+    fn filter(&self) -> EventFilter {
+        UsersProjection.filter()
+    }
+    fn apply(&self, event: &EventEnvelope, changes: &mut Changes) -> Result<()> {
+        UsersProjection.apply(event, changes)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rebuild_that_cannot_create_its_tables_can_be_tried_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let broken = Arc::new(AtomicBool::new(false));
+    let node = start(dir.path(), Arc::new(BreakableSchema(broken.clone()))).await;
+    let (_, last) = create_users(&node, 5).await;
+
+    broken.store(true, Ordering::SeqCst);
+    let failed = node.projections.rebuild("users").await.unwrap_err();
+    let status = node.projections.status_of("users").unwrap();
+    assert_eq!(status.state, "live", "{status:?}");
+    assert!(status.building.is_none(), "{status:?}");
+    // Not "already being rebuilt": the failed attempt left nothing behind.
+    let again = node.projections.rebuild("users").await.unwrap_err();
+    assert_eq!(again.kind(), failed.kind(), "{again}");
+    assert_ne!(again.kind(), ErrorKind::Conflict, "{again}");
+
+    broken.store(false, Ordering::SeqCst);
+    let generation = node.projections.rebuild("users").await.unwrap();
+    assert_eq!(generation.number, 2);
+    wait_live(&node.projections, 2).await;
+    let page = node
+        .ask("list_users", json!({"min_position": last}))
+        .await
+        .unwrap();
+    assert_eq!(page["total"], 5);
+    node.stop().await;
+}
+
+/// The users projection, whose table creation fails while the flag is set.
+struct BreakableSchema(Arc<AtomicBool>);
+
+impl Projection for BreakableSchema {
+    fn name(&self) -> &str {
+        "users"
+    }
+    fn version(&self) -> u32 {
+        UsersProjection.version()
+    }
+    fn tables(&self) -> Vec<&'static str> {
+        UsersProjection.tables()
+    }
+    fn schema(&self) -> Vec<String> {
+        if self.0.load(Ordering::SeqCst) {
+            vec!["CREATE TABLE {users} (".into()]
+        } else {
+            UsersProjection.schema()
+        }
     }
     fn filter(&self) -> EventFilter {
         UsersProjection.filter()

@@ -366,7 +366,8 @@ impl ProjectionsHandle {
                 version: entry.projection.version(),
             }
         };
-        let mut record = entry.lock().record.clone();
+        let before = entry.lock().record.clone();
+        let mut record = before.clone();
         record.building = Some(generation);
         self.shared.store.save_projection(&record).await?;
         {
@@ -374,7 +375,19 @@ impl ProjectionsHandle {
             state.record = record;
             state.building_position = Some(0);
         }
-        self.create_generation(entry, generation).await?;
+        if let Err(error) = self.create_generation(entry, generation).await {
+            // Not building after all: a later rebuild may try again. Should the record not
+            // be saved back, the next start finds the generation without its checkpoint and
+            // creates it then.
+            if let Err(e) = self.shared.store.save_projection(&before).await {
+                tracing::warn!(projection = entry.name(), error = %e,
+                    "cannot record that the new generation was abandoned");
+            }
+            let mut state = entry.lock();
+            state.record = before;
+            state.building_position = None;
+            return Err(error);
+        }
         tracing::info!(
             projection = entry.name(),
             generation = generation.number,
