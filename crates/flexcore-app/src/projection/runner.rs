@@ -454,11 +454,13 @@ impl ProjectionsHandle {
         record.building = None;
         self.shared.store.save_projection(&record).await?;
         {
+            // Under the lock a retired follower checks before it publishes (`committed`), so
+            // once the new generation is live no position of the old one is published.
             let mut state = entry.lock();
             state.record = record;
             state.building_position = None;
+            entry.live_position.send_replace(position);
         }
-        entry.live_position.send_replace(position);
         tracing::info!(
             projection = entry.name(),
             generation = generation.number,
@@ -632,7 +634,16 @@ impl Follower {
                         listener.applied(name, events).await;
                     }
                 }
-                self.entry.live_position.send_replace(to);
+                {
+                    // A swap may have retired this generation while the listeners ran: its
+                    // position must not reach read-your-writes waits, which would then query
+                    // the new generation before it holds these events.
+                    let state = self.entry.lock();
+                    if state.record.live != Some(self.generation) {
+                        return;
+                    }
+                    self.entry.live_position.send_replace(to);
+                }
                 metrics::gauge!("flexcore_projection_lag", "projection" => name.to_owned())
                     .set(lag);
                 metrics::gauge!("flexcore_projection_position", "projection" => name.to_owned())
