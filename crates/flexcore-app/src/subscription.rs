@@ -87,6 +87,14 @@ impl Subscription {
         self.position
     }
 
+    /// The first position not yet passed on: every event before it was returned, or skipped
+    /// by the filter. Behind [`position`](Self::position) while a page is still buffered.
+    pub fn passed(&self) -> u64 {
+        self.buffer
+            .front()
+            .map_or(self.position, |event| event.global_position)
+    }
+
     /// The next event, waiting for one to be committed if the subscription has caught up.
     pub async fn next(&mut self) -> Result<EventEnvelope> {
         loop {

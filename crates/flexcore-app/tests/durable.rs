@@ -349,3 +349,44 @@ async fn a_restart_from_an_older_checkpoint_leaves_parked_events_as_they_are() {
 async fn parked(state: &InMemoryCheckpoints) -> usize {
     state.dead_letters("mailer").await.unwrap().len()
 }
+
+#[tokio::test]
+async fn an_idle_filtered_consumer_moves_past_the_events_it_does_not_take() {
+    let store = Arc::new(InMemoryStore::new());
+    let state = Arc::new(InMemoryCheckpoints::new());
+    let handler = Arc::new(Recorder::default());
+    append(&store, "order-1", false).await;
+    let (stop, shutdown) = watch::channel(false);
+    let (control, task) =
+        DurableConsumer::new("mailer", handler.clone(), store.clone(), state.clone())
+            .with_options(DurableOptions {
+                filter: flexcore_app::store::EventFilter {
+                    category: Some("order".into()),
+                    ..Default::default()
+                },
+                ..fast()
+            })
+            .spawn(shutdown)
+            .await
+            .unwrap();
+    eventually("the order handled", async || handler.seen().len() == 1).await;
+    let mut head = 0;
+    for i in 0..5 {
+        head = append(&store, &format!("invoice-{i}"), false).await;
+    }
+    eventually("position past the invoices", async || {
+        control.status().await.unwrap().position == head + 1
+    })
+    .await;
+    let status = control.status().await.unwrap();
+    stop.send(true).unwrap();
+    task.await.unwrap();
+
+    assert_eq!(handler.seen().len(), 1, "the invoices are not handled");
+    assert_eq!(status.lag, 0, "{status:?}");
+    assert_eq!(
+        state.load_checkpoint("mailer").await.unwrap(),
+        Some(head + 1),
+        "a restart does not read them again"
+    );
+}

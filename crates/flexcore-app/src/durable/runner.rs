@@ -288,7 +288,12 @@ impl Runner {
                 biased;
                 _ = async { shutdown.wait_for(|stop| *stop).await.map(|_| ()) } => break,
                 Some(message) = control.recv() => self.steer(message).await,
-                _ = idle.tick() => self.save_checkpoint().await,
+                _ = idle.tick() => {
+                    // No event is in hand here: move past the ones the filter skipped, so an
+                    // idle consumer's checkpoint and lag follow the log, not its last match.
+                    self.position = self.position.max(subscription.passed());
+                    self.save_checkpoint().await;
+                }
                 next = subscription.next() => match next {
                     Ok(event) => {
                         if !self.deliver(&event, &mut interrupt).await {
