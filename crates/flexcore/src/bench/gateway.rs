@@ -1179,6 +1179,27 @@ mod tests {
     }
 
     #[test]
+    fn connections_are_only_taken_where_there_are_clients() {
+        let parse = |args: &[&str]| {
+            crate::cli::Cli::try_parse_from(["flexcore", "bench"].iter().chain(args))
+        };
+        for with_clients in [["--gateway"], ["--python"]] {
+            let args = [with_clients[0], "--connections", "4"];
+            assert!(parse(&args).is_ok(), "{args:?}");
+        }
+        let error = parse(&["--subscriptions", "--connections", "4"]).unwrap_err();
+        assert!(error.to_string().contains("--connections"), "{error}");
+        assert!(
+            parse(&["--connections", "4"]).is_err(),
+            "the append bench has writers"
+        );
+        assert!(
+            parse(&["--subscriptions"]).is_ok(),
+            "the default is not an explicit value"
+        );
+    }
+
+    #[test]
     fn the_load_share_is_a_share() {
         let parsed = crate::cli::Cli::try_parse_from([
             "flexcore",

@@ -61,6 +61,7 @@ pub struct BenchArgs {
     /// beside the command bus without a gateway and the raw store taking the same appends.
     #[arg(
         long,
+        group = "client_modes",
         conflicts_with_all = ["writers", "events_per_append", "read_events", "committers"]
     )]
     pub gateway: bool,
@@ -68,6 +69,7 @@ pub struct BenchArgs {
     /// the Rust one instead, on the same store, in one run.
     #[arg(
         long,
+        group = "client_modes",
         conflicts_with_all = ["gateway", "writers", "events_per_append", "read_events", "committers"]
     )]
     pub python: bool,
@@ -96,7 +98,7 @@ pub struct BenchArgs {
     )]
     pub load_share: f64,
     /// With --gateway or --python: concurrent connections (client tasks), comma-separated.
-    #[arg(long, value_delimiter = ',', default_values_t = vec![1, 32])]
+    #[arg(long, value_delimiter = ',', default_values_t = vec![1, 32], requires = "client_modes")]
     pub connections: Vec<usize>,
 }
 
