@@ -2,14 +2,14 @@
 //! groups.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use flexcore_app::Result;
 use flexcore_app::durable::{
-    CheckpointStore, ConsumerGroup, DeadLetterStore, DurableConsumer, DurableOptions,
+    CheckpointStore, ConsumerGroup, DeadLetter, DeadLetterStore, DurableConsumer, DurableOptions,
     InMemoryCheckpoints, ParkReason, SubscriptionControl,
 };
 use flexcore_app::event_bus::EventHandler;
@@ -389,4 +389,76 @@ async fn an_idle_filtered_consumer_moves_past_the_events_it_does_not_take() {
         Some(head + 1),
         "a restart does not read them again"
     );
+}
+
+/// Checkpoints in memory; parking always fails, as with a dead-letter store that is down.
+struct RefusesToPark {
+    inner: InMemoryCheckpoints,
+    attempts: AtomicU32,
+}
+
+#[async_trait]
+impl CheckpointStore for RefusesToPark {
+    async fn load_checkpoint(&self, consumer: &str) -> Result<Option<u64>> {
+        self.inner.load_checkpoint(consumer).await
+    }
+    async fn save_checkpoint(&self, consumer: &str, position: u64) -> Result<()> {
+        self.inner.save_checkpoint(consumer, position).await
+    }
+    async fn reset_checkpoint(&self, consumer: &str) -> Result<()> {
+        self.inner.reset_checkpoint(consumer).await
+    }
+}
+
+#[async_trait]
+impl DeadLetterStore for RefusesToPark {
+    async fn park(&self, _letters: &[DeadLetter]) -> Result<()> {
+        self.attempts.fetch_add(1, Ordering::SeqCst);
+        Err(flexcore_app::Error::Unavailable(
+            "the dead-letter store is down".into(),
+        ))
+    }
+    async fn dead_letters(&self, consumer: &str) -> Result<Vec<DeadLetter>> {
+        self.inner.dead_letters(consumer).await
+    }
+    async fn remove_dead_letter(&self, consumer: &str, global_position: u64) -> Result<bool> {
+        self.inner
+            .remove_dead_letter(consumer, global_position)
+            .await
+    }
+}
+
+#[tokio::test]
+async fn shutdown_stops_a_consumer_whose_dead_letter_store_keeps_refusing() {
+    let store = Arc::new(InMemoryStore::new());
+    let state = Arc::new(RefusesToPark {
+        inner: InMemoryCheckpoints::new(),
+        attempts: AtomicU32::new(0),
+    });
+    let handler = Arc::new(Recorder::default());
+    handler.broken.store(true, Ordering::SeqCst);
+    let failing = append(&store, "order-1", true).await;
+    let (stop, shutdown) = watch::channel(false);
+    let (_control, task) =
+        DurableConsumer::new("mailer", handler.clone(), store.clone(), state.clone())
+            .with_options(fast())
+            .spawn(shutdown)
+            .await
+            .unwrap();
+    eventually("parking is being retried", async || {
+        state.attempts.load(Ordering::SeqCst) >= 3
+    })
+    .await;
+    stop.send(true).unwrap();
+    tokio::time::timeout(Duration::from_secs(2), task)
+        .await
+        .expect("the consumer stops although parking keeps failing")
+        .unwrap();
+
+    let checkpoint = state.load_checkpoint("mailer").await.unwrap().unwrap_or(0);
+    assert!(
+        checkpoint <= failing,
+        "the checkpoint ({checkpoint}) does not pass the event that was neither handled nor parked ({failing})"
+    );
+    assert!(handler.seen().is_empty());
 }

@@ -326,8 +326,7 @@ impl Runner {
         }
         if let Some(&(first, last)) = self.blocked.get(&event.stream_id) {
             if event.global_position > last {
-                self.park(event, ParkReason::Waiting).await;
-                return true;
+                return self.park(event, ParkReason::Waiting, shutdown).await;
             }
             if event.global_position >= first {
                 return true; // parked already: re-delivered after a restart
@@ -337,9 +336,8 @@ impl Runner {
             Delivery::Handled => true,
             Delivery::Interrupted => false,
             Delivery::Failed { attempts, error } => {
-                self.park(event, ParkReason::Failed { attempts, error })
-                    .await;
-                true
+                self.park(event, ParkReason::Failed { attempts, error }, shutdown)
+                    .await
             }
         }
     }
@@ -376,8 +374,14 @@ impl Runner {
     }
 
     /// Parks an event durably, retrying the store until it succeeds: the checkpoint must not
-    /// pass an event that is neither handled nor parked.
-    async fn park(&mut self, event: &EventEnvelope, reason: ParkReason) {
+    /// pass an event that is neither handled nor parked. `false` when shutdown came first: the
+    /// event is not parked, and is delivered again after a restart.
+    async fn park(
+        &mut self,
+        event: &EventEnvelope,
+        reason: ParkReason,
+        shutdown: &mut watch::Receiver<bool>,
+    ) -> bool {
         let letter = DeadLetter {
             consumer: self.consumer.clone(),
             global_position: event.global_position,
@@ -394,13 +398,17 @@ impl Runner {
             .await
         {
             tracing::warn!(consumer = %self.consumer, error = %e, "cannot park an event; retrying");
-            tokio::time::sleep(delay).await;
+            tokio::select! {
+                _ = async { shutdown.wait_for(|stop| *stop).await.map(|_| ()) } => return false,
+                _ = tokio::time::sleep(delay) => {}
+            }
             delay = delay.saturating_mul(2).min(self.options.max_delay);
         }
         block(&mut self.blocked, &event.stream_id, event.global_position);
         self.parked += 1;
         metrics::gauge!("flexcore_subscription_parked", "subscription" => self.consumer.clone())
             .set(self.parked as f64);
+        true
     }
 
     async fn save_checkpoint(&mut self) {
