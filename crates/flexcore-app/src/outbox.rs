@@ -243,7 +243,7 @@ impl OutboxRelay {
 
     fn record_lag(&self, head: u64, checkpoint: u64) {
         // Positions start at 1 and the checkpoint is the next one to publish.
-        let lag = (head + 1).saturating_sub(checkpoint.max(1));
+        let lag = crate::subscription::lag(head, checkpoint);
         metrics::gauge!("flexcore_outbox_lag", "relay" => self.name.clone()).set(lag as f64);
     }
 }

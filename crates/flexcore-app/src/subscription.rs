@@ -170,7 +170,7 @@ impl Subscription {
         self.position = self.position.max(slice.next_position);
         if let Some(name) = &self.options.name {
             let head = *self.head.borrow();
-            let behind = head.saturating_sub(self.position.saturating_sub(1)) as f64;
+            let behind = lag(head, self.position) as f64;
             metrics::gauge!("flexcore_subscription_lag", "subscription" => name.clone())
                 .set(behind);
         }
@@ -181,4 +181,10 @@ impl Subscription {
         self.buffer.extend(slice.events);
         Ok(read)
     }
+}
+
+/// How many events a reader whose next position is `next` has still to see when the log's
+/// last position is `head` (positions start at 1; `next` 0 or 1 means none seen yet).
+pub fn lag(head: u64, next: u64) -> u64 {
+    head.saturating_sub(next.saturating_sub(1))
 }

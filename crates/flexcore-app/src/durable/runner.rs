@@ -13,7 +13,7 @@ use tokio::task::JoinHandle;
 use super::{ConsumerStateStore, DeadLetter, ParkReason, stream_hash};
 use crate::event_bus::EventHandler;
 use crate::store::{EventFilter, EventReader, ReadAll};
-use crate::subscription::{BACKGROUND_LINGER, Subscription, SubscriptionOptions};
+use crate::subscription::{BACKGROUND_LINGER, Subscription, SubscriptionOptions, lag};
 use crate::{Error, Result};
 
 /// How a durable consumer retries, checkpoints and pages.
@@ -413,9 +413,9 @@ impl Runner {
 
     async fn save_checkpoint(&mut self) {
         let head = *self.head.borrow();
-        let lag = head.saturating_sub(self.position.saturating_sub(1));
+        let behind = lag(head, self.position);
         metrics::gauge!("flexcore_subscription_lag", "subscription" => self.consumer.clone())
-            .set(lag as f64);
+            .set(behind as f64);
         if self.position == self.saved {
             return;
         }
@@ -439,7 +439,7 @@ impl Runner {
                 let _ = reply.send(SubscriptionStatus {
                     consumer: self.consumer.clone(),
                     position: self.position,
-                    lag: head.saturating_sub(self.position.saturating_sub(1)),
+                    lag: lag(head, self.position),
                     parked: self.parked,
                     blocked_streams: self.blocked.len(),
                 });

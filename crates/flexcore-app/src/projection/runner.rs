@@ -15,7 +15,7 @@ use super::{
     checkpoint_name, physical_table, resolve_tables, validate_table_name,
 };
 use crate::store::EventReader;
-use crate::subscription::{BACKGROUND_LINGER, Subscription, SubscriptionOptions};
+use crate::subscription::{BACKGROUND_LINGER, Subscription, SubscriptionOptions, lag};
 use crate::{Error, Result};
 
 /// How long an old generation's tables stay after a swap, for queries still reading them.
@@ -240,7 +240,7 @@ impl ProjectionsHandle {
         let head = *self.shared.reader.head().borrow();
         let state = entry.lock();
         let position = state.record.live.map(|_| *entry.live_position.borrow());
-        let behind = |p: u64| head.saturating_sub(p.saturating_sub(1));
+        let behind = |p: u64| lag(head, p);
         ProjectionStatus {
             name: entry.name().to_owned(),
             state: match (state.record.live, state.record.building) {
@@ -551,7 +551,7 @@ impl Follower {
                 ..SubscriptionOptions::default()
             },
         );
-        let tables = self.entry.projection.tables();
+        let mut templates = ResolvedTemplates::new(self.entry.projection.tables(), self.generation);
         loop {
             if *self.stop.borrow() {
                 return Ok(());
@@ -578,7 +578,7 @@ impl Follower {
                     .take()
                     .into_iter()
                     .map(|s| SqlStatement {
-                        sql: resolve_tables(&s.sql, &tables, self.generation.number),
+                        sql: templates.resolve(&s.sql),
                         params: s.params,
                     })
                     .collect();
@@ -623,7 +623,7 @@ impl Follower {
     async fn committed(&self, events: &[EventEnvelope], to: u64) {
         let name = self.entry.name();
         let head = *self.handle.shared.reader.head().borrow();
-        let lag = head.saturating_sub(to.saturating_sub(1)) as f64;
+        let behind = lag(head, to) as f64;
         match self.role {
             Role::Live => {
                 if self.entry.lock().record.live != Some(self.generation) {
@@ -645,7 +645,7 @@ impl Follower {
                     self.entry.live_position.send_replace(to);
                 }
                 metrics::gauge!("flexcore_projection_lag", "projection" => name.to_owned())
-                    .set(lag);
+                    .set(behind);
                 metrics::gauge!("flexcore_projection_position", "projection" => name.to_owned())
                     .set(to as f64);
             }
@@ -653,7 +653,7 @@ impl Follower {
                 self.entry.lock().building_position = Some(to);
                 if self.entry.lock().record.live.is_none() {
                     metrics::gauge!("flexcore_projection_lag", "projection" => name.to_owned())
-                        .set(lag);
+                        .set(behind);
                 }
             }
         }
@@ -692,5 +692,65 @@ impl ReadModel {
         };
         let sql = resolve_tables(sql, &self.entry.projection.tables(), live.number);
         self.handle.shared.store.query(sql, params).await
+    }
+}
+
+/// A follower's statement templates with their `{table}` names resolved to its generation's
+/// physical names, each resolved once: a projection emits a few distinct templates, many times.
+struct ResolvedTemplates {
+    tables: Vec<&'static str>,
+    generation: u32,
+    resolved: HashMap<String, String>,
+}
+
+impl ResolvedTemplates {
+    fn new(tables: Vec<&'static str>, generation: Generation) -> Self {
+        Self {
+            tables,
+            generation: generation.number,
+            resolved: HashMap::new(),
+        }
+    }
+
+    /// `template` with physical table names.
+    fn resolve(&mut self, template: &str) -> String {
+        if let Some(sql) = self.resolved.get(template) {
+            return sql.clone();
+        }
+        let sql = resolve_tables(template, &self.tables, self.generation);
+        // Bounded: a projection that builds its SQL from event data would grow this forever.
+        if self.resolved.len() < MAX_RESOLVED_TEMPLATES {
+            self.resolved.insert(template.to_owned(), sql.clone());
+        }
+        sql
+    }
+}
+
+/// How many distinct statement templates a follower remembers resolved.
+const MAX_RESOLVED_TEMPLATES: usize = 256;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn templates_resolve_like_resolve_tables_and_stay_bounded() {
+        let generation = Generation {
+            number: 3,
+            version: 1,
+        };
+        let mut templates = ResolvedTemplates::new(vec!["users", "emails"], generation);
+        let sql = "INSERT INTO {users} (id) SELECT id FROM {emails} WHERE id = $1";
+        for _ in 0..2 {
+            assert_eq!(
+                templates.resolve(sql),
+                "INSERT INTO rm_users_3 (id) SELECT id FROM rm_emails_3 WHERE id = $1"
+            );
+        }
+        for n in 0..2 * MAX_RESOLVED_TEMPLATES {
+            let resolved = templates.resolve(&format!("DELETE FROM {{users}} WHERE n = {n}"));
+            assert_eq!(resolved, format!("DELETE FROM rm_users_3 WHERE n = {n}"));
+        }
+        assert_eq!(templates.resolved.len(), MAX_RESOLVED_TEMPLATES);
     }
 }
