@@ -21,6 +21,34 @@ pub enum ErrorKind {
     Internal,
 }
 
+impl ErrorKind {
+    /// The stable machine-readable code every gateway answers with.
+    pub fn code(self) -> &'static str {
+        match self {
+            Self::Validation => "validation_failed",
+            Self::Conflict => "conflict",
+            Self::NotFound => "not_found",
+            Self::Unauthorized => "unauthorized",
+            Self::Forbidden => "forbidden",
+            Self::Unavailable => "unavailable",
+            Self::Internal => "internal",
+        }
+    }
+
+    /// The HTTP status of this kind (the message gateway's replies carry it too).
+    pub fn http_status(self) -> u16 {
+        match self {
+            Self::Validation => 422,
+            Self::Conflict => 409,
+            Self::NotFound => 404,
+            Self::Unauthorized => 401,
+            Self::Forbidden => 403,
+            Self::Unavailable => 503,
+            Self::Internal => 500,
+        }
+    }
+}
+
 /// Everything that can go wrong in the application layer.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {

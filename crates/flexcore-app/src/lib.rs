@@ -31,3 +31,13 @@ pub mod subscription;
 pub mod users;
 
 pub use error::{Error, ErrorKind, Result};
+
+/// FNV-1a, 64 bits: a fixed hash, the same on every node, in every run and every release, for
+/// what several nodes must place alike (consumer-group members, query-cache tag slots).
+pub(crate) fn fnv1a(text: &str) -> u64 {
+    const OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
+    const PRIME: u64 = 0x0000_0100_0000_01b3;
+    text.bytes().fold(OFFSET, |hash, byte| {
+        (hash ^ u64::from(byte)).wrapping_mul(PRIME)
+    })
+}

@@ -261,12 +261,7 @@ impl CachePolicy {
 /// The version counter a tag is counted in: a fixed hash (FNV-1a, the same on every node and
 /// in every release) modulo [`TAG_SLOTS`], as four hex digits.
 pub fn tag_slot(tag: &str) -> String {
-    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-    for byte in tag.bytes() {
-        hash ^= u64::from(byte);
-        hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
-    }
-    format!("{:04x}", hash % TAG_SLOTS)
+    format!("{:04x}", crate::fnv1a(tag) % TAG_SLOTS)
 }
 
 /// The sorted, distinct version slots of some tags.

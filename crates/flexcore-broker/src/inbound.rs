@@ -179,7 +179,7 @@ pub(crate) async fn execute(
                     error = %error,
                     "command failed on its last attempt; dead-lettering the message"
                 );
-                let (code, _) = code_and_status(&error);
+                let code = error.kind().code();
                 Disposition::DeadLetter {
                     error: error.to_string(),
                     code,
@@ -236,7 +236,7 @@ pub fn reply_ok(outcome: &CommandOutcome, correlation_id: Option<&str>) -> Value
 /// `detail`; `current_version` for a wrong expected version). Internal causes are logged, not
 /// sent.
 pub fn reply_error(error: &Error, correlation_id: Option<&str>) -> Value {
-    let (code, status) = code_and_status(error);
+    let (code, status) = (error.kind().code(), error.kind().http_status());
     let detail = match error.kind() {
         ErrorKind::Internal => "internal error".to_owned(),
         ErrorKind::Unavailable => "a backend is unavailable; retry later".to_owned(),
@@ -264,19 +264,6 @@ pub fn reply_error(error: &Error, correlation_id: Option<&str>) -> Value {
         reply["correlation_id"] = json!(id);
     }
     reply
-}
-
-/// The stable code and HTTP-style status of an error (the same as the HTTP gateway's).
-pub fn code_and_status(error: &Error) -> (&'static str, u16) {
-    match error.kind() {
-        ErrorKind::Validation => ("validation_failed", 422),
-        ErrorKind::Conflict => ("conflict", 409),
-        ErrorKind::NotFound => ("not_found", 404),
-        ErrorKind::Unauthorized => ("unauthorized", 401),
-        ErrorKind::Forbidden => ("forbidden", 403),
-        ErrorKind::Unavailable => ("unavailable", 503),
-        ErrorKind::Internal => ("internal", 500),
-    }
 }
 
 fn title(status: u16) -> &'static str {

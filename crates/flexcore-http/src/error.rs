@@ -89,43 +89,34 @@ impl ApiError {
 
 impl From<Error> for ApiError {
     fn from(error: Error) -> Self {
-        match (&error, error.kind()) {
-            (Error::Domain(DomainError::Validation(message)), _) => Self::validation(message),
-            (
-                Error::Domain(DomainError::WrongExpectedVersion {
-                    current, expected, ..
-                }),
-                _,
-            ) => {
-                let mut e = Self::new(StatusCode::CONFLICT, "conflict", error.to_string());
-                e.extra.insert("current_version".into(), json!(current));
-                e.extra.insert("expected_version".into(), json!(expected));
-                e
-            }
-            (_, ErrorKind::Validation) => Self::validation(error.to_string()),
-            (_, ErrorKind::Conflict) => {
-                Self::new(StatusCode::CONFLICT, "conflict", error.to_string())
-            }
-            (_, ErrorKind::NotFound) => Self::not_found(error.to_string()),
-            (_, ErrorKind::Unauthorized) => {
-                Self::new(StatusCode::UNAUTHORIZED, "unauthorized", error.to_string())
-            }
-            (_, ErrorKind::Forbidden) => {
-                Self::new(StatusCode::FORBIDDEN, "forbidden", error.to_string())
-            }
+        let kind = error.kind();
+        let status =
+            StatusCode::from_u16(kind.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let detail = match (&error, kind) {
+            (Error::Domain(DomainError::Validation(message)), _) => message.clone(),
             (_, ErrorKind::Unavailable) => {
                 tracing::warn!(error = %error, "backend unavailable");
-                Self::unavailable("a backend is unavailable; retry later")
+                "a backend is unavailable; retry later".to_owned()
             }
             (_, ErrorKind::Internal) => {
                 tracing::error!(error = %error, "internal error");
-                Self::new(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    "internal",
-                    "internal server error",
-                )
+                "internal server error".to_owned()
             }
+            _ => error.to_string(),
+        };
+        let mut answer = Self::new(status, kind.code(), detail);
+        if let Error::Domain(DomainError::WrongExpectedVersion {
+            current, expected, ..
+        }) = &error
+        {
+            answer
+                .extra
+                .insert("current_version".into(), json!(current));
+            answer
+                .extra
+                .insert("expected_version".into(), json!(expected));
         }
+        answer
     }
 }
 

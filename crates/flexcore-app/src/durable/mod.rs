@@ -100,9 +100,5 @@ impl<T: CheckpointStore + DeadLetterStore> ConsumerStateStore for T {}
 /// A stable hash of a stream id (FNV-1a, 64 bits): the same on every node and every run, so a
 /// consumer group sends each stream to the same member everywhere.
 pub fn stream_hash(stream_id: &StreamId) -> u64 {
-    const OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
-    const PRIME: u64 = 0x0000_0100_0000_01b3;
-    stream_id.as_str().bytes().fold(OFFSET, |hash, byte| {
-        (hash ^ u64::from(byte)).wrapping_mul(PRIME)
-    })
+    crate::fnv1a(stream_id.as_str())
 }
