@@ -128,6 +128,16 @@ fn sql_error(error: rusqlite::Error) -> flexcore_app::Error {
     SqliteError::from(error).into()
 }
 
+/// A projection's statement failed: classified like every other SQLite error (busy, locked,
+/// disk full → unavailable, retried later; anything else → internal), naming the statement.
+fn statement_failed(error: rusqlite::Error, sql: &str) -> flexcore_app::Error {
+    let detail = format!("read-model statement failed: {error} (in: {sql})");
+    match sql_error(error).kind() {
+        flexcore_app::ErrorKind::Unavailable => flexcore_app::Error::Unavailable(detail),
+        _ => flexcore_app::Error::Internal(detail),
+    }
+}
+
 /// Rewrites the portable `$n` parameters to SQLite's `?n`, leaving string literals and quoted
 /// names alone.
 fn sqlite_params(sql: &str) -> Cow<'_, str> {
@@ -384,12 +394,8 @@ impl ReadModelStore for SqliteReadModels {
                 let sql = sqlite_params(&statement.sql);
                 let mut stmt = tx.prepare_cached(&sql).map_err(sql_error)?;
                 bind(&mut stmt, &statement.params).map_err(sql_error)?;
-                stmt.raw_execute().map_err(|e| {
-                    flexcore_app::Error::Internal(format!(
-                        "read-model statement failed: {e} (in: {})",
-                        statement.sql
-                    ))
-                })?;
+                stmt.raw_execute()
+                    .map_err(|e| statement_failed(e, &statement.sql))?;
             }
             tx.prepare_cached(
                 "INSERT INTO checkpoints (consumer, position) VALUES (?1, ?2)
@@ -466,7 +472,27 @@ impl ReadModelStore for SqliteReadModels {
 
 #[cfg(test)]
 mod tests {
-    use super::sqlite_params;
+    use super::{sqlite_params, statement_failed};
+    use flexcore_app::ErrorKind;
+    use rusqlite::ffi;
+
+    #[test]
+    fn a_failed_statement_is_classified_like_any_sqlite_error() {
+        let failure = |code| rusqlite::Error::SqliteFailure(ffi::Error::new(code), None);
+        for (code, kind) in [
+            (ffi::SQLITE_BUSY, ErrorKind::Unavailable),
+            (ffi::SQLITE_LOCKED, ErrorKind::Unavailable),
+            (ffi::SQLITE_FULL, ErrorKind::Unavailable),
+            (ffi::SQLITE_CONSTRAINT, ErrorKind::Internal),
+            (ffi::SQLITE_ERROR, ErrorKind::Internal),
+        ] {
+            let error = statement_failed(failure(code), "INSERT INTO rm_users_1 VALUES (?1)");
+            assert_eq!(error.kind(), kind, "{error}");
+            let message = error.to_string();
+            assert!(message.contains("read-model statement failed"), "{message}");
+            assert!(message.contains("(in: INSERT INTO rm_users_1"), "{message}");
+        }
+    }
 
     #[test]
     fn dollar_parameters_become_numbered_question_marks() {
