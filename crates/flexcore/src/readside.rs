@@ -9,7 +9,7 @@ use flexcore_app::durable::{DurableConsumer, DurableOptions, SubscriptionControl
 use flexcore_app::projection::users::{UsersProjection, register_queries};
 use flexcore_app::projection::{Projections, ProjectionsHandle, ReadModelStore};
 use flexcore_app::query::QueryRouter;
-use flexcore_app::query_cache::{CacheBackend, CachePolicy, CachedQueries, QueryCacheInvalidator};
+use flexcore_app::query_cache::{CacheBackend, CachePolicy, QueryCacheInvalidator};
 use flexcore_app::store::EventStore;
 use flexcore_app::users::WelcomeNotifier;
 use flexcore_store_sqlite::{SqliteConfig, SqliteReadModels};
@@ -46,17 +46,25 @@ pub struct ReadSide {
     pub read_models: Arc<dyn ReadModelStore>,
     /// The projections, for queries and operators.
     pub projections: ProjectionsHandle,
-    /// The query cache's backend.
-    pub cache: Arc<dyn CacheBackend>,
+    /// The sample domain's query cache (`None` without the sample domain).
+    pub cache: Option<QueryCache>,
+}
+
+/// The query cache in front of the sample domain's queries.
+#[derive(Clone)]
+pub struct QueryCache {
+    /// Where answers are kept.
+    pub backend: Arc<dyn CacheBackend>,
     /// What the cache answers and which events invalidate it.
-    pub cache_policy: Arc<CachePolicy>,
+    pub policy: Arc<CachePolicy>,
 }
 
 impl ReadSide {
     /// Opens the read models, starts the projections (building or resuming them) and the
     /// cache; everything stops when `shutdown` turns true. Without the sample domain (Python
-    /// modules replace it) no projection runs: the read-model store still keeps the relays'
-    /// checkpoints.
+    /// modules replace it) no projection runs and no cache is opened (its policy and
+    /// invalidation belong to the sample's read model): the read-model store still keeps the
+    /// relays' checkpoints.
     pub async fn start(
         store_url: &str,
         cache_url: Option<&str>,
@@ -65,18 +73,29 @@ impl ReadSide {
         shutdown: watch::Receiver<bool>,
     ) -> anyhow::Result<Self> {
         let read_models = open_read_models(store_url).await?;
-        let cache = flexcore_cache::from_url(cache_url)
-            .await
-            .context("cannot open the query cache")?;
-        let cache_policy = Arc::new(flexcore_app::users::cache_policy());
         let mut projections = Projections::new(Arc::clone(&read_models), store);
-        if sample_domain {
+        let cache = if sample_domain {
             projections.register(Arc::new(UsersProjection))?;
-        }
-        projections.listen(Arc::new(QueryCacheInvalidator::new(
-            Arc::clone(&cache),
-            Arc::clone(&cache_policy),
-        )));
+            let cache = QueryCache {
+                backend: flexcore_cache::from_url(cache_url)
+                    .await
+                    .context("cannot open the query cache")?,
+                policy: Arc::new(flexcore_app::users::cache_policy()),
+            };
+            projections.listen(Arc::new(QueryCacheInvalidator::new(
+                Arc::clone(&cache.backend),
+                Arc::clone(&cache.policy),
+            )));
+            Some(cache)
+        } else {
+            if cache_url.is_some() {
+                tracing::warn!(
+                    "cache_url is ignored: the query cache serves the sample domain's queries, \
+                     which the Python modules replace"
+                );
+            }
+            None
+        };
         let projections = projections
             .start(shutdown)
             .await
@@ -85,7 +104,6 @@ impl ReadSide {
             read_models,
             projections,
             cache,
-            cache_policy,
         })
     }
 
@@ -117,14 +135,5 @@ impl ReadSide {
         .await
         .context("cannot start the welcome notifier")?;
         Ok(vec![consumer])
-    }
-
-    /// Puts the query cache in front of a query bus.
-    pub fn cached<B>(&self, queries: B) -> CachedQueries<B> {
-        CachedQueries::new(
-            queries,
-            Arc::clone(&self.cache),
-            Arc::clone(&self.cache_policy),
-        )
     }
 }

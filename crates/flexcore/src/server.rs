@@ -90,9 +90,16 @@ pub fn app_state_full(
     }
     // The cache's policy and invalidation belong to the sample's read model; Python queries
     // answer from state the cache would not see change.
-    let queries: Arc<dyn flexcore_app::query::QueryBus> = match (read_side, python) {
-        (Some(read_side), None) => Arc::new(read_side.cached(queries).with_tracing()),
-        _ => Arc::new(queries.with_tracing()),
+    let cache = read_side
+        .and_then(|r| r.cache.as_ref())
+        .filter(|_| python.is_none());
+    let queries: Arc<dyn flexcore_app::query::QueryBus> = match cache {
+        Some(cache) => Arc::new(
+            queries
+                .with_cache(Arc::clone(&cache.backend), Arc::clone(&cache.policy))
+                .with_tracing(),
+        ),
+        None => Arc::new(queries.with_tracing()),
     };
     Ok(AppState {
         commands: Arc::new(

@@ -142,3 +142,36 @@ async fn the_users_read_model_serves_queries_and_rebuilds_blue_green() {
     );
     assert!(metrics.contains("flexcore_query_cache_total"), "{metrics}");
 }
+
+/// The query cache serves the sample domain's queries only: without the sample domain (Python
+/// modules replace it) it is not opened, so a configured Redis is not even contacted.
+#[tokio::test]
+async fn the_query_cache_is_opened_only_for_the_sample_domain() {
+    use flexcore::readside::ReadSide;
+    let data = tempfile::tempdir().unwrap();
+    // Nothing listens on port 1: opening this cache would log that Redis does not answer.
+    let unreachable_cache = Some("redis://127.0.0.1:1/?prefix=never:");
+    for (sample_domain, cache_url, opened) in [
+        (true, None, true),
+        (false, None, false),
+        (false, unreachable_cache, false),
+    ] {
+        let url = format!(
+            "sqlite://{}",
+            data.path()
+                .join(format!("{sample_domain}-{}.db", cache_url.is_some()))
+                .display()
+        );
+        let store = flexcore::server::open_store(&url).await.unwrap();
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        let read_side = ReadSide::start(&url, cache_url, store, sample_domain, stopped)
+            .await
+            .unwrap();
+        assert_eq!(
+            read_side.cache.is_some(),
+            opened,
+            "sample domain {sample_domain}, cache {cache_url:?}"
+        );
+        let _ = stop.send(true);
+    }
+}
