@@ -39,29 +39,29 @@ pub const CURRENT_VERSION_KEY: &str = "x-current-version";
 /// The metadata key of the expectation that failed (`any`, `no_stream`, `exists` or a number).
 pub const EXPECTED_VERSION_KEY: &str = "x-expected-version";
 
-fn status(code: Code, stable_code: &'static str, message: impl Into<String>) -> Status {
+fn status(code: Code, kind: ErrorKind, message: impl Into<String>) -> Status {
     let mut status = Status::new(code, message);
     status
         .metadata_mut()
-        .insert(ERROR_CODE_KEY, MetadataValue::from_static(stable_code));
+        .insert(ERROR_CODE_KEY, MetadataValue::from_static(kind.code()));
     status
 }
 
 /// `INVALID_ARGUMENT`: the request breaks a rule; nothing was written.
 pub(crate) fn invalid_argument(message: impl Into<String>) -> Status {
-    status(Code::InvalidArgument, "validation_failed", message)
+    status(Code::InvalidArgument, ErrorKind::Validation, message)
 }
 
 /// `NOT_FOUND`.
 pub(crate) fn not_found(message: impl Into<String>) -> Status {
-    status(Code::NotFound, "not_found", message)
+    status(Code::NotFound, ErrorKind::NotFound, message)
 }
 
 /// `UNAVAILABLE`: the server is shutting down; a client resumes elsewhere or later.
 pub(crate) fn shutting_down() -> Status {
     status(
         Code::Unavailable,
-        "unavailable",
+        ErrorKind::Unavailable,
         "the server is shutting down; resubscribe from the next position",
     )
 }
@@ -76,7 +76,11 @@ pub(crate) fn from_app(error: Error) -> Status {
             }),
             _,
         ) => {
-            let mut status = status(Code::FailedPrecondition, "conflict", error.to_string());
+            let mut status = status(
+                Code::FailedPrecondition,
+                ErrorKind::Conflict,
+                error.to_string(),
+            );
             let current: AsciiMetadataValue = match current {
                 Some(version) => MetadataValue::from(*version),
                 None => MetadataValue::from_static("null"),
@@ -89,23 +93,29 @@ pub(crate) fn from_app(error: Error) -> Status {
             status
         }
         (_, ErrorKind::Validation) => invalid_argument(error.to_string()),
-        (_, ErrorKind::Conflict) => status(Code::Aborted, "conflict", error.to_string()),
+        (_, ErrorKind::Conflict) => status(Code::Aborted, ErrorKind::Conflict, error.to_string()),
         (_, ErrorKind::NotFound) => not_found(error.to_string()),
-        (_, ErrorKind::Unauthorized) => {
-            status(Code::Unauthenticated, "unauthorized", error.to_string())
-        }
-        (_, ErrorKind::Forbidden) => status(Code::PermissionDenied, "forbidden", error.to_string()),
+        (_, ErrorKind::Unauthorized) => status(
+            Code::Unauthenticated,
+            ErrorKind::Unauthorized,
+            error.to_string(),
+        ),
+        (_, ErrorKind::Forbidden) => status(
+            Code::PermissionDenied,
+            ErrorKind::Forbidden,
+            error.to_string(),
+        ),
         (_, ErrorKind::Unavailable) => {
             tracing::warn!(error = %error, "backend unavailable");
             status(
                 Code::Unavailable,
-                "unavailable",
+                ErrorKind::Unavailable,
                 "a backend is unavailable; retry later",
             )
         }
         (_, ErrorKind::Internal) => {
             tracing::error!(error = %error, "internal error");
-            status(Code::Internal, "internal", "internal server error")
+            status(Code::Internal, ErrorKind::Internal, "internal server error")
         }
     }
 }
