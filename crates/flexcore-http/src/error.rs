@@ -34,14 +34,14 @@ impl ApiError {
     pub fn validation(detail: impl Into<String>) -> Self {
         Self::new(
             StatusCode::UNPROCESSABLE_ENTITY,
-            "validation_failed",
+            ErrorKind::Validation.code(),
             detail,
         )
     }
 
     /// 404 `not_found`.
     pub fn not_found(detail: impl Into<String>) -> Self {
-        Self::new(StatusCode::NOT_FOUND, "not_found", detail)
+        Self::new(StatusCode::NOT_FOUND, ErrorKind::NotFound.code(), detail)
     }
 
     /// 405 `method_not_allowed`.
@@ -73,7 +73,11 @@ impl ApiError {
 
     /// 503 `unavailable`.
     pub fn unavailable(detail: impl Into<String>) -> Self {
-        Self::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", detail)
+        Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            ErrorKind::Unavailable.code(),
+            detail,
+        )
     }
 
     /// The HTTP status.
