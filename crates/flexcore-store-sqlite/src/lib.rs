@@ -11,8 +11,12 @@
 //! * **Readers** use a small pool of read-only connections on blocking threads; WAL lets them
 //!   read while the writer writes. Positions are assigned by the single writer in commit order,
 //!   so the global log has no commit-order race here.
+//! * **Checkpoints off the commit path**: a checkpointer thread copies the WAL into the database
+//!   file every 50 ms, so the writer no longer stops for SQLite's own checkpoint of 1,000 pages
+//!   (the read-model database does the same).
 //! * One process per database file, enforced by an exclusive lock on `<file>.lock`.
 
+mod checkpointer;
 mod error;
 mod reader;
 mod readmodel;
@@ -132,9 +136,12 @@ impl SqliteStore {
             name.push("-wal");
             PathBuf::from(name)
         });
+        let checkpointer =
+            checkpointer::Checkpointer::spawn(&config.path, checkpointer::CHECKPOINT_EVERY)?;
         Writer::spawn(
             conn,
             WriterSetup {
+                checkpointer,
                 lock,
                 queue,
                 head: head_value,

@@ -23,6 +23,7 @@ use rusqlite::{Connection, OptionalExtension, params};
 use time::OffsetDateTime;
 
 use crate::SqliteError;
+use crate::checkpointer::{CHECKPOINT_EVERY, Checkpointer};
 
 const SCHEMA: &str = r#"
 CREATE TABLE IF NOT EXISTS checkpoints (
@@ -47,6 +48,8 @@ CREATE TABLE IF NOT EXISTS projections (
 
 /// The read-model database of a SQLite deployment.
 pub struct SqliteReadModels {
+    /// Stopped first when the read models are dropped.
+    _checkpointer: Checkpointer,
     writer: Arc<Mutex<Connection>>,
     readers: Arc<Mutex<Vec<Connection>>>,
     path: PathBuf,
@@ -70,6 +73,7 @@ impl SqliteReadModels {
             let writer = open_connection(&path)?;
             writer.execute_batch(SCHEMA)?;
             Ok(Self {
+                _checkpointer: Checkpointer::spawn(&path, CHECKPOINT_EVERY)?,
                 writer: Arc::new(Mutex::new(writer)),
                 readers: Arc::new(Mutex::new(Vec::new())),
                 path,

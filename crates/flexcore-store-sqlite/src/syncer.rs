@@ -59,7 +59,7 @@ impl Syncer {
             poisoned,
         };
         std::thread::Builder::new()
-            .name("flexcore-sqlite-sync".into())
+            .name("sqlite-syncer".into())
             .spawn(move || syncer.run())
             .map_err(|e| SqliteError::Io("syncer thread".into(), e))?;
         Ok(sender)

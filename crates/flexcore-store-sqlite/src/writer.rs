@@ -16,6 +16,7 @@ use time::OffsetDateTime;
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::SqliteError;
+use crate::checkpointer::Checkpointer;
 use crate::syncer::{Ack, Flush, Syncer};
 
 type Reply<T> = oneshot::Sender<flexcore_app::Result<T>>;
@@ -52,6 +53,8 @@ struct PendingAppend {
 }
 
 pub(crate) struct Writer {
+    /// Stopped first when the writer ends, so the write connection closes last.
+    _checkpointer: Checkpointer,
     conn: Connection,
     _lock: File,
     queue: mpsc::UnboundedReceiver<Job>,
@@ -66,6 +69,8 @@ pub(crate) struct Writer {
 
 /// What the writer thread needs besides its connection.
 pub(crate) struct WriterSetup {
+    /// Checkpoints the WAL on its own thread, as long as the writer lives.
+    pub(crate) checkpointer: Checkpointer,
     /// The exclusive process lock, held as long as the writer lives.
     pub(crate) lock: File,
     /// The job queue.
@@ -92,6 +97,7 @@ impl Writer {
             Arc::clone(&poisoned),
         )?;
         let writer = Self {
+            _checkpointer: setup.checkpointer,
             conn,
             _lock: setup.lock,
             queue: setup.queue,
@@ -101,7 +107,7 @@ impl Writer {
             max_batch_events: setup.max_batch_events,
         };
         std::thread::Builder::new()
-            .name("flexcore-sqlite-writer".into())
+            .name("sqlite-writer".into())
             .spawn(move || writer.run())
             .map(drop)
             .map_err(|e| SqliteError::Io("writer thread".into(), e))

@@ -15,3 +15,49 @@ async fn sqlite_read_models() -> Option<ReadModelFixture> {
 }
 
 readmodel_conformance_suite!(sqlite_read_models);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn read_model_commits_are_checkpointed_into_the_database_file_in_the_background() {
+    use flexcore_app::projection::{ReadModelStore, SqlStatement, SqlValue};
+    use std::time::Duration;
+
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("readmodels.db");
+    let store = SqliteReadModels::open(&path).await.unwrap();
+    store
+        .create_tables(vec![
+            "CREATE TABLE blobs (id INTEGER PRIMARY KEY, body TEXT)".into(),
+        ])
+        .await
+        .unwrap();
+    let len = || std::fs::metadata(&path).map_or(0, |m| m.len());
+    let before = len();
+    // About 400 KB in 100 commits: far below the 1,000 WAL pages of SQLite's own checkpoint.
+    let body = "y".repeat(4_000);
+    for n in 0..100u64 {
+        let insert = SqlStatement {
+            sql: "INSERT INTO blobs (id, body) VALUES ($1, $2)".into(),
+            params: vec![SqlValue::Integer(n as i64), SqlValue::Text(body.clone())],
+        };
+        let from = n.checked_sub(1);
+        store.commit("blobs", from, n, vec![insert]).await.unwrap();
+    }
+    let mut reached = false;
+    for _ in 0..250 {
+        if len() >= before + 300_000 {
+            reached = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        reached,
+        "the main file stayed at {} bytes (was {before})",
+        len()
+    );
+    let rows = store
+        .query("SELECT count(*) FROM blobs".into(), vec![])
+        .await
+        .unwrap();
+    assert_eq!(rows, vec![vec![SqlValue::Integer(100)]]);
+}
