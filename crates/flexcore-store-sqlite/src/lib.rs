@@ -12,8 +12,8 @@
 //!   read while the writer writes. Positions are assigned by the single writer in commit order,
 //!   so the global log has no commit-order race here.
 //! * **Checkpoints off the commit path**: a checkpointer thread copies the WAL into the database
-//!   file every 50 ms, so the writer no longer stops for SQLite's own checkpoint of 1,000 pages
-//!   (the read-model database does the same).
+//!   file as it grows (about every 250 pages), so the writer no longer stops for SQLite's own
+//!   checkpoint of 1,000 pages (the read-model database does the same).
 //! * One process per database file, enforced by an exclusive lock on `<file>.lock`.
 
 mod checkpointer;
@@ -136,8 +136,7 @@ impl SqliteStore {
             name.push("-wal");
             PathBuf::from(name)
         });
-        let checkpointer =
-            checkpointer::Checkpointer::spawn(&config.path, checkpointer::CHECKPOINT_EVERY)?;
+        let checkpointer = checkpointer::Checkpointer::spawn(&config.path)?;
         Writer::spawn(
             conn,
             WriterSetup {

@@ -23,7 +23,7 @@ use rusqlite::{Connection, OptionalExtension, params};
 use time::OffsetDateTime;
 
 use crate::SqliteError;
-use crate::checkpointer::{CHECKPOINT_EVERY, Checkpointer};
+use crate::checkpointer::Checkpointer;
 
 const SCHEMA: &str = r#"
 CREATE TABLE IF NOT EXISTS checkpoints (
@@ -73,7 +73,7 @@ impl SqliteReadModels {
             let writer = open_connection(&path)?;
             writer.execute_batch(SCHEMA)?;
             Ok(Self {
-                _checkpointer: Checkpointer::spawn(&path, CHECKPOINT_EVERY)?,
+                _checkpointer: Checkpointer::spawn(&path)?,
                 writer: Arc::new(Mutex::new(writer)),
                 readers: Arc::new(Mutex::new(Vec::new())),
                 path,
