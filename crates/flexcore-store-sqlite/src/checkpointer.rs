@@ -28,13 +28,13 @@ use crate::SqliteError;
 
 /// New WAL frames one background checkpoint aims to copy: a quarter of the 1,000 pages at which
 /// SQLite checkpoints on the committing connection.
-pub(crate) const TARGET_FRAMES: i64 = 250;
+const TARGET_FRAMES: i64 = 250;
 
 /// The shortest wait between two checkpoints.
-pub(crate) const MIN_EVERY: Duration = Duration::from_millis(10);
+const MIN_EVERY: Duration = Duration::from_millis(10);
 
 /// The longest wait between two checkpoints (an idle database).
-pub(crate) const MAX_EVERY: Duration = Duration::from_secs(1);
+const MAX_EVERY: Duration = Duration::from_secs(1);
 
 /// The first wait, before anything is known about the write rate.
 const FIRST_WAIT: Duration = Duration::from_millis(50);
