@@ -86,7 +86,9 @@ fn run(conn: &Connection, path: &Path, stopped: &mpsc::Receiver<()>) {
             Ok(()) | Err(RecvTimeoutError::Disconnected) => return,
         }
         match checkpoint(conn) {
-            Ok(log) => {
+            // Another checkpoint (SQLite's backstop) holds the lock: it copies the frames now.
+            Ok(None) => failing = false,
+            Ok(Some(log)) => {
                 failing = false;
                 // A smaller WAL than last time was started over in between.
                 let added = if log < last_log { log } else { log - last_log };
@@ -113,10 +115,12 @@ fn next_wait(wait: Duration, added: i64) -> Duration {
 }
 
 /// One `PASSIVE` checkpoint of the main database; returns the frames in the WAL (0 when the
-/// database is not in WAL mode).
-fn checkpoint(conn: &Connection) -> rusqlite::Result<i64> {
-    let log: i64 = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |row| row.get(1))?;
-    Ok(log.max(0))
+/// database is not in WAL mode), or `None` when another checkpoint was running.
+fn checkpoint(conn: &Connection) -> rusqlite::Result<Option<i64>> {
+    let (busy, log): (i64, i64) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |row| {
+        Ok((row.get(0)?, row.get(1)?))
+    })?;
+    Ok((busy == 0).then_some(log.max(0)))
 }
 
 #[cfg(test)]
