@@ -19,7 +19,6 @@ readmodel_conformance_suite!(sqlite_read_models);
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn read_model_commits_are_checkpointed_into_the_database_file_in_the_background() {
     use flexcore_app::projection::{ReadModelStore, SqlStatement, SqlValue};
-    use std::time::Duration;
 
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("readmodels.db");
@@ -30,8 +29,7 @@ async fn read_model_commits_are_checkpointed_into_the_database_file_in_the_backg
         ])
         .await
         .unwrap();
-    let len = || std::fs::metadata(&path).map_or(0, |m| m.len());
-    let before = len();
+    let before = std::fs::metadata(&path).unwrap().len();
     // About 400 KB in 100 commits: far below the 1,000 WAL pages of SQLite's own checkpoint.
     let body = "y".repeat(4_000);
     for n in 0..100u64 {
@@ -42,19 +40,9 @@ async fn read_model_commits_are_checkpointed_into_the_database_file_in_the_backg
         let from = n.checked_sub(1);
         store.commit("blobs", from, n, vec![insert]).await.unwrap();
     }
-    let mut reached = false;
-    for _ in 0..250 {
-        if len() >= before + 300_000 {
-            reached = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
+    if let Err(len) = flexcore_test_support::file_reaches_len(&path, before + 300_000).await {
+        panic!("the main file stayed at {len} bytes (was {before})");
     }
-    assert!(
-        reached,
-        "the main file stayed at {} bytes (was {before})",
-        len()
-    );
     let rows = store
         .query("SELECT count(*) FROM blobs".into(), vec![])
         .await

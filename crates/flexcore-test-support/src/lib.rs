@@ -15,7 +15,9 @@ mod sample;
 pub mod services;
 
 use std::any::Any;
+use std::path::Path;
 use std::sync::Arc;
+use std::time::Duration;
 
 use flexcore_app::store::EventStore;
 pub use sample::sample_buses;
@@ -44,4 +46,17 @@ impl StoreFixture {
             guard: Box::new(guard),
         }
     }
+}
+
+/// Waits up to five seconds for the file at `path` to hold at least `bytes`; returns the size it
+/// last had (0 when missing) as the error, for the assertion message.
+pub async fn file_reaches_len(path: &Path, bytes: u64) -> Result<(), u64> {
+    let len = || std::fs::metadata(path).map_or(0, |m| m.len());
+    for _ in 0..250 {
+        if len() >= bytes {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Err(len())
 }
