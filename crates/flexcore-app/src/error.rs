@@ -64,6 +64,10 @@ pub enum Error {
     /// A backend is unreachable or timed out.
     #[error("unavailable: {0}")]
     Unavailable(String),
+    /// The engine was configured or assembled wrongly (e.g. two modules claim one command
+    /// type); reported at start.
+    #[error("invalid configuration: {0}")]
+    Configuration(String),
     /// An unexpected failure; the message is for logs only.
     #[error("internal error: {0}")]
     Internal(String),
@@ -86,7 +90,7 @@ impl Error {
             },
             Self::UnknownCommand(_) | Self::UnknownQuery(_) => ErrorKind::NotFound,
             Self::Unavailable(_) => ErrorKind::Unavailable,
-            Self::Internal(_) => ErrorKind::Internal,
+            Self::Configuration(_) | Self::Internal(_) => ErrorKind::Internal,
         }
     }
 

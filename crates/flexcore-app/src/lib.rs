@@ -12,15 +12,17 @@
 //! * [`durable`]: durable consumers (checkpoints, dead letters with per-stream order, consumer
 //!   groups);
 //! * [`projection`]: read models updated with their checkpoint in one transaction, blue-green
-//!   rebuilds, the sample domain's `users` read model;
+//!   rebuilds, read-your-writes waits;
 //! * [`idempotency`]: the `Idempotency-Key` decorator of the command bus;
-//! * [`users`]: the sample domain's command and query handlers.
+//! * [`module`]: the domain-module contract through which every domain (the Rust sample,
+//!   Python modules, plugins) plugs into the engine.
 
 pub mod command;
 pub mod durable;
 mod error;
 pub mod event_bus;
 pub mod idempotency;
+pub mod module;
 pub mod outbox;
 pub mod projection;
 pub mod query;
@@ -28,7 +30,6 @@ pub mod query_cache;
 pub mod repository;
 pub mod store;
 pub mod subscription;
-pub mod users;
 
 pub use error::{Error, ErrorKind, Result};
 

@@ -18,6 +18,14 @@ pub struct Query {
     pub params: Value,
 }
 
+/// The query parameter that asks for read-your-writes, like
+/// [`QueryContext::min_position`]. The engine owns it: [`QueryRouter`] takes it out of the
+/// parameters before a handler sees them.
+pub const MIN_POSITION_PARAM: &str = "min_position";
+
+/// How long a read-your-writes query waits for its read models at most, then answers 503.
+pub const READ_YOUR_WRITES_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Who asks.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct QueryContext {
@@ -26,8 +34,38 @@ pub struct QueryContext {
     /// The tenant, if any.
     pub tenant: Option<String>,
     /// Read-your-writes: answer only from read models that have applied the event at this
-    /// global position (waiting a bounded time for it).
+    /// global position (waiting at most [`READ_YOUR_WRITES_TIMEOUT`] for it).
     pub min_position: Option<u64>,
+}
+
+/// Whether a query asks for read-your-writes, by its context or by its parameters.
+pub fn asks_min_position(ctx: &QueryContext, params: &Value) -> bool {
+    ctx.min_position.is_some() || params.get(MIN_POSITION_PARAM).is_some_and(|p| !p.is_null())
+}
+
+/// Takes [`MIN_POSITION_PARAM`] out of `params` into the context (the later of the two when
+/// both are given). `None` when the parameters do not carry it (nothing to change).
+fn lift_min_position(ctx: &QueryContext, params: &Value) -> Result<Option<(QueryContext, Value)>> {
+    let Some(value) = params.get(MIN_POSITION_PARAM) else {
+        return Ok(None);
+    };
+    let position = match value {
+        Value::Null => None,
+        value => Some(value.as_u64().ok_or_else(|| {
+            Error::validation(format!(
+                "{MIN_POSITION_PARAM} must be a global position (a non-negative integer), not {value}"
+            ))
+        })?),
+    };
+    let mut params = params.clone();
+    if let Some(fields) = params.as_object_mut() {
+        fields.remove(MIN_POSITION_PARAM);
+    }
+    let ctx = QueryContext {
+        min_position: ctx.min_position.max(position),
+        ..ctx.clone()
+    };
+    Ok(Some((ctx, params)))
 }
 
 /// Answers one query type.
@@ -44,7 +82,9 @@ pub trait QueryBus: Send + Sync {
     async fn ask(&self, ctx: &QueryContext, query: &Query) -> Result<Value>;
 }
 
-/// The innermost query bus: a table from query type to handler.
+/// The innermost query bus: a table from query type to handler. It takes
+/// [`MIN_POSITION_PARAM`] out of the parameters into the context, so handlers see only their
+/// own parameters.
 #[derive(Default, Clone)]
 pub struct QueryRouter {
     handlers: HashMap<String, Arc<dyn QueryHandler>>,
@@ -80,7 +120,10 @@ impl QueryBus for QueryRouter {
             .handlers
             .get(&query.query_type)
             .ok_or_else(|| Error::UnknownQuery(query.query_type.clone()))?;
-        handler.handle(ctx, &query.params).await
+        match lift_min_position(ctx, &query.params)? {
+            Some((ctx, params)) => handler.handle(&ctx, &params).await,
+            None => handler.handle(ctx, &query.params).await,
+        }
     }
 }
 

@@ -405,7 +405,7 @@ impl<B: QueryBus> QueryBus for CachedQueries<B> {
     async fn ask(&self, ctx: &QueryContext, query: &Query) -> Result<Value> {
         // Read-your-writes asks to wait for a projection position, which a cached answer
         // cannot promise.
-        if ctx.min_position.is_some() {
+        if crate::query::asks_min_position(ctx, &query.params) {
             return self.inner.ask(ctx, query).await;
         }
         let Some(tags) = self.policy.query_tags(query) else {

@@ -114,7 +114,7 @@ impl QueryBus for Counting {
 }
 
 fn policy() -> Arc<CachePolicy> {
-    Arc::new(flexcore_app::users::cache_policy())
+    Arc::new(flexcore_sample_users::read_model::cache_policy())
 }
 
 fn get_user(id: Uuid) -> Query {
@@ -435,7 +435,7 @@ async fn an_entry_that_is_not_json_is_replaced() {
 
 #[test]
 fn the_users_policy_ties_queries_and_events_to_tags() {
-    let policy = flexcore_app::users::cache_policy();
+    let policy = flexcore_sample_users::read_model::cache_policy();
     let id = Uuid::now_v7();
     let upper = Query {
         query_type: "get_user".into(),
@@ -469,7 +469,7 @@ fn policies_merge_and_rules_carry_their_ttl() {
             Some(vec!["stats".into()])
         })
         .invalidate(|e| vec![format!("stats:{}", e.event_type)]);
-    let policy = flexcore_app::users::cache_policy().merge(other);
+    let policy = flexcore_sample_users::read_model::cache_policy().merge(other);
     assert!(policy.is_cacheable("stats") && policy.is_cacheable("get_user"));
     let event = event_on("user-1", "user.created");
     assert_eq!(

@@ -4,8 +4,8 @@ use std::sync::Arc;
 
 use flexcore_app::repository::Repository;
 use flexcore_app::store::{EventStore, InMemoryStore, SnapshotStore};
-use flexcore_domain::users::{Email, User, UserCommand};
 use flexcore_domain::{EventMetadata, StreamId};
+use flexcore_sample_users::domain::{Email, User, UserCommand};
 use serde_json::Map;
 use uuid::Uuid;
 

@@ -14,7 +14,7 @@
 //! use flexcore_app::query::QueryBusExt;
 //!
 //! let backend = flexcore_cache::from_url(Some("redis://127.0.0.1:6379/?prefix=flexcore:qc:")).await?;
-//! let queries = router.with_cache(backend, Arc::new(flexcore_app::users::cache_policy()));
+//! let queries = router.with_cache(backend, Arc::new(flexcore_sample_users::read_model::cache_policy()));
 //! let invalidator = queries.invalidator(); // for the projection runner
 //! # Ok(()) }
 //! ```

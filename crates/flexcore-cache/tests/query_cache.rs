@@ -120,7 +120,10 @@ impl QueryBus for Shared {
 }
 
 fn cached(inner: &Arc<Counting>, backend: Arc<dyn CacheBackend>) -> CachedQueries<Shared> {
-    Shared(Arc::clone(inner)).with_cache(backend, Arc::new(flexcore_app::users::cache_policy()))
+    Shared(Arc::clone(inner)).with_cache(
+        backend,
+        Arc::new(flexcore_sample_users::read_model::cache_policy()),
+    )
 }
 
 fn get_user(id: Uuid) -> Query {

@@ -6,14 +6,13 @@
 //! * stream identity ([`StreamId`]) and optimistic concurrency ([`ExpectedVersion`]);
 //! * the [`Aggregate`] trait, where business rules live;
 //! * typed [`DomainError`]s that every adapter maps the same way;
-//! * the sample domain ([`users`]) and a given/when/then [`test_kit`].
+//! * a given/when/then [`test_kit`] for aggregates.
 
 mod aggregate;
 mod error;
 mod event;
 mod stream;
 pub mod test_kit;
-pub mod users;
 
 pub use aggregate::Aggregate;
 pub use error::{DomainError, ErrorKind};

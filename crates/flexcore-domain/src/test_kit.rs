@@ -2,18 +2,40 @@
 //!
 //! ```
 //! use flexcore_domain::test_kit::AggregateTestKit;
-//! use flexcore_domain::users::{Email, User, UserCommand, UserEvent};
-//! use flexcore_domain::ErrorKind;
+//! use flexcore_domain::{Aggregate, DomainError, DomainEvent, ErrorKind};
+//! use serde::{Deserialize, Serialize};
 //!
-//! let id = uuid::Uuid::now_v7();
-//! let email = Email::parse("ann@example.com").unwrap();
-//! AggregateTestKit::<User>::given(vec![UserEvent::Created {
-//!     user_id: id,
-//!     email: email.clone(),
-//!     profile: Default::default(),
-//! }])
-//! .when(&UserCommand::ChangeEmail { email })
-//! .then_expect_events(vec![]);
+//! /// A light switch that may not be switched on twice.
+//! #[derive(Default, Clone, Serialize, Deserialize)]
+//! struct Switch { on: bool }
+//!
+//! #[derive(Debug, PartialEq, Serialize, Deserialize)]
+//! #[serde(tag = "type", content = "data")]
+//! enum Switched { On }
+//!
+//! impl DomainEvent for Switched {
+//!     fn event_type(&self) -> &'static str { "switch.on" }
+//! }
+//!
+//! impl Aggregate for Switch {
+//!     const TYPE: &'static str = "switch";
+//!     type Command = ();
+//!     type Event = Switched;
+//!     fn apply(&mut self, _: &Switched) { self.on = true; }
+//!     fn handle(&self, _: &()) -> Result<Vec<Switched>, DomainError> {
+//!         if self.on {
+//!             return Err(DomainError::AlreadyExists("the switch is on".into()));
+//!         }
+//!         Ok(vec![Switched::On])
+//!     }
+//! }
+//!
+//! AggregateTestKit::<Switch>::given_no_previous_events()
+//!     .when(&())
+//!     .then_expect_events(vec![Switched::On]);
+//! AggregateTestKit::<Switch>::given(vec![Switched::On])
+//!     .when(&())
+//!     .then_expect_error_kind(ErrorKind::Conflict);
 //! ```
 
 use std::fmt::Debug;

@@ -133,8 +133,10 @@ use tokio::sync::oneshot;
 use uuid::Uuid;
 
 mod live;
+mod module;
 
 pub use live::{HandlerNames, LivePython, PythonStatus};
+pub use module::{PythonModule, RELOAD_POLL};
 
 /// The source of the `flexcore` Python module.
 const FLEXCORE_PY: &str = include_str!("flexcore.py");

@@ -192,43 +192,64 @@ impl LivePython {
         }
     }
 
-    /// Registers one forwarding handler per command type of the running version.
-    pub fn register_commands(&self, router: &mut CommandRouter) -> Result<()> {
-        for name in self.handlers().commands {
-            router.register(
-                name.clone(),
-                Arc::new(LiveCommand {
+    /// One forwarding handler per command type of the running version.
+    pub fn command_handlers(&self) -> Vec<(String, Arc<dyn CommandHandler>)> {
+        self.handlers()
+            .commands
+            .into_iter()
+            .map(|name| {
+                let handler: Arc<dyn CommandHandler> = Arc::new(LiveCommand {
                     inner: Arc::clone(&self.inner),
-                    command_type: name,
-                }),
-            )?;
+                    command_type: name.clone(),
+                });
+                (name, handler)
+            })
+            .collect()
+    }
+
+    /// One forwarding handler per query type of the running version.
+    pub fn query_handlers(&self) -> Vec<(String, Arc<dyn QueryHandler>)> {
+        self.handlers()
+            .queries
+            .into_iter()
+            .map(|name| {
+                let handler: Arc<dyn QueryHandler> = Arc::new(LiveQuery {
+                    inner: Arc::clone(&self.inner),
+                    query_type: name.clone(),
+                });
+                (name, handler)
+            })
+            .collect()
+    }
+
+    /// Registers [`LivePython::command_handlers`] on a router.
+    pub fn register_commands(&self, router: &mut CommandRouter) -> Result<()> {
+        for (name, handler) in self.command_handlers() {
+            router.register(name, handler)?;
         }
         Ok(())
     }
 
-    /// Registers one forwarding handler per query type of the running version.
+    /// Registers [`LivePython::query_handlers`] on a router.
     pub fn register_queries(&self, router: &mut QueryRouter) -> Result<()> {
-        for name in self.handlers().queries {
-            router.register(
-                name.clone(),
-                Arc::new(LiveQuery {
-                    inner: Arc::clone(&self.inner),
-                    query_type: name,
-                }),
-            )?;
+        for (name, handler) in self.query_handlers() {
+            router.register(name, handler)?;
         }
         Ok(())
+    }
+
+    /// A handler that hands each event to the running version's handler of its type, if any
+    /// (to subscribe to every event).
+    pub fn event_handler(&self) -> Arc<dyn EventHandler> {
+        Arc::new(LiveEvents {
+            inner: Arc::clone(&self.inner),
+        })
     }
 
     /// Subscribes to every event on `bus`; each event goes to the running version's handlers
     /// of its type, if any.
     pub fn subscribe_events(&self, bus: &mut EventBus) {
-        bus.subscribe(
-            "*",
-            Arc::new(LiveEvents {
-                inner: Arc::clone(&self.inner),
-            }),
-        );
+        bus.subscribe("*", self.event_handler());
     }
 
     /// The durable consumers of the running version (`@FlexCore.event_handler(type,

@@ -9,16 +9,16 @@ use std::time::Duration;
 
 use flexcore_app::command::{Command, CommandBus, CommandContext, CommandRouter};
 use flexcore_app::durable::CheckpointStore;
-use flexcore_app::projection::users::{UsersProjection, register_queries};
 use flexcore_app::projection::{
-    Changes, Generation, Projection, Projections, ProjectionsHandle, ReadModelStore, SqlStatement,
-    SqlValue,
+    Changes, Generation, Projection, ProjectionState, Projections, ProjectionsHandle,
+    ReadModelStore, SqlStatement, SqlValue,
 };
 use flexcore_app::query::{Query, QueryBus, QueryContext, QueryRouter};
 use flexcore_app::repository::Repository;
 use flexcore_app::store::EventFilter;
 use flexcore_app::{ErrorKind, Result};
 use flexcore_domain::EventEnvelope;
+use flexcore_sample_users::read_model::{UsersProjection, query_handlers};
 use flexcore_store_postgres::{PostgresConfig, PostgresReadModels, PostgresStore};
 use flexcore_test_support::readmodel_conformance::ReadModelFixture;
 use flexcore_test_support::readmodel_conformance_suite;
@@ -246,9 +246,15 @@ async fn start(config: &PostgresConfig) -> Node {
     projections.register(Arc::new(AppliedLog)).unwrap();
     let projections = projections.start(shutdown).await.unwrap();
     let mut commands = CommandRouter::new();
-    flexcore_app::users::register_commands(&mut commands, Repository::new(store)).unwrap();
+    for (command_type, handler) in
+        flexcore_sample_users::commands::command_handlers(Repository::new(store))
+    {
+        commands.register(command_type, handler).unwrap();
+    }
     let mut queries = QueryRouter::new();
-    register_queries(&mut queries, projections.read_model("users").unwrap()).unwrap();
+    for (query_type, handler) in query_handlers(projections.read_model("users").unwrap()) {
+        queries.register(query_type, handler).unwrap();
+    }
     Node {
         commands,
         queries,
@@ -315,10 +321,9 @@ impl Node {
             .read_model("applied")
             .unwrap()
             .query(
+                &QueryContext::default(),
                 "SELECT COUNT(*), COUNT(DISTINCT position) FROM {applied}",
                 Vec::new(),
-                None,
-                Duration::from_secs(5),
             )
             .await
             .unwrap();
@@ -333,7 +338,9 @@ impl Node {
 async fn wait_live(projections: &ProjectionsHandle, name: &str, at_least: u32) -> Generation {
     for _ in 0..1000 {
         let status = projections.status_of(name).unwrap();
-        if status.state == "live" && status.live.is_some_and(|g| g.number >= at_least) {
+        if status.state == ProjectionState::Live
+            && status.live.is_some_and(|g| g.number >= at_least)
+        {
             return status.live.unwrap();
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
@@ -418,7 +425,7 @@ async fn users_read_model_answers_rebuilds_blue_green_and_resumes_after_a_restar
             .unwrap();
         assert_eq!(page["total"], 30, "{status:?}");
         assert_eq!(page["users"].as_array().unwrap().len(), 30);
-        if status.state == "live" {
+        if status.state == ProjectionState::Live {
             assert_eq!(status.live.unwrap().number, 2);
             break;
         }
@@ -455,7 +462,7 @@ async fn users_read_model_answers_rebuilds_blue_green_and_resumes_after_a_restar
     node.stop();
     let node = start(&config).await;
     let status = node.projections.status_of("users").unwrap();
-    assert_eq!(status.state, "live");
+    assert_eq!(status.state, ProjectionState::Live);
     assert_eq!(status.live.unwrap().number, 2, "no rebuild at restart");
     node.projections
         .wait_for("users", last, Duration::from_secs(10))

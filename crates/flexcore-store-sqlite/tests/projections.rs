@@ -6,13 +6,15 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use flexcore_app::command::{Command, CommandBus, CommandContext, CommandRouter};
-use flexcore_app::projection::users::{UsersProjection, register_queries};
-use flexcore_app::projection::{Changes, Projection, Projections, ProjectionsHandle};
+use flexcore_app::projection::{
+    Changes, Projection, ProjectionState, Projections, ProjectionsHandle,
+};
 use flexcore_app::query::{Query, QueryBus, QueryContext, QueryRouter};
 use flexcore_app::repository::Repository;
 use flexcore_app::store::EventFilter;
 use flexcore_app::{ErrorKind, Result};
 use flexcore_domain::EventEnvelope;
+use flexcore_sample_users::read_model::{UsersProjection, query_handlers};
 use flexcore_store_sqlite::{SqliteConfig, SqliteError, SqliteReadModels, SqliteStore};
 use serde_json::{Value, json};
 use tokio::sync::watch;
@@ -48,9 +50,15 @@ async fn start(dir: &std::path::Path, projection: Arc<dyn Projection>) -> Node {
     projections.register(projection).unwrap();
     let projections = projections.start(shutdown).await.unwrap();
     let mut commands = CommandRouter::new();
-    flexcore_app::users::register_commands(&mut commands, Repository::new(store)).unwrap();
+    for (command_type, handler) in
+        flexcore_sample_users::commands::command_handlers(Repository::new(store))
+    {
+        commands.register(command_type, handler).unwrap();
+    }
     let mut queries = QueryRouter::new();
-    register_queries(&mut queries, projections.read_model("users").unwrap()).unwrap();
+    for (query_type, handler) in query_handlers(projections.read_model("users").unwrap()) {
+        queries.register(query_type, handler).unwrap();
+    }
     Node {
         commands,
         queries,
@@ -205,7 +213,7 @@ async fn a_restart_resumes_from_the_checkpoint_without_applying_twice() {
 
     let node = start(dir.path(), Arc::new(UsersProjection)).await;
     let status = node.projections.status_of("users").unwrap();
-    assert_eq!(status.state, "live");
+    assert_eq!(status.state, ProjectionState::Live);
     assert_eq!(status.live.unwrap().number, 1, "no rebuild at restart");
     assert!(status.position.unwrap() > last);
     let page = node.ask("list_users", json!({})).await.unwrap();
@@ -273,7 +281,7 @@ async fn wait_live(
 ) -> flexcore_app::projection::Generation {
     for _ in 0..500 {
         let status = projections.status_of("users").unwrap();
-        if status.state == "live" && status.live.unwrap().number >= at_least {
+        if status.state == ProjectionState::Live && status.live.unwrap().number >= at_least {
             return status.live.unwrap();
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
@@ -315,7 +323,7 @@ async fn a_rebuild_that_cannot_create_its_tables_can_be_tried_again() {
     broken.store(true, Ordering::SeqCst);
     let failed = node.projections.rebuild("users").await.unwrap_err();
     let status = node.projections.status_of("users").unwrap();
-    assert_eq!(status.state, "live", "{status:?}");
+    assert_eq!(status.state, ProjectionState::Live, "{status:?}");
     assert!(status.building.is_none(), "{status:?}");
     // Not "already being rebuilt": the failed attempt left nothing behind.
     let again = node.projections.rebuild("users").await.unwrap_err();

@@ -111,8 +111,13 @@ pub struct ServeArgs {
     /// The largest request body accepted, in bytes [default: 4194304].
     #[arg(long, env = "FLEXCORE_MAX_BODY_BYTES")]
     pub max_body_bytes: Option<usize>,
-    /// Comma-separated Python handler modules (relative to the working directory); when set,
-    /// they replace the built-in sample domain [default: none; file: `[python] modules`].
+    /// Comma-separated domain modules to load: `users` (the built-in Rust sample), `python`
+    /// (the Python files of --python-modules) [default: `python` when Python files are
+    /// configured, else `users`].
+    #[arg(long, env = "FLEXCORE_MODULES")]
+    pub modules: Option<String>,
+    /// Comma-separated Python handler files (relative to the working directory) of the
+    /// `python` module [default: none; file: `[python] modules`].
     #[arg(long, env = "FLEXCORE_PYTHON_MODULES")]
     pub python_modules: Option<String>,
     /// How long one Python handler call may run, in ms [default: 5000].

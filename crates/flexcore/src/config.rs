@@ -23,6 +23,13 @@ pub const DEFAULT_LOG_MASK: [&str; 3] = ["email", "password", "token"];
 /// The default timeout of one Python handler call, in ms.
 pub const DEFAULT_PYTHON_TIMEOUT_MS: u64 = 5000;
 
+/// The built-in Rust sample domain module.
+pub const USERS_MODULE: &str = "users";
+/// The module made of the configured Python files.
+pub const PYTHON_MODULE: &str = "python";
+/// Every module the binary can load.
+pub const KNOWN_MODULES: [&str; 2] = [USERS_MODULE, PYTHON_MODULE];
+
 /// The default config file, used when present.
 pub const DEFAULT_CONFIG_FILE: &str = "flexcore.toml";
 
@@ -86,7 +93,9 @@ pub struct Settings {
     pub log_mask: Vec<String>,
     /// Where to export traces over OTLP/gRPC (`None`: no export).
     pub otlp_endpoint: Option<String>,
-    /// Python handler modules (`[python]` in the file).
+    /// The domain modules to load, in order (names from [`KNOWN_MODULES`]).
+    pub modules: Vec<String>,
+    /// The files of the `python` module (`[python]` in the file).
     pub python: PythonSettings,
     /// The query cache: `None` for the in-process cache, or a `redis://` URL.
     pub cache_url: Option<String>,
@@ -97,8 +106,8 @@ pub struct Settings {
     pub inbound_url: Option<String>,
 }
 
-/// Python handler modules: when any are configured they are the domain (the built-in sample
-/// is not registered), and they reload when their files change.
+/// The files of the `python` domain module; they reload when they change. When any are
+/// configured and `modules` is not set, `python` is the only module loaded.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PythonSettings {
     /// The module files, absolute (file entries are relative to the config file, variable
@@ -136,6 +145,7 @@ struct FileSettings {
     max_body_bytes: Option<usize>,
     log_mask: Option<Vec<String>>,
     otlp_endpoint: Option<String>,
+    modules: Option<Vec<String>>,
     python: Option<PythonFileSettings>,
     cache_url: Option<String>,
     outbox_url: Option<String>,
@@ -158,6 +168,7 @@ impl Settings {
             file.python.unwrap_or_default(),
             file_dir.as_deref(),
         )?;
+        let modules = module_settings(args.modules, file.modules, &python)?;
         let pick = |flag: Option<String>, file: Option<String>, default: &str| {
             flag.or(file).unwrap_or_else(|| default.to_owned())
         };
@@ -240,6 +251,7 @@ impl Settings {
             "an amqp:// (queue) or redis:// (stream) URL to consume commands from",
         )?;
         Ok(Self {
+            modules,
             python,
             cache_url,
             outbox_url,
@@ -318,6 +330,7 @@ impl Settings {
                         .map(crate::server::mask_password)
                 ),
             ),
+            ("modules", json!(self.modules)),
             (
                 "python",
                 json!({
@@ -349,6 +362,54 @@ impl Settings {
         }
         text
     }
+}
+
+/// The modules to load: flag/variable > file > default (`python` when Python files are
+/// configured, else `users`). Unknown names, repeats, an empty list, `python` without files
+/// and files without `python` are refused.
+fn module_settings(
+    flag: Option<String>,
+    file: Option<Vec<String>>,
+    python: &PythonSettings,
+) -> Result<Vec<String>, ConfigError> {
+    let listed = flag
+        .map(|list| list.split(',').map(|m| m.trim().to_owned()).collect())
+        .or(file);
+    let modules: Vec<String> = match listed {
+        Some(modules) => modules.into_iter().filter(|m| !m.is_empty()).collect(),
+        None if python.modules.is_empty() => vec![USERS_MODULE.to_owned()],
+        None => vec![PYTHON_MODULE.to_owned()],
+    };
+    let invalid = |value: String, expected| ConfigError::Invalid {
+        key: "modules",
+        value,
+        expected,
+    };
+    if modules.is_empty() {
+        return Err(invalid(String::new(), "at least one module: users, python"));
+    }
+    for (i, module) in modules.iter().enumerate() {
+        if !KNOWN_MODULES.contains(&module.as_str()) {
+            return Err(invalid(module.clone(), "module names among: users, python"));
+        }
+        if modules[..i].contains(module) {
+            return Err(invalid(modules.join(","), "each module named once"));
+        }
+    }
+    let python_listed = modules.iter().any(|m| m == PYTHON_MODULE);
+    if python_listed && python.modules.is_empty() {
+        return Err(invalid(
+            modules.join(","),
+            "python files in [python] modules (FLEXCORE_PYTHON_MODULES) for the python module",
+        ));
+    }
+    if !python_listed && !python.modules.is_empty() {
+        return Err(invalid(
+            modules.join(","),
+            "the python module in the list, since Python files are configured",
+        ));
+    }
+    Ok(modules)
 }
 
 /// Merges the Python settings: flag/variable > file > default; checks every module exists.

@@ -5,10 +5,11 @@
 //! * [`config`]: settings from `flexcore.toml`, `FLEXCORE_*` variables and flags;
 //! * [`operations`]: `projections status|rebuild`, `subscriptions list|dead-letters`;
 //! * [`logging`]: text or JSON logs with sensitive values masked;
-//! * [`python`]: Python handler modules, hot-reloaded, in place of the sample domain;
-//! * [`readside`]: the read-model store, the projections and the query cache they invalidate;
-//! * [`server`]: opens the store named by the store URL, wires the buses and the sample
-//!   domain, and serves HTTP until shutdown;
+//! * [`modules`]: the domain modules the configuration can name (`users`, `python`);
+//! * [`readside`]: the read-model store, the declared projections and the query cache they
+//!   invalidate;
+//! * [`server`]: opens the store named by the store URL, assembles the engine around the
+//!   loaded modules, and serves HTTP and gRPC until shutdown;
 //! * [`telemetry`]: OTLP export of spans and W3C trace context;
 //! * [`bench`]: `flexcore bench`, the store benchmarks with their baselines.
 
@@ -17,8 +18,8 @@ pub mod cli;
 pub mod client;
 pub mod config;
 pub mod logging;
+pub mod modules;
 pub mod operations;
-pub mod python;
 pub mod readside;
 pub mod server;
 pub mod telemetry;

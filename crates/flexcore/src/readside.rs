@@ -1,20 +1,16 @@
 //! The read side of `flexcore serve`: the read-model store beside the event store, the
-//! projections (the sample domain's `users`), the query cache they invalidate, and the
-//! operator handles the HTTP routes expose.
+//! projections the loaded modules declared, the query cache they invalidate, and the operator
+//! handles the HTTP routes expose.
 
 use std::sync::Arc;
 
 use anyhow::Context;
-use flexcore_app::durable::{DurableConsumer, DurableOptions, SubscriptionControl};
-use flexcore_app::projection::users::{UsersProjection, register_queries};
+use flexcore_app::module::ReadSideDeclarations;
 use flexcore_app::projection::{Projections, ProjectionsHandle, ReadModelStore};
-use flexcore_app::query::QueryRouter;
 use flexcore_app::query_cache::{CacheBackend, CachePolicy, QueryCacheInvalidator};
 use flexcore_app::store::EventStore;
-use flexcore_app::users::WelcomeNotifier;
 use flexcore_store_sqlite::{SqliteConfig, SqliteReadModels};
 use tokio::sync::watch;
-use tokio::task::JoinHandle;
 
 /// Opens the read-model store that belongs to an event-store URL: for SQLite a file beside
 /// the event file (`<file>.readmodels.db`), for PostgreSQL the same database and schema.
@@ -46,11 +42,11 @@ pub struct ReadSide {
     pub read_models: Arc<dyn ReadModelStore>,
     /// The projections, for queries and operators.
     pub projections: ProjectionsHandle,
-    /// The sample domain's query cache (`None` without the sample domain).
+    /// The query cache (`None` when no module declared a cacheable query).
     pub cache: Option<QueryCache>,
 }
 
-/// The query cache in front of the sample domain's queries.
+/// The query cache in front of the modules' queries.
 #[derive(Clone)]
 pub struct QueryCache {
     /// Where answers are kept.
@@ -60,41 +56,48 @@ pub struct QueryCache {
 }
 
 impl ReadSide {
-    /// Opens the read models, starts the projections (building or resuming them) and the
-    /// cache; everything stops when `shutdown` turns true. Without the sample domain (Python
-    /// modules replace it) no projection runs and no cache is opened (its policy and
-    /// invalidation belong to the sample's read model): the read-model store still keeps the
-    /// relays' checkpoints.
+    /// Opens the read models, starts the declared projections (building or resuming them) and,
+    /// when a module declared a cache policy, the query cache they invalidate; everything stops
+    /// when `shutdown` turns true. With no cache policy, no cache is opened and a configured
+    /// `cache_url` is reported as ignored. The read-model store also keeps the durable
+    /// consumers' and the relays' checkpoints.
     pub async fn start(
         store_url: &str,
         cache_url: Option<&str>,
         store: Arc<dyn EventStore>,
-        sample_domain: bool,
+        declared: ReadSideDeclarations,
         shutdown: watch::Receiver<bool>,
     ) -> anyhow::Result<Self> {
         let read_models = open_read_models(store_url).await?;
         let mut projections = Projections::new(Arc::clone(&read_models), store);
-        let cache = if sample_domain {
-            projections.register(Arc::new(UsersProjection))?;
-            let cache = QueryCache {
-                backend: flexcore_cache::from_url(cache_url)
-                    .await
-                    .context("cannot open the query cache")?,
-                policy: Arc::new(flexcore_app::users::cache_policy()),
-            };
-            projections.listen(Arc::new(QueryCacheInvalidator::new(
-                Arc::clone(&cache.backend),
-                Arc::clone(&cache.policy),
-            )));
-            Some(cache)
-        } else {
-            if cache_url.is_some() {
-                tracing::warn!(
-                    "cache_url is ignored: the query cache serves the sample domain's queries, \
-                     which the Python modules replace"
-                );
+        for (module, projection) in declared.projections {
+            let name = projection.name().to_owned();
+            projections
+                .register(projection)
+                .with_context(|| format!("module '{module}' declares projection '{name}'"))?;
+        }
+        let cache = match declared.cache_policy {
+            Some(policy) => {
+                let cache = QueryCache {
+                    backend: flexcore_cache::from_url(cache_url)
+                        .await
+                        .context("cannot open the query cache")?,
+                    policy: Arc::new(policy),
+                };
+                projections.listen(Arc::new(QueryCacheInvalidator::new(
+                    Arc::clone(&cache.backend),
+                    Arc::clone(&cache.policy),
+                )));
+                Some(cache)
             }
-            None
+            None => {
+                if cache_url.is_some() {
+                    tracing::warn!(
+                        "cache_url is ignored: no loaded module declares a cacheable query"
+                    );
+                }
+                None
+            }
         };
         let projections = projections
             .start(shutdown)
@@ -105,35 +108,5 @@ impl ReadSide {
             projections,
             cache,
         })
-    }
-
-    /// Registers the queries the read models answer.
-    pub fn register_queries(&self, queries: &mut QueryRouter) -> anyhow::Result<()> {
-        register_queries(queries, self.projections.read_model("users")?)?;
-        Ok(())
-    }
-
-    /// Starts the sample domain's durable consumer (the welcome notifier) with its checkpoint
-    /// and dead letters in the read-model store; returns its handle and its task.
-    pub async fn start_sample_consumers(
-        &self,
-        store: Arc<dyn EventStore>,
-        shutdown: watch::Receiver<bool>,
-    ) -> anyhow::Result<Vec<(SubscriptionControl, JoinHandle<()>)>> {
-        let notifier = WelcomeNotifier::new(Arc::clone(&store) as Arc<_>);
-        let consumer = DurableConsumer::new(
-            WelcomeNotifier::NAME,
-            Arc::new(notifier),
-            store,
-            Arc::clone(&self.read_models) as Arc<_>,
-        )
-        .with_options(DurableOptions {
-            filter: WelcomeNotifier::filter(),
-            ..DurableOptions::default()
-        })
-        .spawn(shutdown)
-        .await
-        .context("cannot start the welcome notifier")?;
-        Ok(vec![consumer])
     }
 }

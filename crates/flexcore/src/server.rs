@@ -1,17 +1,23 @@
-//! `flexcore serve`: open the store, wire the buses and the sample domain, serve HTTP.
+//! `flexcore serve`: open the store, load the configured domain modules, assemble the engine
+//! around them (read side, buses with middleware, durable consumers), serve HTTP and gRPC.
 
 use std::future::Future;
 use std::sync::Arc;
 
 use anyhow::Context;
-use flexcore_app::command::{CommandBusExt, CommandRouter};
-use flexcore_app::query::{QueryBusExt, QueryRouter};
+use flexcore_app::command::{CommandBus, CommandBusExt, CommandRouter};
+use flexcore_app::durable::DurableConsumer;
+use flexcore_app::event_bus::EventBus;
+use flexcore_app::module::{ModuleContext, Modules};
+use flexcore_app::query::{QueryBus, QueryBusExt, QueryRouter};
 use flexcore_app::repository::{Repository, RetryPolicy};
 use flexcore_app::store::EventStore;
 use flexcore_http::{AppState, Limits};
 use flexcore_store_postgres::{PostgresConfig, PostgresStore};
 use flexcore_store_sqlite::{SqliteConfig, SqliteStore};
 use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
 
 use crate::cli::ServeArgs;
 use crate::config::Settings;
@@ -55,61 +61,103 @@ pub fn postgres_config(url: &str) -> PostgresConfig {
     }
 }
 
-/// Wires the buses, their middleware and the sample domain over a store.
-pub fn app_state(store: Arc<dyn EventStore>, settings: &Settings) -> anyhow::Result<AppState> {
-    app_state_with(store, settings, None)
+/// The repository every module's command handlers load and save aggregates through.
+pub fn repository(store: Arc<dyn EventStore>) -> Repository {
+    Repository::new(store).with_snapshots_every(SNAPSHOT_EVERY)
 }
 
-/// Like [`app_state`]; with Python handler modules, they replace the sample domain.
-pub fn app_state_with(
-    store: Arc<dyn EventStore>,
-    settings: &Settings,
-    python: Option<&flexcore_python::LivePython>,
-) -> anyhow::Result<AppState> {
-    app_state_full(store, settings, python, None)
+/// The command bus `flexcore serve` runs: `router` behind retry on conflict, idempotency keys,
+/// metrics and tracing.
+pub fn command_bus(router: CommandRouter) -> Arc<dyn CommandBus> {
+    Arc::new(
+        router
+            .with_retry(RetryPolicy::default())
+            .with_idempotency(IDEMPOTENCY_TTL, IDEMPOTENCY_KEYS)
+            .with_metrics()
+            .with_tracing(),
+    )
 }
 
-/// Like [`app_state_with`]; with a running read side, the sample domain's queries answer from
-/// its read models through the query cache, and the operator routes see its projections.
-pub fn app_state_full(
-    store: Arc<dyn EventStore>,
-    settings: &Settings,
-    python: Option<&flexcore_python::LivePython>,
-    read_side: Option<&crate::readside::ReadSide>,
-) -> anyhow::Result<AppState> {
-    let repository = Repository::new(Arc::clone(&store)).with_snapshots_every(SNAPSHOT_EVERY);
-    let mut commands = CommandRouter::new();
-    let mut queries = QueryRouter::new();
-    if let Some(python) = python {
-        crate::python::register(python, &mut commands, &mut queries)?;
-    } else {
-        flexcore_app::users::register_commands(&mut commands, repository)?;
-        if let Some(read_side) = read_side {
-            read_side.register_queries(&mut queries)?;
-        }
-    }
-    // The cache's policy and invalidation belong to the sample's read model; Python queries
-    // answer from state the cache would not see change.
-    let cache = read_side
-        .and_then(|r| r.cache.as_ref())
-        .filter(|_| python.is_none());
-    let queries: Arc<dyn flexcore_app::query::QueryBus> = match cache {
+/// The query bus `flexcore serve` runs: `router` behind the query cache (when there is one)
+/// and tracing.
+pub fn query_bus(
+    router: QueryRouter,
+    cache: Option<&crate::readside::QueryCache>,
+) -> Arc<dyn QueryBus> {
+    match cache {
         Some(cache) => Arc::new(
-            queries
+            router
                 .with_cache(Arc::clone(&cache.backend), Arc::clone(&cache.policy))
                 .with_tracing(),
         ),
-        None => Arc::new(queries.with_tracing()),
+        None => Arc::new(router.with_tracing()),
+    }
+}
+
+/// The engine assembled over a store: the gateways' state, and the background work to await
+/// at shutdown.
+pub struct Engine {
+    /// What the HTTP gateway serves (the gRPC gateway shares its buses).
+    pub state: AppState,
+    /// The read side the modules declared.
+    pub read_side: crate::readside::ReadSide,
+    /// Durable consumers, log followers and the modules' own tasks.
+    pub background: Vec<JoinHandle<()>>,
+}
+
+/// Assembles the engine over `store` with `modules`: their read side (projections, query
+/// cache), their handlers behind the server's middleware, their durable consumers and log
+/// followers; everything stops when `shutdown` turns true.
+pub async fn assemble(
+    settings: &Settings,
+    store: Arc<dyn EventStore>,
+    modules: &Modules,
+    shutdown: watch::Receiver<bool>,
+) -> anyhow::Result<Engine> {
+    let declared = modules.declare()?;
+    let read_side = crate::readside::ReadSide::start(
+        &settings.store_url,
+        settings.cache_url.as_deref(),
+        Arc::clone(&store),
+        declared,
+        shutdown.clone(),
+    )
+    .await?;
+    let context = ModuleContext {
+        store: Arc::clone(&store),
+        repository: repository(Arc::clone(&store)),
+        projections: read_side.projections.clone(),
+        read_models: Arc::clone(&read_side.read_models) as Arc<_>,
+        shutdown: shutdown.clone(),
     };
-    Ok(AppState {
-        commands: Arc::new(
-            commands
-                .with_retry(RetryPolicy::default())
-                .with_idempotency(IDEMPOTENCY_TTL, IDEMPOTENCY_KEYS)
-                .with_metrics()
-                .with_tracing(),
-        ),
-        queries,
+    let registrations = modules.register(&context).await?;
+    let mut background = registrations.background;
+    let mut consumers = Vec::new();
+    for spec in registrations.consumers {
+        let (control, task) = DurableConsumer::new(
+            spec.name.clone(),
+            spec.handler,
+            Arc::clone(&store) as Arc<_>,
+            Arc::clone(&context.read_models),
+        )
+        .with_options(spec.options)
+        .spawn(shutdown.clone())
+        .await
+        .with_context(|| format!("cannot start the durable consumer '{}'", spec.name))?;
+        consumers.push(control);
+        background.push(task);
+    }
+    if !registrations.followers.is_empty() {
+        let mut bus = EventBus::new();
+        for (event_type, handler) in registrations.followers {
+            bus.subscribe(event_type, handler);
+        }
+        background.push(bus.spawn(Arc::clone(&store) as Arc<_>, 0, shutdown));
+    }
+    let health = modules.clone();
+    let state = AppState {
+        commands: command_bus(registrations.commands),
+        queries: query_bus(registrations.queries, read_side.cache.as_ref()),
         store,
         limits: Limits {
             max_body_bytes: settings.max_body_bytes,
@@ -117,18 +165,23 @@ pub fn app_state_full(
         },
         metrics: Some(metrics_renderer()?),
         trace_parent: Some(crate::telemetry::parent_from_headers()),
-        health_details: python.map(crate::python::health_details),
+        health_details: Some(Arc::new(move || health.health())),
         operations: flexcore_http::Operations {
-            projections: read_side.map(|r| r.projections.clone()),
-            consumers: Arc::from([]),
+            projections: Some(read_side.projections.clone()),
+            consumers: consumers.into(),
         },
         // `flexcore_http::serve` wires the real signal.
         shutdown: flexcore_http::never_shut_down(),
+    };
+    Ok(Engine {
+        state,
+        read_side,
+        background,
     })
 }
 
 /// Installs the process-wide Prometheus recorder (once) and returns its renderer.
-fn metrics_renderer() -> anyhow::Result<Arc<dyn Fn() -> String + Send + Sync>> {
+pub fn metrics_renderer() -> anyhow::Result<Arc<dyn Fn() -> String + Send + Sync>> {
     use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
     static HANDLE: std::sync::Mutex<Option<PrometheusHandle>> = std::sync::Mutex::new(None);
     let mut installed = HANDLE.lock().unwrap_or_else(|p| p.into_inner());
@@ -187,34 +240,21 @@ pub async fn run_with(
         .await
         .with_context(|| format!("cannot listen on {} (gRPC)", settings.grpc_addr))?;
     let store = store_layer(open_store(&settings.store_url).await?);
-    let python = crate::python::load(&settings.python, Arc::clone(&store)).await?;
+    let modules = crate::modules::load(&settings, Arc::clone(&store)).await?;
     let (stopping, stopping_seen) = tokio::sync::watch::channel(false);
     // Durable consumers, the outbox relay and the inbound gateway: awaited at shutdown, so they
     // save their checkpoints and finish the messages they hold.
-    let mut background: Vec<tokio::task::JoinHandle<()>> = Vec::new();
-    let read_side = crate::readside::ReadSide::start(
-        &settings.store_url,
-        settings.cache_url.as_deref(),
+    let Engine {
+        state,
+        read_side,
+        mut background,
+    } = assemble(
+        &settings,
         Arc::clone(&store),
-        python.is_none(),
+        &modules,
         stopping_seen.clone(),
     )
     .await?;
-    let mut state = app_state_full(
-        Arc::clone(&store),
-        &settings,
-        python.as_ref(),
-        Some(&read_side),
-    )?;
-    if python.is_none() {
-        let (controls, tasks): (Vec<_>, Vec<_>) = read_side
-            .start_sample_consumers(Arc::clone(&store), stopping_seen.clone())
-            .await?
-            .into_iter()
-            .unzip();
-        state.operations.consumers = controls.into();
-        background.extend(tasks);
-    }
     let grpc_state = flexcore_grpc::GrpcState {
         commands: Arc::clone(&state.commands),
         queries: Arc::clone(&state.queries),
@@ -229,21 +269,9 @@ pub async fn run_with(
         http = %listener.local_addr()?,
         grpc = %grpc_listener.local_addr()?,
         store = %mask_password(&settings.store_url),
+        modules = ?modules.names(),
         "flexcore is listening"
     );
-    if let Some(python) = &python {
-        let (controls, tasks): (Vec<_>, Vec<_>) = crate::python::start(
-            python,
-            Arc::clone(&store),
-            Arc::clone(&read_side.read_models) as Arc<_>,
-            stopping_seen.clone(),
-        )
-        .await?
-        .into_iter()
-        .unzip();
-        state.operations.consumers = controls.into();
-        background.extend(tasks);
-    }
     if let Some(outbox) = &outbox {
         tracing::info!(relay = %outbox.relay, "outbox relay publishing committed events");
         background.push(flexcore_broker::spawn_relay(

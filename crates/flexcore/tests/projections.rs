@@ -4,6 +4,7 @@
 mod common;
 
 use std::process::{Command, Output};
+use std::sync::Arc;
 
 use common::Server;
 use serde_json::{Value, json};
@@ -143,34 +144,38 @@ async fn the_users_read_model_serves_queries_and_rebuilds_blue_green() {
     assert!(metrics.contains("flexcore_query_cache_total"), "{metrics}");
 }
 
-/// The query cache serves the sample domain's queries only: without the sample domain (Python
-/// modules replace it) it is not opened, so a configured Redis is not even contacted.
+/// The query cache runs only when a loaded module declares a cache policy: without one (the
+/// Python module declares none) it is not opened, so a configured Redis is not even contacted.
 #[tokio::test]
-async fn the_query_cache_is_opened_only_for_the_sample_domain() {
+async fn the_query_cache_is_opened_only_when_a_module_declares_a_policy() {
     use flexcore::readside::ReadSide;
+    use flexcore_app::module::{DomainModule, Modules};
     let data = tempfile::tempdir().unwrap();
     // Nothing listens on port 1: opening this cache would log that Redis does not answer.
     let unreachable_cache = Some("redis://127.0.0.1:1/?prefix=never:");
-    for (sample_domain, cache_url, opened) in [
-        (true, None, true),
-        (false, None, false),
-        (false, unreachable_cache, false),
+    let sample: Vec<Arc<dyn DomainModule>> = vec![Arc::new(flexcore_sample_users::UsersModule)];
+    for (modules, cache_url, opened) in [
+        (sample.clone(), None, true),
+        (Vec::new(), None, false),
+        (Vec::new(), unreachable_cache, false),
     ] {
         let url = format!(
             "sqlite://{}",
             data.path()
-                .join(format!("{sample_domain}-{}.db", cache_url.is_some()))
+                .join(format!("{}-{}.db", modules.len(), cache_url.is_some()))
                 .display()
         );
         let store = flexcore::server::open_store(&url).await.unwrap();
         let (stop, stopped) = tokio::sync::watch::channel(false);
-        let read_side = ReadSide::start(&url, cache_url, store, sample_domain, stopped)
+        let declared = Modules::new(modules.clone()).declare().unwrap();
+        let read_side = ReadSide::start(&url, cache_url, store, declared, stopped)
             .await
             .unwrap();
         assert_eq!(
             read_side.cache.is_some(),
             opened,
-            "sample domain {sample_domain}, cache {cache_url:?}"
+            "{} modules, cache {cache_url:?}",
+            modules.len()
         );
         let _ = stop.send(true);
     }

@@ -191,6 +191,7 @@ async fn the_library_server_runs_on_an_ephemeral_port_and_shuts_down() {
         max_body_bytes: 1024 * 1024,
         log_mask: vec!["email".into()],
         otlp_endpoint: None,
+        modules: vec!["users".into()],
         python: Default::default(),
         cache_url: None,
         outbox_url: None,

@@ -16,13 +16,15 @@
 //! rebuilt the same way at start.
 
 mod runner;
-pub mod users;
 
 use async_trait::async_trait;
 use flexcore_domain::EventEnvelope;
 use serde::{Deserialize, Serialize};
 
-pub use runner::{ProjectionListener, ProjectionStatus, Projections, ProjectionsHandle, ReadModel};
+pub use runner::{
+    ProjectionListener, ProjectionState, ProjectionStatus, Projections, ProjectionsHandle,
+    ReadModel,
+};
 
 use crate::durable::ConsumerStateStore;
 use crate::store::EventFilter;

@@ -14,6 +14,7 @@ use super::{
     Changes, Generation, Projection, ProjectionRecord, ReadModelStore, SqlStatement, SqlValue,
     checkpoint_name, physical_table, resolve_tables, validate_table_name,
 };
+use crate::query::{QueryContext, READ_YOUR_WRITES_TIMEOUT};
 use crate::store::EventReader;
 use crate::subscription::{BACKGROUND_LINGER, Subscription, SubscriptionOptions, lag};
 use crate::{Error, Result};
@@ -35,14 +36,25 @@ pub trait ProjectionListener: Send + Sync {
     async fn swapped(&self, _projection: &str) {}
 }
 
+/// Where a projection stands (serialised `live`, `building`, `rebuilding`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ProjectionState {
+    /// Queries read a caught-up generation; nothing is being built.
+    Live,
+    /// No generation has caught up yet: queries answer 503 until one has.
+    Building,
+    /// Queries read the live generation while a new one is built beside it.
+    Rebuilding,
+}
+
 /// A projection's state, for operators.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct ProjectionStatus {
     /// The projection's name.
     pub name: String,
-    /// `live`, `building` (no generation has caught up yet) or `rebuilding` (a new generation
-    /// is built beside the live one).
-    pub state: &'static str,
+    /// Whether queries can read it and whether a generation is being built.
+    pub state: ProjectionState,
     /// The generation queries read.
     pub live: Option<Generation>,
     /// The live generation's checkpoint: every event before it is applied.
@@ -244,9 +256,9 @@ impl ProjectionsHandle {
         ProjectionStatus {
             name: entry.name().to_owned(),
             state: match (state.record.live, state.record.building) {
-                (Some(_), Some(_)) => "rebuilding",
-                (None, _) => "building",
-                (Some(_), None) => "live",
+                (Some(_), Some(_)) => ProjectionState::Rebuilding,
+                (None, _) => ProjectionState::Building,
+                (Some(_), None) => ProjectionState::Live,
             },
             live: state.record.live,
             position,
@@ -668,19 +680,21 @@ pub struct ReadModel {
 }
 
 impl ReadModel {
-    /// Runs a query (`{table}` names, `$n` parameters) against the live generation, after
-    /// waiting (at most `timeout`) until it has applied the event at `min_position`, if given.
-    /// Fails as unavailable while no generation has caught up yet.
+    /// Runs a query (`{table}` names, `$n` parameters) against the live generation — for a
+    /// read-your-writes query ([`QueryContext::min_position`]) after waiting, at most
+    /// [`READ_YOUR_WRITES_TIMEOUT`], until it has applied the event at that position. Fails as
+    /// unavailable while no generation has caught up yet.
     pub async fn query(
         &self,
+        ctx: &QueryContext,
         sql: &str,
         params: Vec<SqlValue>,
-        min_position: Option<u64>,
-        timeout: Duration,
     ) -> Result<Vec<Vec<SqlValue>>> {
         let name = self.entry.name();
-        if let Some(position) = min_position {
-            self.handle.wait_for(name, position, timeout).await?;
+        if let Some(position) = ctx.min_position {
+            self.handle
+                .wait_for(name, position, READ_YOUR_WRITES_TIMEOUT)
+                .await?;
         }
         let live = self.entry.lock().record.live;
         let Some(live) = live else {

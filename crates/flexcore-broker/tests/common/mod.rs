@@ -213,7 +213,11 @@ impl CommandHandler for Poison {
 /// The sample domain's commands plus `poison`, wired like the server (retry, idempotency).
 pub fn test_bus(store: Arc<dyn EventStore>) -> (Arc<dyn CommandBus>, Arc<AtomicU32>) {
     let mut router = CommandRouter::new();
-    flexcore_app::users::register_commands(&mut router, Repository::new(store)).unwrap();
+    for (command_type, handler) in
+        flexcore_sample_users::commands::command_handlers(Repository::new(store))
+    {
+        router.register(command_type, handler).unwrap();
+    }
     let poison_calls = Arc::new(AtomicU32::new(0));
     router
         .register("poison", Arc::new(Poison(poison_calls.clone())))

@@ -7,7 +7,7 @@
 //! | case | N concurrent tasks, each sending `create_user` back to back |
 //! |---|---|
 //! | `store` | the atomic two-stream append one `create_user` makes (`user-{id}` and its email reservation, both `no_stream`), straight into the store: the raw group-commit figure |
-//! | `bus` | `create_user` through the command bus `flexcore serve` wires ([`app_state`]: retry, idempotency, metrics, tracing; the handler loads both aggregates, then appends) |
+//! | `bus` | `create_user` through the command bus `flexcore serve` wires ([`server::command_bus`]: retry, idempotency, metrics, tracing, over the sample's handlers; the handler claims the address, then appends) |
 //! | `http` | `POST /v1/commands/create_user`, one keep-alive HTTP/1.1 connection per task |
 //! | `grpc` | `CommandService.Send`, one tonic channel (one HTTP/2 connection) per task |
 //!
@@ -45,16 +45,19 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use flexcore_app::Result as AppResult;
-use flexcore_app::command::{Command, CommandBus, CommandContext};
+use flexcore_app::command::{Command, CommandBus, CommandContext, CommandRouter};
 use flexcore_app::repository::Loaded;
 use flexcore_app::store::{
-    AllSlice, AppendResult, EventAppender, EventReader, EventStore, InMemoryStore, ReadAll,
-    ReadStream, Snapshot, SnapshotStore, StreamAdmin, StreamSlice, StreamWrite,
+    AllSlice, AppendResult, EventAppender, EventReader, EventStore, ReadAll, ReadStream, Snapshot,
+    SnapshotStore, StreamAdmin, StreamSlice, StreamWrite,
 };
-use flexcore_domain::users::{Email, EmailReservation, ReservationCommand, User, UserCommand};
 use flexcore_domain::{ExpectedVersion, StreamId};
 use flexcore_grpc::pb::SendCommandRequest;
 use flexcore_grpc::pb::command_service_client::CommandServiceClient;
+use flexcore_sample_users::commands::command_handlers;
+use flexcore_sample_users::domain::{
+    Email, EmailReservation, ReservationCommand, User, UserCommand,
+};
 use serde::Serialize;
 use serde_json::json;
 use tokio::net::TcpListener;
@@ -64,7 +67,7 @@ use tonic::transport::Channel;
 use super::{BenchArgs, median, percentile, tempfile_dir};
 use crate::cli::ServeArgs;
 use crate::config::Settings;
-use crate::server::{self, app_state, open_store};
+use crate::server::{self, open_store};
 
 /// The targets of issue #3, checked at this many connections.
 const TARGET_CONNECTIONS: usize = 32;
@@ -258,7 +261,7 @@ async fn measure_all(stores: &Stores, args: &BenchArgs) -> anyhow::Result<Gatewa
         "--load-share must be between 0 and 1 (a share of the HTTP gateway's throughput), not {}",
         args.load_share
     );
-    install_serve_observability(stores)?;
+    install_serve_observability()?;
     let mut phases = Phases {
         stores,
         duration,
@@ -528,8 +531,8 @@ fn figure(
 
 /// Installs what `flexcore serve` has in place before its first request: a `tracing`
 /// subscriber at its default level (printing only errors here), and, through
-/// [`app_state`], the process-wide Prometheus recorder.
-fn install_serve_observability(stores: &Stores) -> anyhow::Result<()> {
+/// [`server::metrics_renderer`], the process-wide Prometheus recorder.
+fn install_serve_observability() -> anyhow::Result<()> {
     use tracing_subscriber::fmt::writer::MakeWriterExt;
     use tracing_subscriber::layer::SubscriberExt;
     use tracing_subscriber::util::SubscriberInitExt;
@@ -540,8 +543,7 @@ fn install_serve_observability(stores: &Stores) -> anyhow::Result<()> {
                 .with_writer(std::io::stderr.with_max_level(tracing::Level::ERROR)),
         )
         .try_init();
-    let settings = stores.settings("sqlite://unused.db", None, None)?;
-    app_state(Arc::new(InMemoryStore::new()), &settings)?;
+    server::metrics_renderer()?;
     Ok(())
 }
 
@@ -566,10 +568,14 @@ async fn run_once(
             return Ok(measured);
         }
         Layer::Bus => {
-            let settings = stores.settings(url, None, None)?;
-            let state = app_state(appends.wrap(open_store(url).await?), &settings)?;
+            let store = appends.wrap(open_store(url).await?);
+            let mut router = CommandRouter::new();
+            for (command_type, handler) in command_handlers(server::repository(store)) {
+                router.register(command_type, handler)?;
+            }
+            let commands = server::command_bus(router);
             let clients = (0..connections)
-                .map(|_| BusClient(Arc::clone(&state.commands)))
+                .map(|_| BusClient(Arc::clone(&commands)))
                 .collect();
             measure(clients, duration, rate).await
         }

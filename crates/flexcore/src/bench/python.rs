@@ -12,7 +12,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use flexcore_app::command::{Command, CommandBus, CommandContext};
+use flexcore_app::command::{Command, CommandBus, CommandContext, CommandRouter};
+use flexcore_app::event_bus::EventBus;
+use flexcore_python::{PythonConfig, PythonModule};
+use flexcore_sample_users::commands::command_handlers;
 use serde::Serialize;
 use serde_json::json;
 use tokio::task::JoinSet;
@@ -20,7 +23,7 @@ use tokio::task::JoinSet;
 use super::{BenchArgs, median};
 use crate::cli::ServeArgs;
 use crate::config::Settings;
-use crate::server::{app_state, app_state_with, open_store};
+use crate::server::{self, open_store};
 
 /// The example's module, built into the binary so the bench runs from anywhere.
 const USERS_PY: &str = include_str!("../../../../examples/python-users/users.py");
@@ -214,19 +217,26 @@ async fn run_once(
     duration: Duration,
 ) -> anyhow::Result<Run> {
     let store = open_store(&settings.store_url).await?;
-    let python = crate::python::load(&settings.python, Arc::clone(&store)).await?;
     let (stop, stopped) = tokio::sync::watch::channel(false);
-    let state = match &python {
-        Some(python) => {
-            // The event bus as `serve` runs it; the example's durable consumer (welcome
-            // messages written to ./data) is left out: a bench must not write into the
-            // working directory, and it runs after the command anyway.
-            crate::python::start_replayed(python, Arc::clone(&store), stopped);
-            app_state_with(store, settings, Some(python))?
+    let mut router = CommandRouter::new();
+    if settings.python.modules.is_empty() {
+        for (command_type, handler) in command_handlers(server::repository(Arc::clone(&store))) {
+            router.register(command_type, handler)?;
         }
-        None => app_state(store, settings)?,
-    };
-    let measured = measure(&state.commands, connections, duration).await;
+    } else {
+        let config = PythonConfig::new(settings.python.modules.iter().cloned())
+            .with_timeout(Duration::from_millis(settings.python.timeout_ms));
+        let python = PythonModule::load(config, Arc::clone(&store)).await?;
+        python.live().register_commands(&mut router)?;
+        // The log follower as `serve` runs it; the example's durable consumer (welcome
+        // messages written to ./data) is left out: a bench must not write into the working
+        // directory, and it runs after the command anyway.
+        let mut bus = EventBus::new();
+        bus.subscribe("*", python.live().event_handler());
+        bus.spawn(Arc::clone(&store) as Arc<_>, 0, stopped);
+    }
+    let commands = server::command_bus(router);
+    let measured = measure(&commands, connections, duration).await;
     let _ = stop.send(true);
     measured
 }

@@ -1,4 +1,5 @@
-//! The sample domain from the seed: users with a unique, validated email address.
+//! The sample domain's rules from the seed: users with a unique, validated email address.
+//! Pure: no I/O, no runtime.
 //!
 //! Email uniqueness is itself an aggregate, [`EmailReservation`], whose stream
 //! (`email-{address}`) is claimed in the same atomic append as the user's event: two concurrent
@@ -10,9 +11,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use uuid::Uuid;
 
-use crate::aggregate::Aggregate;
-use crate::error::DomainError;
-use crate::event::DomainEvent;
+use flexcore_domain::{Aggregate, DomainError, DomainEvent};
 
 /// The longest email address accepted (RFC 5321's path limit).
 const MAX_EMAIL_LEN: usize = 254;

@@ -1,27 +1,23 @@
-//! The sample domain's read model: the `users` table and the `get_user` / `list_users`
-//! queries it answers.
+//! The sample domain's read model: the `users` table, the `get_user` / `list_users` queries
+//! it answers, and their query-cache policy.
 //!
-//! Both queries accept `min_position` (the `global_position` a command returned, also taken
-//! from [`QueryContext::min_position`]): the query then waits, at most
-//! [`MIN_POSITION_TIMEOUT`], until the read model has applied that event — read-your-writes.
+//! Both queries are read-your-writes capable through the engine: a `min_position` parameter
+//! (or header) becomes [`QueryContext::min_position`], and [`ReadModel::query`] waits for it.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use async_trait::async_trait;
-use flexcore_domain::users::UserEvent;
-use flexcore_domain::{DomainError, DomainEvent, EventEnvelope};
+use flexcore_app::projection::{Changes, Projection, ReadModel, SqlValue};
+use flexcore_app::query::{QueryContext, QueryHandler};
+use flexcore_app::query_cache::CachePolicy;
+use flexcore_app::store::EventFilter;
+use flexcore_app::{Error, Result};
+use flexcore_domain::{Aggregate, DomainError, DomainEvent, EventEnvelope};
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 use uuid::Uuid;
 
-use super::{Changes, Projection, ReadModel, SqlValue};
-use crate::query::{QueryContext, QueryHandler, QueryRouter};
-use crate::store::EventFilter;
-use crate::{Error, Result};
-
-/// How long a query waits for `min_position` at most.
-pub const MIN_POSITION_TIMEOUT: Duration = Duration::from_secs(5);
+use crate::domain::{User, UserEvent};
 
 /// The largest `page_size` of `list_users`.
 pub const MAX_PAGE_SIZE: u64 = 500;
@@ -29,9 +25,14 @@ pub const MAX_PAGE_SIZE: u64 = 500;
 /// Projects `user.created` and `user.email_changed` into the `users` table.
 pub struct UsersProjection;
 
+impl UsersProjection {
+    /// The projection's name, also the name of its read model.
+    pub const NAME: &'static str = "users";
+}
+
 impl Projection for UsersProjection {
     fn name(&self) -> &str {
-        "users"
+        Self::NAME
     }
 
     /// 2: no index on `email` (no query can use one: `email_contains` is a substring match;
@@ -113,26 +114,25 @@ impl Projection for UsersProjection {
     }
 }
 
-/// Registers `get_user` and `list_users`, answered from the `users` read model.
-pub fn register_queries(queries: &mut QueryRouter, users: ReadModel) -> Result<()> {
+/// `get_user` and `list_users`, answered from the `users` read model, by query type.
+pub fn query_handlers(users: ReadModel) -> [(&'static str, Arc<dyn QueryHandler>); 2] {
     let users = Arc::new(users);
-    queries.register("get_user", Arc::new(GetUser(Arc::clone(&users))))?;
-    queries.register("list_users", Arc::new(ListUsers(users)))?;
-    Ok(())
+    [
+        ("get_user", Arc::new(GetUser(Arc::clone(&users)))),
+        ("list_users", Arc::new(ListUsers(users))),
+    ]
 }
 
-/// `get_user {user_id, min_position?}`.
+/// `get_user {user_id}`.
 struct GetUser(Arc<ReadModel>);
 
-/// `list_users {page?, page_size?, email_contains?, min_position?}`.
+/// `list_users {page?, page_size?, email_contains?}`.
 struct ListUsers(Arc<ReadModel>);
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct GetUserParams {
     user_id: Uuid,
-    #[serde(default)]
-    min_position: Option<u64>,
 }
 
 #[derive(Deserialize)]
@@ -144,8 +144,6 @@ struct ListUsersParams {
     page_size: u64,
     #[serde(default)]
     email_contains: Option<String>,
-    #[serde(default)]
-    min_position: Option<u64>,
 }
 
 fn first_page() -> u64 {
@@ -165,10 +163,9 @@ impl QueryHandler for GetUser {
         let rows = self
             .0
             .query(
+                ctx,
                 &format!("SELECT {COLUMNS} FROM {{users}} WHERE user_id = $1"),
                 vec![params.user_id.to_string().into()],
-                params.min_position.or(ctx.min_position),
-                MIN_POSITION_TIMEOUT,
             )
             .await?;
         let row = rows.into_iter().next().ok_or_else(|| {
@@ -190,7 +187,6 @@ impl QueryHandler for ListUsers {
                 "page_size must be between 1 and {MAX_PAGE_SIZE}"
             )));
         }
-        let min_position = params.min_position.or(ctx.min_position);
         let (filter, mut args) = match &params.email_contains {
             Some(needle) => (
                 "WHERE email LIKE $1 ESCAPE '\\'",
@@ -204,10 +200,9 @@ impl QueryHandler for ListUsers {
         let total = self
             .0
             .query(
+                ctx,
                 &format!("SELECT COUNT(*) FROM {{users}} {filter}"),
                 args.clone(),
-                min_position,
-                MIN_POSITION_TIMEOUT,
             )
             .await?
             .first()
@@ -222,13 +217,13 @@ impl QueryHandler for ListUsers {
         let rows = self
             .0
             .query(
+                // The count above already waited for the context's position.
+                &QueryContext::default(),
                 &format!(
                     "SELECT {COLUMNS} FROM {{users}} {filter} ORDER BY created_position LIMIT ${limit_at} OFFSET ${}",
                     limit_at + 1
                 ),
                 args,
-                None,
-                MIN_POSITION_TIMEOUT,
             )
             .await?;
         let users = rows
@@ -242,6 +237,25 @@ impl QueryHandler for ListUsers {
             "total": total,
         }))
     }
+}
+
+/// The sample domain's query-cache policy (see [`flexcore_app::query_cache`]): `get_user {user_id}`
+/// depends on the tag `user:{id}`, `list_users` on `users`; every event of a stream
+/// `user-{id}` invalidates both `users` and `user:{id}`.
+/// (A read-your-writes query is never answered from the cache: the engine sees to that.)
+pub fn cache_policy() -> CachePolicy {
+    CachePolicy::new()
+        .cache("get_user", |params| {
+            let id: Uuid = params.get("user_id")?.as_str()?.parse().ok()?;
+            Some(vec![format!("user:{id}")])
+        })
+        .cache("list_users", |_| Some(vec!["users".to_owned()]))
+        .invalidate(|event| match event.stream_id.as_str().split_once('-') {
+            Some((category, id)) if category == User::TYPE => {
+                vec!["users".to_owned(), format!("user:{id}")]
+            }
+            _ => Vec::new(),
+        })
 }
 
 /// Escapes `%`, `_` and `\` for a `LIKE … ESCAPE '\'` pattern.

@@ -1,10 +1,10 @@
 //! The sample domain's rules, written with the given/when/then kit.
 
 use flexcore_domain::test_kit::AggregateTestKit;
-use flexcore_domain::users::{
+use flexcore_domain::{DomainEvent, ErrorKind};
+use flexcore_sample_users::domain::{
     Email, EmailReservation, ReservationCommand, ReservationEvent, User, UserCommand, UserEvent,
 };
-use flexcore_domain::{DomainEvent, ErrorKind};
 use serde_json::{Map, json};
 use uuid::Uuid;
 

@@ -1,5 +1,5 @@
 //! The sample domain's command handlers: `create_user`, `change_email` (its queries answer
-//! from the `users` read model: [`crate::projection::users`]).
+//! from the `users` read model: [`crate::read_model`]).
 //!
 //! Email uniqueness is enforced by claiming the address's reservation stream in the same
 //! atomic append as the user's event; a concurrent claim fails its expectation, the retry
@@ -8,30 +8,25 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use flexcore_domain::users::{
-    Email, EmailReservation, ReservationCommand, User, UserCommand, UserEvent,
-};
-use flexcore_domain::{
-    Aggregate, DomainError, DomainEvent, EventEnvelope, EventId, ExpectedVersion, NewEvent,
-    RawJson, StreamId,
-};
+use flexcore_app::command::{CommandContext, CommandHandler};
+use flexcore_app::repository::{Loaded, Repository};
+use flexcore_app::store::StreamWriteResult;
+use flexcore_app::{Error, Result};
+use flexcore_domain::DomainError;
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use serde_json::{Map, Value};
 use uuid::Uuid;
 
-use crate::command::{CommandContext, CommandHandler, CommandRouter};
-use crate::event_bus::EventHandler;
-use crate::repository::{Loaded, Repository};
-use crate::store::{EventAppender, EventFilter, StreamWriteResult};
-use crate::{Error, Result};
+use crate::domain::{Email, EmailReservation, ReservationCommand, User, UserCommand};
 
-/// Registers the sample domain's command handlers.
-pub fn register_commands(commands: &mut CommandRouter, repository: Repository) -> Result<()> {
+/// The sample domain's command handlers, by command type.
+pub fn command_handlers(repository: Repository) -> [(&'static str, Arc<dyn CommandHandler>); 2] {
     let handlers = Arc::new(UserHandlers { repository });
-    commands.register("create_user", Arc::new(CreateUser(Arc::clone(&handlers))))?;
-    commands.register("change_email", Arc::new(ChangeEmail(handlers)))?;
-    Ok(())
+    [
+        ("create_user", Arc::new(CreateUser(Arc::clone(&handlers)))),
+        ("change_email", Arc::new(ChangeEmail(handlers))),
+    ]
 }
 
 struct UserHandlers {
@@ -183,137 +178,4 @@ fn first_stream(streams: Vec<StreamWriteResult>) -> Result<StreamWriteResult> {
         .into_iter()
         .next()
         .ok_or_else(|| Error::Internal("append returned no stream result".into()))
-}
-
-/// The sample domain's query-cache policy (see [`crate::query_cache`]): `get_user {user_id}`
-/// depends on the tag `user:{id}`, `list_users` on `users`; every event of a stream
-/// `user-{id}` invalidates both `users` and `user:{id}`.
-///
-/// A query that carries `min_position` is not cached: it asks to wait for a projection
-/// position, which a cached answer cannot promise.
-pub fn cache_policy() -> crate::query_cache::CachePolicy {
-    fn waits(params: &Value) -> bool {
-        params.get("min_position").is_some_and(|p| !p.is_null())
-    }
-    crate::query_cache::CachePolicy::new()
-        .cache("get_user", |params| {
-            if waits(params) {
-                return None;
-            }
-            let id: Uuid = params.get("user_id")?.as_str()?.parse().ok()?;
-            Some(vec![format!("user:{id}")])
-        })
-        .cache("list_users", |params| {
-            (!waits(params)).then(|| vec!["users".to_owned()])
-        })
-        .invalidate(|event| match event.stream_id.as_str().split_once('-') {
-            Some((category, id)) if category == User::TYPE => {
-                vec!["users".to_owned(), format!("user:{id}")]
-            }
-            _ => Vec::new(),
-        })
-}
-
-/// The sample domain's side effect, run as a durable consumer (see [`crate::durable`]): every
-/// `user.created` queues a welcome notification, the event `notification.welcome_queued` on
-/// the stream `notification-{user_id}`.
-///
-/// Delivery is at least once, so the handler is idempotent: the notification's event id is
-/// derived from the `user.created` event's id, and the store answers a re-sent event id with
-/// the original result, writing nothing.
-pub struct WelcomeNotifier {
-    store: Arc<dyn EventAppender>,
-}
-
-impl WelcomeNotifier {
-    /// The consumer's name.
-    pub const NAME: &'static str = "welcome";
-
-    /// A notifier appending to `store`.
-    pub fn new(store: Arc<dyn EventAppender>) -> Self {
-        Self { store }
-    }
-
-    /// The events it reads.
-    pub fn filter() -> EventFilter {
-        EventFilter {
-            type_prefix: Some("user.created".into()),
-            ..EventFilter::default()
-        }
-    }
-}
-
-#[async_trait]
-impl EventHandler for WelcomeNotifier {
-    async fn handle(&self, event: &EventEnvelope) -> Result<()> {
-        if event.event_type != "user.created" {
-            return Ok(());
-        }
-        let UserEvent::Created { user_id, email, .. } = UserEvent::from_envelope(event)? else {
-            return Ok(());
-        };
-        let data = serde_json::json!({
-            "user_id": user_id,
-            "email": email,
-            "source_event_id": event.event_id,
-        });
-        let notice = NewEvent::new("notification.welcome_queued", RawJson::from_value(&data))?
-            .with_id(notice_id(event.event_id));
-        self.store
-            .append(
-                StreamId::new(format!("notification-{user_id}"))?,
-                ExpectedVersion::Any,
-                vec![notice],
-            )
-            .await?;
-        Ok(())
-    }
-}
-
-/// The welcome notice's id for a `user.created` event: stable, so a re-delivery appends
-/// nothing new. A UUIDv8 keeping the source id's first six bytes (a UUIDv7's millisecond
-/// timestamp) and salting the rest: distinct from the source id and from every other notice,
-/// and, like the ids the store assigns, increasing with time, so the store's event-id index
-/// grows at its right edge instead of taking each notice at a random page.
-fn notice_id(source: EventId) -> EventId {
-    let mut bytes = *source.0.as_bytes();
-    for (byte, salt) in bytes[6..].iter_mut().zip(b"welcome-notice") {
-        *byte ^= salt;
-    }
-    EventId(Uuid::new_v8(bytes))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn notice_ids_are_stable_distinct_and_ordered_like_their_sources() {
-        let sources: Vec<EventId> = (0..1000).map(|_| EventId(Uuid::now_v7())).collect();
-        let notices: Vec<EventId> = sources.iter().map(|s| notice_id(*s)).collect();
-        assert_eq!(notice_id(sources[0]), notices[0], "stable");
-        let distinct: std::collections::HashSet<_> = sources
-            .iter()
-            .chain(notices.iter())
-            .map(|id| id.0)
-            .collect();
-        assert_eq!(
-            distinct.len(),
-            2000,
-            "no notice id equals a source id or another notice id"
-        );
-        for (source, notice) in sources.iter().zip(&notices) {
-            assert_eq!(notice.0.get_version_num(), 8);
-            assert_eq!(source.0.as_bytes()[..6], notice.0.as_bytes()[..6]);
-        }
-        for pair in sources.windows(2).zip(notices.windows(2)) {
-            let (s, n) = pair;
-            if s[0].0.as_bytes()[..6] < s[1].0.as_bytes()[..6] {
-                assert!(
-                    n[0].0.as_bytes() < n[1].0.as_bytes(),
-                    "a later source, a later notice"
-                );
-            }
-        }
-    }
 }
