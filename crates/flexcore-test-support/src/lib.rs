@@ -2,6 +2,9 @@
 //!
 //! * [`conformance`]: the event-store conformance suite; each backend runs it from its `tests/`
 //!   with [`conformance_suite!`].
+//! * [`projection_conformance`]: the sample's `users` read model end to end (queries,
+//!   read-your-writes, restart, blue-green rebuilds, two nodes); each backend runs it with
+//!   [`projection_conformance_suite!`].
 //! * [`readmodel_conformance`]: the read-model store conformance suite (checkpoints, fenced
 //!   commits, portable SQL, dead letters); each backend runs it with
 //!   [`readmodel_conformance_suite!`].
@@ -10,6 +13,7 @@
 //!   a missing service fails the test.
 
 pub mod conformance;
+pub mod projection_conformance;
 pub mod readmodel_conformance;
 mod sample;
 pub mod services;
