@@ -126,47 +126,7 @@ impl CacheBackend for MokaCache {
 mod tests {
     use super::*;
 
-    fn tags(names: &[&str]) -> Vec<String> {
-        names.iter().map(|s| (*s).to_owned()).collect()
-    }
-
-    #[tokio::test]
-    async fn stores_reads_and_versions() {
-        let cache = MokaCache::default();
-        assert_eq!(cache.get("k").await.unwrap(), None);
-        cache
-            .put("k", b"v".to_vec(), Duration::from_secs(60))
-            .await
-            .unwrap();
-        assert_eq!(cache.get("k").await.unwrap(), Some(b"v".to_vec()));
-
-        assert_eq!(
-            cache.tag_versions(&tags(&["a", "b"])).await.unwrap(),
-            [0, 0]
-        );
-        cache.bump_tags(&tags(&["a"])).await.unwrap();
-        cache.bump_tags(&tags(&["a", "b"])).await.unwrap();
-        assert_eq!(
-            cache.tag_versions(&tags(&["b", "a", "c"])).await.unwrap(),
-            [1, 2, 0]
-        );
-    }
-
-    #[tokio::test]
-    async fn entries_expire_after_their_own_ttl() {
-        let cache = MokaCache::default();
-        cache
-            .put("short", b"1".to_vec(), Duration::from_millis(50))
-            .await
-            .unwrap();
-        cache
-            .put("long", b"2".to_vec(), Duration::from_secs(60))
-            .await
-            .unwrap();
-        tokio::time::sleep(Duration::from_millis(120)).await;
-        assert_eq!(cache.get("short").await.unwrap(), None);
-        assert_eq!(cache.get("long").await.unwrap(), Some(b"2".to_vec()));
-    }
+    // Entries, TTLs and tag versions: the cache-backend conformance suite (tests/).
 
     #[tokio::test]
     async fn capacity_is_bounded_in_bytes() {

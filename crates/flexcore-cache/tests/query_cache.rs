@@ -5,18 +5,19 @@
 //! `FLEXCORE_REQUIRE_SERVICES=1`. Each uses its own key prefix, deleted afterwards.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use async_trait::async_trait;
-use flexcore_app::query::{Query, QueryBus, QueryBusExt, QueryContext};
-use flexcore_app::query_cache::{CacheBackend, CacheStats, CachedQueries};
-use flexcore_app::{Error, ErrorKind, Result};
+use flexcore_app::query::{QueryBus, QueryContext};
+use flexcore_app::query_cache::CacheBackend;
+use flexcore_app::ErrorKind;
 use flexcore_cache::{MokaCache, RedisCache};
-use flexcore_domain::{DomainError, EventEnvelope, EventId, NewEvent, RawJson, StreamId};
+use flexcore_test_support::cache_backend_suite;
+use flexcore_test_support::cache_conformance::{
+    CacheFixture, Counting, cached, errors_not_cached, get_user, hit_after_miss, list_users, stats,
+    uncacheable_passes_through, user_event,
+};
 use flexcore_test_support::services::{service_available, unique_name};
-use serde_json::{Value, json};
-use tokio::sync::Notify;
 use uuid::Uuid;
 
 const REDIS_ADDR: &str = "127.0.0.1:6379";
@@ -65,235 +66,33 @@ impl Drop for TestPrefix {
     }
 }
 
-/// Answers `{"call": n}` and counts; fails while `failing` is above zero (then decrements it).
-struct Counting {
-    calls: AtomicUsize,
-    failing: AtomicUsize,
-    /// When set, the first call waits here after reading (to race an invalidation).
-    hold_first: Option<(Arc<Notify>, Arc<Notify>)>,
-}
+// ---- the conformance suite, on each backend
 
-impl Counting {
-    fn new() -> Arc<Self> {
-        Arc::new(Self {
-            calls: AtomicUsize::new(0),
-            failing: AtomicUsize::new(0),
-            hold_first: None,
+mod moka {
+    use super::*;
+
+    fn moka() -> Option<CacheFixture> {
+        Some(CacheFixture {
+            backend: Arc::new(MokaCache::default()),
+            guard: Box::new(()),
         })
     }
 
-    fn calls(&self) -> usize {
-        self.calls.load(Ordering::SeqCst)
+    cache_backend_suite!(moka);
+}
+
+mod redis_backend {
+    use super::*;
+
+    fn redis() -> Option<CacheFixture> {
+        let prefix = TestPrefix::new()?;
+        Some(CacheFixture {
+            backend: Arc::new(prefix.cache()),
+            guard: Box::new(prefix),
+        })
     }
-}
 
-#[async_trait]
-impl QueryBus for Counting {
-    async fn ask(&self, _ctx: &QueryContext, query: &Query) -> Result<Value> {
-        let call = self.calls.fetch_add(1, Ordering::SeqCst) + 1;
-        if self
-            .failing
-            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
-            .is_ok()
-        {
-            return Err(Error::Domain(DomainError::NotFound("no such user".into())));
-        }
-        let answer = json!({"query": query.query_type, "call": call});
-        if call == 1
-            && let Some((reading, committed)) = &self.hold_first
-        {
-            reading.notify_one();
-            committed.notified().await;
-        }
-        Ok(answer)
-    }
-}
-
-/// Lets several cached buses share one counting inner bus.
-struct Shared(Arc<Counting>);
-
-#[async_trait]
-impl QueryBus for Shared {
-    async fn ask(&self, ctx: &QueryContext, query: &Query) -> Result<Value> {
-        self.0.ask(ctx, query).await
-    }
-}
-
-fn cached(inner: &Arc<Counting>, backend: Arc<dyn CacheBackend>) -> CachedQueries<Shared> {
-    Shared(Arc::clone(inner)).with_cache(
-        backend,
-        Arc::new(flexcore_sample_users::read_model::cache_policy()),
-    )
-}
-
-fn get_user(id: Uuid) -> Query {
-    Query {
-        query_type: "get_user".into(),
-        params: json!({ "user_id": id }),
-    }
-}
-
-fn list_users() -> Query {
-    Query {
-        query_type: "list_users".into(),
-        params: json!({"page": 1, "page_size": 20}),
-    }
-}
-
-fn user_event(id: Uuid) -> EventEnvelope {
-    let new = NewEvent::new("user.email_changed", RawJson::from_value(&json!({}))).unwrap();
-    EventEnvelope {
-        event_id: EventId(Uuid::now_v7()),
-        stream_id: StreamId::new(format!("user-{id}")).unwrap(),
-        stream_version: 1,
-        global_position: 2,
-        event_type: new.event_type,
-        schema_version: 1,
-        data: new.data,
-        metadata: Default::default(),
-        recorded_at: time::OffsetDateTime::UNIX_EPOCH,
-    }
-}
-
-fn stats(hits: u64, misses: u64, errors: u64) -> CacheStats {
-    CacheStats {
-        hits,
-        misses,
-        errors,
-    }
-}
-
-// ---- the behaviours, for any backend
-
-async fn hit_after_miss(backend: Arc<dyn CacheBackend>) {
-    let inner = Counting::new();
-    let bus = cached(&inner, backend);
-    let ctx = QueryContext::default();
-    let id = Uuid::now_v7();
-    let first = bus.ask(&ctx, &get_user(id)).await.unwrap();
-    let second = bus.ask(&ctx, &get_user(id)).await.unwrap();
-    assert_eq!(first, second);
-    assert_eq!(inner.calls(), 1);
-    assert_eq!(bus.stats(), stats(1, 1, 0));
-    // Another user is another entry.
-    assert_eq!(
-        bus.ask(&ctx, &get_user(Uuid::now_v7())).await.unwrap()["call"],
-        2
-    );
-}
-
-async fn invalidation_by_event(backend: Arc<dyn CacheBackend>) {
-    let inner = Counting::new();
-    let bus = cached(&inner, backend);
-    let ctx = QueryContext::default();
-    let (a, b) = (Uuid::now_v7(), Uuid::now_v7());
-    for query in [get_user(a), get_user(b), list_users()] {
-        bus.ask(&ctx, &query).await.unwrap();
-        bus.ask(&ctx, &query).await.unwrap();
-    }
-    assert_eq!(inner.calls(), 3);
-    bus.invalidator()
-        .invalidate(&[user_event(a)])
-        .await
-        .unwrap();
-    assert_eq!(bus.ask(&ctx, &get_user(a)).await.unwrap()["call"], 4);
-    assert_eq!(bus.ask(&ctx, &list_users()).await.unwrap()["call"], 5);
-    assert_eq!(bus.ask(&ctx, &get_user(b)).await.unwrap()["call"], 2);
-    assert_eq!(bus.ask(&ctx, &get_user(a)).await.unwrap()["call"], 4);
-    assert_eq!(inner.calls(), 5);
-}
-
-async fn stale_put_race(backend: Arc<dyn CacheBackend>) {
-    let (reading, committed) = (Arc::new(Notify::new()), Arc::new(Notify::new()));
-    let inner = Arc::new(Counting {
-        calls: AtomicUsize::new(0),
-        failing: AtomicUsize::new(0),
-        hold_first: Some((Arc::clone(&reading), Arc::clone(&committed))),
-    });
-    let bus = Arc::new(cached(&inner, backend));
-    let id = Uuid::now_v7();
-    let asking = {
-        let bus = Arc::clone(&bus);
-        tokio::spawn(async move { bus.ask(&QueryContext::default(), &get_user(id)).await })
-    };
-    reading.notified().await;
-    bus.invalidator()
-        .invalidate(&[user_event(id)])
-        .await
-        .unwrap();
-    committed.notify_one();
-    assert_eq!(asking.await.unwrap().unwrap()["call"], 1);
-
-    let ctx = QueryContext::default();
-    assert_eq!(bus.ask(&ctx, &get_user(id)).await.unwrap()["call"], 2);
-    assert_eq!(bus.ask(&ctx, &get_user(id)).await.unwrap()["call"], 2);
-    assert_eq!(bus.stats(), stats(1, 2, 0));
-}
-
-async fn errors_not_cached(backend: Arc<dyn CacheBackend>) {
-    let inner = Counting::new();
-    inner.failing.store(2, Ordering::SeqCst);
-    let bus = cached(&inner, backend);
-    let ctx = QueryContext::default();
-    let id = Uuid::now_v7();
-    assert_eq!(
-        bus.ask(&ctx, &get_user(id)).await.unwrap_err().kind(),
-        ErrorKind::NotFound
-    );
-    assert!(bus.ask(&ctx, &get_user(id)).await.is_err());
-    assert_eq!(bus.ask(&ctx, &get_user(id)).await.unwrap()["call"], 3);
-    assert_eq!(bus.ask(&ctx, &get_user(id)).await.unwrap()["call"], 3);
-    assert_eq!(inner.calls(), 3);
-}
-
-async fn uncacheable_passes_through(backend: Arc<dyn CacheBackend>) {
-    let inner = Counting::new();
-    let bus = cached(&inner, backend);
-    let ctx = QueryContext::default();
-    let search = Query {
-        query_type: "search".into(),
-        params: json!({"q": "x"}),
-    };
-    let waiting = Query {
-        query_type: "get_user".into(),
-        params: json!({"user_id": Uuid::now_v7(), "min_position": 7}),
-    };
-    for query in [&search, &search, &waiting, &waiting] {
-        bus.ask(&ctx, query).await.unwrap();
-    }
-    assert_eq!(inner.calls(), 4);
-    assert_eq!(bus.stats(), stats(0, 0, 0));
-}
-
-// ---- moka
-
-fn moka() -> Arc<dyn CacheBackend> {
-    Arc::new(MokaCache::default())
-}
-
-#[tokio::test]
-async fn moka_hit_after_miss() {
-    hit_after_miss(moka()).await;
-}
-
-#[tokio::test]
-async fn moka_invalidation_by_event() {
-    invalidation_by_event(moka()).await;
-}
-
-#[tokio::test]
-async fn moka_stale_put_race() {
-    stale_put_race(moka()).await;
-}
-
-#[tokio::test]
-async fn moka_errors_not_cached() {
-    errors_not_cached(moka()).await;
-}
-
-#[tokio::test]
-async fn moka_uncacheable_passes_through() {
-    uncacheable_passes_through(moka()).await;
+    cache_backend_suite!(redis);
 }
 
 #[tokio::test]
@@ -311,8 +110,10 @@ async fn from_url_without_a_url_is_moka_and_rejects_other_schemes() {
 
 // ---- Redis
 
+/// Redis keeps an answer as one key under the test's prefix, and stores nothing for errors
+/// and uncacheable queries.
 #[tokio::test]
-async fn redis_hit_after_miss() {
+async fn redis_keeps_answers_under_its_prefix_and_nothing_else() {
     let Some(prefix) = TestPrefix::new() else {
         return;
     };
@@ -323,35 +124,11 @@ async fn redis_hit_after_miss() {
         keys.iter()
             .all(|k| k.starts_with(&format!("{}e:", prefix.prefix)))
     );
-}
-
-#[tokio::test]
-async fn redis_invalidation_by_event() {
-    let Some(prefix) = TestPrefix::new() else {
-        return;
-    };
-    invalidation_by_event(Arc::new(prefix.cache())).await;
-}
-
-#[tokio::test]
-async fn redis_stale_put_race() {
-    let Some(prefix) = TestPrefix::new() else {
-        return;
-    };
-    stale_put_race(Arc::new(prefix.cache())).await;
-}
-
-#[tokio::test]
-async fn redis_errors_not_cached() {
     let Some(prefix) = TestPrefix::new() else {
         return;
     };
     errors_not_cached(Arc::new(prefix.cache())).await;
     assert_eq!(prefix.keys().len(), 1, "only the success is stored");
-}
-
-#[tokio::test]
-async fn redis_uncacheable_passes_through() {
     let Some(prefix) = TestPrefix::new() else {
         return;
     };

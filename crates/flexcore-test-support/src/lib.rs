@@ -1,5 +1,7 @@
 //! Test fixtures shared by every crate's integration tests.
 //!
+//! * [`cache_conformance`]: the query-cache backend suite (moka, Redis); each backend runs it
+//!   with [`cache_backend_suite!`].
 //! * [`conformance`]: the event-store conformance suite; each backend runs it from its `tests/`
 //!   with [`conformance_suite!`].
 //! * [`projection_conformance`]: the sample's `users` read model end to end (queries,
@@ -12,6 +14,7 @@
 //!   a clear message when a service is down, unless `FLEXCORE_REQUIRE_SERVICES=1` (CI), where
 //!   a missing service fails the test.
 
+pub mod cache_conformance;
 pub mod conformance;
 pub mod projection_conformance;
 pub mod readmodel_conformance;
