@@ -15,15 +15,17 @@
 //! twice while a projection replays. A projection whose [`Projection::version`] changed is
 //! rebuilt the same way at start.
 
+mod read_model;
 mod runner;
+mod templates;
 
 use async_trait::async_trait;
 use flexcore_domain::EventEnvelope;
 use serde::{Deserialize, Serialize};
 
+pub use read_model::ReadModel;
 pub use runner::{
     ProjectionListener, ProjectionState, ProjectionStatus, Projections, ProjectionsHandle,
-    ReadModel,
 };
 
 use crate::durable::ConsumerStateStore;

@@ -1,4 +1,6 @@
 //! Runs projections: one follower task per generation, blue-green swaps, position waits.
+//! (Queries read through [`ReadModel`]; followers resolve their SQL through
+//! [`ResolvedTemplates`].)
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -10,11 +12,12 @@ use serde::Serialize;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+use super::read_model::ReadModel;
+use super::templates::ResolvedTemplates;
 use super::{
-    Changes, Generation, Projection, ProjectionRecord, ReadModelStore, SqlStatement, SqlValue,
+    Changes, Generation, Projection, ProjectionRecord, ReadModelStore, SqlStatement,
     checkpoint_name, physical_table, resolve_tables, validate_table_name,
 };
-use crate::query::{QueryContext, READ_YOUR_WRITES_TIMEOUT};
 use crate::store::EventReader;
 use crate::subscription::{BACKGROUND_LINGER, Subscription, SubscriptionOptions, lag};
 use crate::{Error, Result};
@@ -168,17 +171,17 @@ impl Projections {
     }
 }
 
-struct Shared {
-    store: Arc<dyn ReadModelStore>,
-    reader: Arc<dyn EventReader>,
+pub(super) struct Shared {
+    pub(super) store: Arc<dyn ReadModelStore>,
+    pub(super) reader: Arc<dyn EventReader>,
     listeners: Vec<Arc<dyn ProjectionListener>>,
     page_size: usize,
     shutdown: watch::Receiver<bool>,
     entries: HashMap<String, Arc<Entry>>,
 }
 
-struct Entry {
-    projection: Arc<dyn Projection>,
+pub(super) struct Entry {
+    pub(super) projection: Arc<dyn Projection>,
     state: Mutex<EntryState>,
     /// The live generation's checkpoint (0 until one is live).
     live_position: watch::Sender<u64>,
@@ -186,9 +189,9 @@ struct Entry {
     starting: tokio::sync::Mutex<()>,
 }
 
-struct EntryState {
-    record: ProjectionRecord,
-    building_position: Option<u64>,
+pub(super) struct EntryState {
+    pub(super) record: ProjectionRecord,
+    pub(super) building_position: Option<u64>,
     error: Option<String>,
     /// Stops the live generation's follower.
     stop_live: Option<watch::Sender<bool>>,
@@ -209,11 +212,11 @@ impl Entry {
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, EntryState> {
+    pub(super) fn lock(&self) -> std::sync::MutexGuard<'_, EntryState> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn name(&self) -> &str {
+    pub(super) fn name(&self) -> &str {
         self.projection.name()
     }
 }
@@ -227,7 +230,7 @@ enum Role {
 /// Queries read models through it; operators see status and start rebuilds.
 #[derive(Clone)]
 pub struct ProjectionsHandle {
-    shared: Arc<Shared>,
+    pub(super) shared: Arc<Shared>,
 }
 
 impl ProjectionsHandle {
@@ -669,102 +672,5 @@ impl Follower {
                 }
             }
         }
-    }
-}
-
-/// Reads one projection's live read model.
-#[derive(Clone)]
-pub struct ReadModel {
-    handle: ProjectionsHandle,
-    entry: Arc<Entry>,
-}
-
-impl ReadModel {
-    /// Runs a query (`{table}` names, `$n` parameters) against the live generation — for a
-    /// read-your-writes query ([`QueryContext::min_position`]) after waiting, at most
-    /// [`READ_YOUR_WRITES_TIMEOUT`], until it has applied the event at that position. Fails as
-    /// unavailable while no generation has caught up yet.
-    pub async fn query(
-        &self,
-        ctx: &QueryContext,
-        sql: &str,
-        params: Vec<SqlValue>,
-    ) -> Result<Vec<Vec<SqlValue>>> {
-        let name = self.entry.name();
-        if let Some(position) = ctx.min_position {
-            self.handle
-                .wait_for(name, position, READ_YOUR_WRITES_TIMEOUT)
-                .await?;
-        }
-        let live = self.entry.lock().record.live;
-        let Some(live) = live else {
-            let building = self.entry.lock().building_position.unwrap_or(0);
-            let head = *self.handle.shared.reader.head().borrow();
-            return Err(Error::Unavailable(format!(
-                "read model '{name}' is being built (position {building} of {head}); try again shortly"
-            )));
-        };
-        let sql = resolve_tables(sql, &self.entry.projection.tables(), live.number);
-        self.handle.shared.store.query(sql, params).await
-    }
-}
-
-/// A follower's statement templates with their `{table}` names resolved to its generation's
-/// physical names, each resolved once: a projection emits a few distinct templates, many times.
-struct ResolvedTemplates {
-    tables: Vec<&'static str>,
-    generation: u32,
-    resolved: HashMap<String, String>,
-}
-
-impl ResolvedTemplates {
-    fn new(tables: Vec<&'static str>, generation: Generation) -> Self {
-        Self {
-            tables,
-            generation: generation.number,
-            resolved: HashMap::new(),
-        }
-    }
-
-    /// `template` with physical table names.
-    fn resolve(&mut self, template: &str) -> String {
-        if let Some(sql) = self.resolved.get(template) {
-            return sql.clone();
-        }
-        let sql = resolve_tables(template, &self.tables, self.generation);
-        // Bounded: a projection that builds its SQL from event data would grow this forever.
-        if self.resolved.len() < MAX_RESOLVED_TEMPLATES {
-            self.resolved.insert(template.to_owned(), sql.clone());
-        }
-        sql
-    }
-}
-
-/// How many distinct statement templates a follower remembers resolved.
-const MAX_RESOLVED_TEMPLATES: usize = 256;
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn templates_resolve_like_resolve_tables_and_stay_bounded() {
-        let generation = Generation {
-            number: 3,
-            version: 1,
-        };
-        let mut templates = ResolvedTemplates::new(vec!["users", "emails"], generation);
-        let sql = "INSERT INTO {users} (id) SELECT id FROM {emails} WHERE id = $1";
-        for _ in 0..2 {
-            assert_eq!(
-                templates.resolve(sql),
-                "INSERT INTO rm_users_3 (id) SELECT id FROM rm_emails_3 WHERE id = $1"
-            );
-        }
-        for n in 0..2 * MAX_RESOLVED_TEMPLATES {
-            let resolved = templates.resolve(&format!("DELETE FROM {{users}} WHERE n = {n}"));
-            assert_eq!(resolved, format!("DELETE FROM rm_users_3 WHERE n = {n}"));
-        }
-        assert_eq!(templates.resolved.len(), MAX_RESOLVED_TEMPLATES);
     }
 }
