@@ -14,6 +14,8 @@
 //! * [`projection`]: read models updated with their checkpoint in one transaction, blue-green
 //!   rebuilds, read-your-writes waits;
 //! * [`idempotency`]: the `Idempotency-Key` decorator of the command bus;
+//! * [`service_url`]: the URLs of the services FlexCore connects to, with FlexCore's own
+//!   query parameters taken out;
 //! * [`module`]: the domain-module contract through which every domain (the Rust sample,
 //!   Python modules, plugins) plugs into the engine.
 
@@ -28,6 +30,7 @@ pub mod projection;
 pub mod query;
 pub mod query_cache;
 pub mod repository;
+pub mod service_url;
 pub mod store;
 pub mod subscription;
 

@@ -19,7 +19,7 @@ use tokio::task::{JoinHandle, JoinSet};
 
 use crate::error::{BrokerError, Result};
 use crate::inbound::{self, CommandMessage, Disposition, InboundOptions};
-use crate::url::BrokerUrl;
+use crate::url::{BrokerUrl, InboundParams};
 
 /// The exchange the outbox publishes to unless the URL names one.
 pub const DEFAULT_EXCHANGE: &str = "flexcore.events";

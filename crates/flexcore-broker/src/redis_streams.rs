@@ -18,7 +18,7 @@ use tokio::task::JoinHandle;
 
 use crate::error::{BrokerError, Result};
 use crate::inbound::{self, CommandMessage, Disposition, InboundOptions};
-use crate::url::BrokerUrl;
+use crate::url::{BrokerUrl, InboundParams};
 
 /// The stream the outbox appends to unless the URL names one.
 pub const DEFAULT_EVENT_STREAM: &str = "flexcore.events";

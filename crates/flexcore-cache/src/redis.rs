@@ -4,6 +4,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use flexcore_app::query_cache::CacheBackend;
+use flexcore_app::service_url::ServiceUrl;
 use flexcore_app::{Error, Result};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 
@@ -46,29 +47,6 @@ fn classify(e: redis::RedisError) -> Error {
     }
 }
 
-/// Splits `prefix=…` off a URL's query string.
-fn split_prefix(url: &str) -> (String, Option<String>) {
-    let Some((base, query)) = url.split_once('?') else {
-        return (url.to_owned(), None);
-    };
-    let mut prefix = None;
-    let rest: Vec<&str> = query
-        .split('&')
-        .filter(|pair| match pair.strip_prefix("prefix=") {
-            Some(value) => {
-                prefix = Some(value.to_owned());
-                false
-            }
-            None => !pair.is_empty(),
-        })
-        .collect();
-    if rest.is_empty() {
-        (base.to_owned(), prefix)
-    } else {
-        (format!("{base}?{}", rest.join("&")), prefix)
-    }
-}
-
 /// Escapes the glob characters of a `SCAN MATCH` pattern.
 fn glob_escape(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
@@ -86,8 +64,9 @@ impl RedisCache {
     /// [`DEFAULT_PREFIX`]). Connects lazily: this fails only on a malformed URL. Call it inside
     /// a Tokio runtime.
     pub fn from_url(url: &str) -> Result<Self> {
-        let (url, prefix) = split_prefix(url);
-        Self::new(&url, prefix.as_deref().unwrap_or(DEFAULT_PREFIX))
+        let mut url = ServiceUrl::parse(url)?;
+        let prefix = url.take_or("prefix", DEFAULT_PREFIX);
+        Self::new(&url.driver_url(), &prefix)
     }
 
     /// A cache at `url` whose keys all start with `prefix`.
@@ -223,25 +202,6 @@ impl CacheBackend for RedisCache {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn the_prefix_is_taken_out_of_the_url() {
-        assert_eq!(
-            split_prefix("redis://127.0.0.1:6379/?prefix=app:qc:"),
-            (
-                "redis://127.0.0.1:6379/".to_owned(),
-                Some("app:qc:".to_owned())
-            )
-        );
-        assert_eq!(
-            split_prefix("redis://h/2?protocol=resp3&prefix=x&a=b"),
-            (
-                "redis://h/2?protocol=resp3&a=b".to_owned(),
-                Some("x".to_owned())
-            )
-        );
-        assert_eq!(split_prefix("redis://h"), ("redis://h".to_owned(), None));
-    }
 
     #[test]
     fn scan_patterns_match_the_prefix_literally() {

@@ -8,9 +8,9 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
+use flexcore_app::ErrorKind;
 use flexcore_app::query::{QueryBus, QueryContext};
 use flexcore_app::query_cache::CacheBackend;
-use flexcore_app::ErrorKind;
 use flexcore_cache::{MokaCache, RedisCache};
 use flexcore_test_support::cache_backend_suite;
 use flexcore_test_support::cache_conformance::{

@@ -284,7 +284,7 @@ fn url_setting(
     match value.filter(|v| !v.trim().is_empty()) {
         Some(url) if !schemes.iter().any(|s| url.starts_with(s)) => Err(ConfigError::Invalid {
             key,
-            value: crate::server::mask_password(&url),
+            value: crate::store_url::mask_password(&url),
             expected,
         }),
         other => Ok(other),
@@ -301,7 +301,7 @@ impl Settings {
             ("grpc_addr", json!(self.grpc_addr.to_string())),
             (
                 "store_url",
-                json!(crate::server::mask_password(&self.store_url)),
+                json!(crate::store_url::mask_password(&self.store_url)),
             ),
             ("log", json!(self.log)),
             (
@@ -316,18 +316,26 @@ impl Settings {
             ("otlp_endpoint", json!(self.otlp_endpoint)),
             (
                 "cache_url",
-                json!(self.cache_url.as_deref().map(crate::server::mask_password)),
+                json!(
+                    self.cache_url
+                        .as_deref()
+                        .map(crate::store_url::mask_password)
+                ),
             ),
             (
                 "outbox_url",
-                json!(self.outbox_url.as_deref().map(crate::server::mask_password)),
+                json!(
+                    self.outbox_url
+                        .as_deref()
+                        .map(crate::store_url::mask_password)
+                ),
             ),
             (
                 "inbound_url",
                 json!(
                     self.inbound_url
                         .as_deref()
-                        .map(crate::server::mask_password)
+                        .map(crate::store_url::mask_password)
                 ),
             ),
             ("modules", json!(self.modules)),

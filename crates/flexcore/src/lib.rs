@@ -10,6 +10,7 @@
 //!   invalidate;
 //! * [`server`]: opens the store named by the store URL, assembles the engine around the
 //!   loaded modules, and serves HTTP and gRPC until shutdown;
+//! * [`store_url`]: the event store and read-model store a store URL names;
 //! * [`telemetry`]: OTLP export of spans and W3C trace context;
 //! * [`bench`]: `flexcore bench`, the store benchmarks with their baselines.
 
@@ -22,4 +23,5 @@ pub mod modules;
 pub mod operations;
 pub mod readside;
 pub mod server;
+pub mod store_url;
 pub mod telemetry;

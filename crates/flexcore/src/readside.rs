@@ -9,31 +9,7 @@ use flexcore_app::module::ReadSideDeclarations;
 use flexcore_app::projection::{Projections, ProjectionsHandle, ReadModelStore};
 use flexcore_app::query_cache::{CacheBackend, CachePolicy, QueryCacheInvalidator};
 use flexcore_app::store::EventStore;
-use flexcore_store_sqlite::{SqliteConfig, SqliteReadModels};
 use tokio::sync::watch;
-
-/// Opens the read-model store that belongs to an event-store URL: for SQLite a file beside
-/// the event file (`<file>.readmodels.db`), for PostgreSQL the same database and schema.
-pub async fn open_read_models(store_url: &str) -> anyhow::Result<Arc<dyn ReadModelStore>> {
-    if store_url.starts_with("sqlite:") {
-        let events = SqliteConfig::from_url(store_url)?.path;
-        let path = SqliteReadModels::path_for(&events);
-        let read_models = SqliteReadModels::open(&path)
-            .await
-            .with_context(|| format!("cannot open the read models {}", path.display()))?;
-        return Ok(Arc::new(read_models));
-    }
-    let config = crate::server::postgres_config(store_url);
-    let read_models = flexcore_store_postgres::PostgresReadModels::connect(config)
-        .await
-        .with_context(|| {
-            format!(
-                "cannot open the read models in {}",
-                crate::server::mask_password(store_url)
-            )
-        })?;
-    Ok(Arc::new(read_models))
-}
 
 /// The running read side.
 #[derive(Clone)]
@@ -68,7 +44,7 @@ impl ReadSide {
         declared: ReadSideDeclarations,
         shutdown: watch::Receiver<bool>,
     ) -> anyhow::Result<Self> {
-        let read_models = open_read_models(store_url).await?;
+        let read_models = crate::store_url::open_read_models(store_url).await?;
         let mut projections = Projections::new(Arc::clone(&read_models), store);
         for (module, projection) in declared.projections {
             let name = projection.name().to_owned();

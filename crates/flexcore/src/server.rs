@@ -13,14 +13,13 @@ use flexcore_app::query::{QueryBus, QueryBusExt, QueryRouter};
 use flexcore_app::repository::{Repository, RetryPolicy};
 use flexcore_app::store::EventStore;
 use flexcore_http::{AppState, Limits};
-use flexcore_store_postgres::{PostgresConfig, PostgresStore};
-use flexcore_store_sqlite::{SqliteConfig, SqliteStore};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::cli::ServeArgs;
 use crate::config::Settings;
+pub use crate::store_url::{mask_password, open_store};
 
 /// Snapshots of aggregates are taken every this many events.
 const SNAPSHOT_EVERY: u64 = 100;
@@ -33,33 +32,6 @@ const IDEMPOTENCY_TTL: std::time::Duration = std::time::Duration::from_secs(24 *
 
 /// How many idempotency keys are remembered at most.
 const IDEMPOTENCY_KEYS: usize = 100_000;
-
-/// Opens the event store a URL names: `sqlite://…` or `postgres://…`.
-pub async fn open_store(url: &str) -> anyhow::Result<Arc<dyn EventStore>> {
-    if url.starts_with("sqlite:") {
-        let store = SqliteStore::open(SqliteConfig::from_url(url)?)
-            .await
-            .with_context(|| format!("cannot open the SQLite store {url}"))?;
-        return Ok(Arc::new(store));
-    }
-    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-        let store = PostgresStore::connect(postgres_config(url))
-            .await
-            .with_context(|| format!("cannot open the PostgreSQL store {}", mask_password(url)))?;
-        return Ok(Arc::new(store));
-    }
-    anyhow::bail!("unsupported store URL '{}'", mask_password(url))
-}
-
-/// The PostgreSQL settings a `postgres://…[?schema=name]` store URL names.
-pub fn postgres_config(url: &str) -> PostgresConfig {
-    let (url, schema) = split_schema(url);
-    let config = PostgresConfig::new(url);
-    match schema {
-        Some(schema) => config.with_schema(schema),
-        None => config,
-    }
-}
 
 /// The repository every module's command handlers load and save aggregates through.
 pub fn repository(store: Arc<dyn EventStore>) -> Repository {
@@ -362,77 +334,4 @@ pub async fn shutdown_signal() {
     #[cfg(not(unix))]
     let _ = interrupt.await;
     tracing::info!("shutting down: finishing in-flight requests");
-}
-
-/// Takes the FlexCore-specific `schema=` parameter out of a PostgreSQL URL
-/// (`postgres://host/db?schema=tenant_a`); the rest goes to the driver unchanged.
-pub fn split_schema(url: &str) -> (String, Option<String>) {
-    let Some((base, query)) = url.split_once('?') else {
-        return (url.to_owned(), None);
-    };
-    let mut schema = None;
-    let rest: Vec<&str> = query
-        .split('&')
-        .filter(|pair| match pair.strip_prefix("schema=") {
-            Some(value) => {
-                schema = Some(value.to_owned());
-                false
-            }
-            None => !pair.is_empty(),
-        })
-        .collect();
-    let url = if rest.is_empty() {
-        base.to_owned()
-    } else {
-        format!("{base}?{}", rest.join("&"))
-    };
-    (url, schema)
-}
-
-/// Hides the password of a URL for logs.
-pub fn mask_password(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return url.to_owned();
-    };
-    let Some((credentials, host)) = rest.split_once('@') else {
-        return url.to_owned();
-    };
-    match credentials.split_once(':') {
-        Some((user, _)) => format!("{scheme}://{user}:****@{host}"),
-        None => url.to_owned(),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_schema_parameter_is_taken_out_of_postgres_urls() {
-        assert_eq!(
-            split_schema("postgres://h/db"),
-            ("postgres://h/db".into(), None)
-        );
-        assert_eq!(
-            split_schema("postgres://h/db?schema=a_1"),
-            ("postgres://h/db".into(), Some("a_1".into()))
-        );
-        assert_eq!(
-            split_schema("postgres://h/db?connect_timeout=3&schema=b&sslmode=disable"),
-            (
-                "postgres://h/db?connect_timeout=3&sslmode=disable".into(),
-                Some("b".into())
-            )
-        );
-    }
-
-    #[test]
-    fn passwords_are_masked() {
-        assert_eq!(
-            mask_password("postgres://u:secret@h/db"),
-            "postgres://u:****@h/db"
-        );
-        assert_eq!(mask_password("postgres://u@h/db"), "postgres://u@h/db");
-        assert_eq!(mask_password("sqlite://./x.db"), "sqlite://./x.db");
-    }
 }

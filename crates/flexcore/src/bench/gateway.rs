@@ -1033,7 +1033,9 @@ impl Stores {
             "sqlite" => None,
             url if url.starts_with("postgres://") || url.starts_with("postgresql://") => {
                 anyhow::ensure!(
-                    server::split_schema(url).1.is_none(),
+                    flexcore_app::service_url::ServiceUrl::parse(url)?
+                        .take("schema")
+                        .is_none(),
                     "the bench picks its own schemas: leave schema= out of the URL"
                 );
                 Some(PostgresSchemas {
