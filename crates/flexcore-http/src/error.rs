@@ -80,6 +80,12 @@ impl ApiError {
         )
     }
 
+    /// Adds a member to the problem document (an RFC 9457 extension member).
+    pub(crate) fn with_field(mut self, name: &str, value: Value) -> Self {
+        self.extra.insert(name.to_owned(), value);
+        self
+    }
+
     /// The HTTP status.
     pub fn status(&self) -> StatusCode {
         self.status

@@ -126,6 +126,45 @@ pub(crate) struct Problem {
     current_version: Option<u64>,
 }
 
+/// `GET /ready`'s 503 answer: a problem document (`code` `unavailable`) with the store's state.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub(crate) struct NotReady {
+    #[schema(rename = "type")]
+    kind: String,
+    title: String,
+    status: u16,
+    /// Always `unavailable`.
+    code: String,
+    detail: String,
+    store: StoreReadiness,
+}
+
+/// The event store's readiness.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub(crate) struct StoreReadiness {
+    /// Always false in a 503.
+    ok: bool,
+    /// Why, as a stable code.
+    #[schema(schema_with = store_not_ready_reasons)]
+    reason: String,
+}
+
+/// The reasons `GET /ready` can give, straight from the handler's own list.
+fn store_not_ready_reasons() -> utoipa::openapi::Object {
+    use utoipa::openapi::schema::{ObjectBuilder, Type};
+    ObjectBuilder::new()
+        .schema_type(Type::String)
+        .enum_values(Some(
+            crate::routes::StoreNotReady::ALL.map(crate::routes::StoreNotReady::code),
+        ))
+        .description(Some(
+            "unreachable: the store cannot be reached; failing: it answered with an error",
+        ))
+        .build()
+}
+
 #[derive(OpenApi)]
 #[openapi(
     info(
@@ -161,7 +200,9 @@ pub(crate) struct Problem {
         AppendResponse,
         StreamPage,
         LogPage,
-        Problem
+        Problem,
+        NotReady,
+        StoreReadiness
     ))
 )]
 struct ApiDoc;

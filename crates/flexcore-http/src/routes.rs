@@ -128,14 +128,41 @@ fn with_details(mut status: Value, state: &AppState) -> Value {
 
 #[utoipa::path(get, path = "/ready", tag = "meta", responses(
     (status = 200, description = "The event store answers"),
-    (status = 503, description = "The event store is unreachable", body = crate::openapi::Problem, content_type = "application/problem+json")))]
+    (status = 503, description = "The event store does not answer: `code` is `unavailable` and `store.reason` says why, as a stable code (`unreachable`: it cannot be reached; `failing`: it answered with an error). The backend's own message goes to the log only.", body = crate::openapi::NotReady, content_type = "application/problem+json")))]
 pub(crate) async fn ready(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
-    state
-        .store
-        .ping()
-        .await
-        .map_err(|e| ApiError::unavailable(format!("the event store is not reachable: {e}")))?;
+    if let Err(error) = state.store.ping().await {
+        // The driver's text may name hosts, users or SQL: it goes to the log, not to clients.
+        tracing::warn!(error = %error, "readiness check: the event store does not answer");
+        let reason = match error.kind() {
+            flexcore_app::ErrorKind::Unavailable => StoreNotReady::Unreachable,
+            _ => StoreNotReady::Failing,
+        };
+        return Err(ApiError::unavailable("the event store does not answer")
+            .with_field("store", json!({ "ok": false, "reason": reason.code() })));
+    }
     Ok(Json(with_details(json!({ "status": "ready" }), &state)))
+}
+
+/// Why `GET /ready` says the event store is not ready: a stable code for clients and probes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum StoreNotReady {
+    /// The store cannot be reached (connection refused or lost, timeout, overload).
+    Unreachable,
+    /// The store answered, with an error.
+    Failing,
+}
+
+impl StoreNotReady {
+    /// Every reason, for the OpenAPI document.
+    pub(crate) const ALL: [Self; 2] = [Self::Unreachable, Self::Failing];
+
+    /// The code in `store.reason`.
+    pub(crate) fn code(self) -> &'static str {
+        match self {
+            Self::Unreachable => "unreachable",
+            Self::Failing => "failing",
+        }
+    }
 }
 
 /// Reads the trace and correlation headers into a command context.

@@ -10,12 +10,15 @@
 //! * [`readmodel_conformance`]: the read-model store conformance suite (checkpoints, fenced
 //!   commits, portable SQL, dead letters); each backend runs it with
 //!   [`readmodel_conformance_suite!`].
+//! * [`ProbedStore`]: a store decorator that counts what stream reads return and can make the
+//!   backend look unreachable.
 //! * [`services`]: access to the machine's real PostgreSQL (and later brokers): tests skip with
 //!   a clear message when a service is down, unless `FLEXCORE_REQUIRE_SERVICES=1` (CI), where
 //!   a missing service fails the test.
 
 pub mod cache_conformance;
 pub mod conformance;
+mod probed;
 pub mod projection_conformance;
 pub mod readmodel_conformance;
 mod sample;
@@ -27,6 +30,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use flexcore_app::store::EventStore;
+pub use probed::ProbedStore;
 pub use sample::sample_buses;
 
 /// A store under test and whatever keeps its resources alive (a temp dir, a schema to drop).
