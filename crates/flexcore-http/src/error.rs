@@ -16,6 +16,22 @@ pub struct ApiError {
 }
 
 impl ApiError {
+    /// Every `code` an answer of this gateway can carry: the error kinds' codes
+    /// ([`ErrorKind::code`]) and the gateway's own. The OpenAPI document lists exactly these.
+    pub const CODES: [&'static str; 11] = [
+        "bad_request",
+        "validation_failed",
+        "not_found",
+        "method_not_allowed",
+        "conflict",
+        "unauthorized",
+        "forbidden",
+        "payload_too_large",
+        "unsupported_media_type",
+        "unavailable",
+        "internal",
+    ];
+
     fn new(status: StatusCode, code: &'static str, detail: impl Into<String>) -> Self {
         Self {
             status,

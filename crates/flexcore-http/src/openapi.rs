@@ -76,7 +76,7 @@ pub(crate) struct NewEvent {
 #[allow(dead_code)]
 pub(crate) struct AppendRequest {
     /// `"any"` (default), `"no_stream"`, `"exists"` or the exact current version.
-    #[schema(value_type = Object, example = json!("no_stream"))]
+    #[schema(schema_with = expected_version)]
     expected_version: Option<Value>,
     /// At least one event.
     events: Vec<NewEvent>,
@@ -118,12 +118,48 @@ pub(crate) struct Problem {
     kind: String,
     title: String,
     status: u16,
-    /// Stable: validation_failed, conflict, not_found, unauthorized, forbidden, rate_limited,
-    /// payload_too_large, unsupported_media_type, bad_request, unavailable, internal.
+    #[schema(schema_with = problem_codes)]
     code: String,
     detail: String,
-    /// On a wrong expected version: the stream's version (null: no stream).
+    /// Only on a wrong expected version (409 `conflict`): the stream's version when the check
+    /// ran (null: no stream).
     current_version: Option<u64>,
+    /// Only on a wrong expected version (409 `conflict`): what the writer expected.
+    #[schema(schema_with = expected_version)]
+    expected_version: Option<Value>,
+}
+
+/// `Problem.code`: the stable codes, straight from the gateway's own list.
+fn problem_codes() -> utoipa::openapi::Object {
+    use utoipa::openapi::schema::{ObjectBuilder, Type};
+    ObjectBuilder::new()
+        .schema_type(Type::String)
+        .enum_values(Some(crate::ApiError::CODES))
+        .description(Some(
+            "Stable and machine-readable; branch on this, not on `detail`",
+        ))
+        .build()
+}
+
+/// An expected version on the wire: `"any"`, `"no_stream"`, `"exists"` or a version number.
+fn expected_version() -> utoipa::openapi::schema::Schema {
+    use utoipa::openapi::schema::{ObjectBuilder, OneOfBuilder, Type};
+    OneOfBuilder::new()
+        .item(
+            ObjectBuilder::new()
+                .schema_type(Type::String)
+                .enum_values(Some(["any", "no_stream", "exists"])),
+        )
+        .item(
+            ObjectBuilder::new()
+                .schema_type(Type::Integer)
+                .minimum(Some(0)),
+        )
+        .description(Some(
+            "\"any\", \"no_stream\", \"exists\" or the exact version of the stream's last event",
+        ))
+        .build()
+        .into()
 }
 
 /// `GET /ready`'s 503 answer: a problem document (`code` `unavailable`) with the store's state.

@@ -331,7 +331,7 @@ fn stream_id(raw: String) -> Result<StreamId, ApiError> {
     params(("stream_id" = String, Path, description = "1 to 256 bytes, no control characters")),
     request_body(content = crate::openapi::AppendRequest, content_type = "application/json"),
     responses((status = 200, description = "Appended", body = crate::openapi::AppendResponse),
-        (status = 409, description = "Wrong expected version (with current_version)", body = crate::openapi::Problem, content_type = "application/problem+json"),
+        (status = 409, description = "Wrong expected version (with current_version and expected_version)", body = crate::openapi::Problem, content_type = "application/problem+json"),
         (status = 413, description = "Body too large", body = crate::openapi::Problem, content_type = "application/problem+json"),
         (status = 415, description = "Not JSON", body = crate::openapi::Problem, content_type = "application/problem+json"),
     (status = 400, description = "Malformed request", body = crate::openapi::Problem, content_type = "application/problem+json"),
