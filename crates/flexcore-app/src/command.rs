@@ -289,14 +289,15 @@ pub enum CommandStatus {
     },
     /// Rejected or failed.
     Failed {
-        /// The error's portable kind.
-        kind: String,
-        /// The error's message.
+        /// The stable code of the error's kind ([`ErrorKind::code`]), as every gateway answers.
+        code: &'static str,
+        /// What a client may be told ([`Error::client_message`]): no internal details.
         message: String,
     },
 }
 
-/// Runs commands in the background (`send_async`) and remembers the latest statuses.
+/// Runs commands in the background (`send_async`) and remembers the statuses of the latest
+/// ones: memory stays bounded by the capacity, the oldest statuses are forgotten first.
 pub struct AsyncCommands {
     bus: Arc<dyn CommandBus>,
     statuses: Arc<Mutex<StatusTable>>,
@@ -323,6 +324,9 @@ impl StatusTable {
 }
 
 impl AsyncCommands {
+    /// How many statuses a server remembers unless told otherwise.
+    pub const DEFAULT_CAPACITY: usize = 10_000;
+
     /// Keeps the statuses of the last `capacity` commands.
     pub fn new(bus: Arc<dyn CommandBus>, capacity: usize) -> Self {
         Self {
@@ -341,11 +345,13 @@ impl AsyncCommands {
         lock(&table).set(id, CommandStatus::Pending);
         let bus = Arc::clone(&self.bus);
         tokio::spawn(async move {
+            // The bus's own middleware logs a failure with its details; the status keeps what
+            // a client may see.
             let status = match bus.send(&ctx, &command).await {
                 Ok(outcome) => CommandStatus::Succeeded { outcome },
                 Err(e) => CommandStatus::Failed {
-                    kind: format!("{:?}", e.kind()).to_lowercase(),
-                    message: e.to_string(),
+                    code: e.kind().code(),
+                    message: e.client_message(),
                 },
             };
             lock(&table).set(id, status);

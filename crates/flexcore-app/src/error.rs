@@ -99,6 +99,18 @@ impl Error {
         Self::Domain(DomainError::Validation(message.into()))
     }
 
+    /// What a client may be told about this error. Internal and unavailable errors get a fixed
+    /// text, because their messages carry backend details (hosts, SQL, paths) that stay in the
+    /// logs; a validation error gives its rule without the `validation failed:` prefix.
+    pub fn client_message(&self) -> String {
+        match (self, self.kind()) {
+            (Self::Domain(DomainError::Validation(message)), _) => message.clone(),
+            (_, ErrorKind::Unavailable) => "a backend is unavailable; retry later".to_owned(),
+            (_, ErrorKind::Internal) => "internal server error".to_owned(),
+            _ => self.to_string(),
+        }
+    }
+
     /// Whether this is a wrong-expected-version conflict, which a retry with fresh state may
     /// resolve.
     pub fn is_wrong_expected_version(&self) -> bool {

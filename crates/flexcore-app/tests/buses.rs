@@ -169,7 +169,13 @@ async fn async_commands_report_their_status() {
         "{statuses:?}"
     );
     assert!(
-        matches!(statuses.1, Some(CommandStatus::Failed { ref kind, .. }) if kind == "conflict"),
+        matches!(
+            statuses.1,
+            Some(CommandStatus::Failed {
+                code: "conflict",
+                ..
+            })
+        ),
         "{statuses:?}"
     );
     commands.send_async(CommandContext::default(), command(json!({})));

@@ -118,19 +118,12 @@ impl From<Error> for ApiError {
         let kind = error.kind();
         let status =
             StatusCode::from_u16(kind.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-        let detail = match (&error, kind) {
-            (Error::Domain(DomainError::Validation(message)), _) => message.clone(),
-            (_, ErrorKind::Unavailable) => {
-                tracing::warn!(error = %error, "backend unavailable");
-                "a backend is unavailable; retry later".to_owned()
-            }
-            (_, ErrorKind::Internal) => {
-                tracing::error!(error = %error, "internal error");
-                "internal server error".to_owned()
-            }
-            _ => error.to_string(),
-        };
-        let mut answer = Self::new(status, kind.code(), detail);
+        match kind {
+            ErrorKind::Unavailable => tracing::warn!(error = %error, "backend unavailable"),
+            ErrorKind::Internal => tracing::error!(error = %error, "internal error"),
+            _ => {}
+        }
+        let mut answer = Self::new(status, kind.code(), error.client_message());
         if let Error::Domain(DomainError::WrongExpectedVersion {
             current, expected, ..
         }) = &error

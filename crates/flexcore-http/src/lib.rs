@@ -6,7 +6,8 @@
 //!
 //! | route | does |
 //! |---|---|
-//! | `POST /v1/commands/{command_type}` | send a command |
+//! | `POST /v1/commands/{command_type}` | send a command (`?async=true`: 202 with a status URL) |
+//! | `GET /v1/commands/{command_id}` | the status of a command sent with `async=true` |
 //! | `GET`/`POST /v1/queries/{query_type}` | ask a query |
 //! | `POST /v1/streams/{stream_id}` | raw append with an expected version |
 //! | `GET /v1/streams/{stream_id}` | read a stream (paged, both directions) |
@@ -28,7 +29,7 @@ mod routes;
 use std::future::Future;
 use std::sync::Arc;
 
-use flexcore_app::command::CommandBus;
+use flexcore_app::command::{AsyncCommands, CommandBus};
 use flexcore_app::query::QueryBus;
 use flexcore_app::store::EventStore;
 use tokio::net::TcpListener;
@@ -63,6 +64,9 @@ impl Default for Limits {
 pub struct AppState {
     /// Sends commands (with the server's middleware already attached).
     pub commands: Arc<dyn CommandBus>,
+    /// Runs `?async=true` commands in the background and remembers their statuses (over the
+    /// same bus as `commands`).
+    pub async_commands: Arc<AsyncCommands>,
     /// Answers queries.
     pub queries: Arc<dyn QueryBus>,
     /// The event store, for raw appends and reads.

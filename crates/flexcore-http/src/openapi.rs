@@ -55,6 +55,46 @@ pub(crate) struct CommandOutcome {
     events: Vec<Appended>,
 }
 
+/// `POST /v1/commands/{command_type}?async=true`'s answer (202).
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub(crate) struct CommandAccepted {
+    /// The command's id.
+    command_id: String,
+    /// Where its status is: `/v1/commands/{command_id}` (also in the `Location` header).
+    status_url: String,
+}
+
+/// The status of a command sent with `async=true`.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub(crate) struct AsyncCommandStatus {
+    /// The command's id.
+    command_id: String,
+    #[schema(schema_with = async_command_states)]
+    status: String,
+    /// With `succeeded`: what the command did, as a synchronous send answers.
+    outcome: Option<CommandOutcome>,
+    /// With `failed`: the stable code of the error, as `Problem.code`.
+    #[schema(schema_with = problem_codes)]
+    code: Option<String>,
+    /// With `failed`: what went wrong (no internal details: internal and unavailable errors
+    /// give a fixed text).
+    message: Option<String>,
+}
+
+/// `AsyncCommandStatus.status`.
+fn async_command_states() -> utoipa::openapi::Object {
+    use utoipa::openapi::schema::{ObjectBuilder, Type};
+    ObjectBuilder::new()
+        .schema_type(Type::String)
+        .enum_values(Some(["pending", "succeeded", "failed"]))
+        .description(Some(
+            "pending: still running; succeeded: see `outcome`; failed: see `code` and `message`",
+        ))
+        .build()
+}
+
 /// An event to append.
 #[derive(ToSchema)]
 #[allow(dead_code)]
@@ -209,6 +249,7 @@ fn store_not_ready_reasons() -> utoipa::openapi::Object {
     ),
     paths(
         crate::routes::send_command,
+        crate::routes::command_status,
         crate::routes::ask_get,
         crate::routes::ask_post,
         crate::routes::append,
@@ -231,6 +272,8 @@ fn store_not_ready_reasons() -> utoipa::openapi::Object {
         Envelope,
         Appended,
         CommandOutcome,
+        CommandAccepted,
+        AsyncCommandStatus,
         NewEvent,
         AppendRequest,
         AppendResponse,

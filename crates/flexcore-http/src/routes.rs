@@ -8,7 +8,7 @@ use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use flexcore_app::command::{Command, CommandContext};
+use flexcore_app::command::{Command, CommandContext, CommandStatus};
 use flexcore_app::query::{Query, QueryContext};
 use flexcore_app::store::{Direction, EventFilter, ReadAll, ReadStream};
 use flexcore_domain::{
@@ -30,7 +30,11 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/health", get(health))
         .route("/ready", get(ready))
-        .route("/v1/commands/{command_type}", post(send_command))
+        // One pattern for both: the router cannot tell `{command_type}` from a command id.
+        .route(
+            "/v1/commands/{command_type}",
+            post(send_command).get(command_status),
+        )
         .route("/v1/queries/{query_type}", get(ask_get).post(ask_post))
         .route("/v1/streams/{stream_id}", post(append).get(read_stream))
         .route("/v1/events", get(read_all))
@@ -187,10 +191,13 @@ fn command_context(headers: &HeaderMap) -> CommandContext {
 
 #[utoipa::path(post, path = "/v1/commands/{command_type}", tag = "commands",
     params(("command_type" = String, Path, description = "e.g. create_user"),
+           ("async" = Option<bool>, Query, description = "true: answer 202 at once and run the command in the background; follow it at `status_url`"),
            ("Idempotency-Key" = Option<String>, Header, description = "Retries with the same key get the first answer")),
     request_body(content = Object, description = "The command (a JSON object)", content_type = "application/json"),
     responses(
         (status = 200, description = "Done", body = crate::openapi::CommandOutcome),
+        (status = 202, description = "Accepted (`async=true`): the command runs in the background", body = crate::openapi::CommandAccepted,
+            headers(("Location" = String, description = "The status URL"))),
         (status = 404, description = "Unknown command type or aggregate", body = crate::openapi::Problem, content_type = "application/problem+json"),
         (status = 409, description = "Conflict (e.g. email already in use)", body = crate::openapi::Problem, content_type = "application/problem+json"),
         (status = 413, description = "Body too large", body = crate::openapi::Problem, content_type = "application/problem+json"),
@@ -201,24 +208,67 @@ fn command_context(headers: &HeaderMap) -> CommandContext {
 pub(crate) async fn send_command(
     State(state): State<AppState>,
     Path(command_type): Path<String>,
+    params: Result<QueryParams<SendParams>, QueryRejection>,
     headers: HeaderMap,
     JsonBody(payload): JsonBody<Value>,
 ) -> Result<Response, ApiError> {
+    let QueryParams(params) = params.map_err(|e| ApiError::bad_request(e.body_text()))?;
     if !payload.is_object() {
         return Err(ApiError::validation("a command body must be a JSON object"));
     }
     let ctx = command_context(&headers);
-    let outcome = state
-        .commands
-        .send(
-            &ctx,
-            &Command {
-                command_type,
-                payload,
-            },
+    let command = Command {
+        command_type,
+        payload,
+    };
+    if params.run_async {
+        let command_id = state.async_commands.send_async(ctx, command);
+        let status_url = format!("/v1/commands/{command_id}");
+        return Ok((
+            axum::http::StatusCode::ACCEPTED,
+            [(axum::http::header::LOCATION, status_url.clone())],
+            Json(json!({ "command_id": command_id, "status_url": status_url })),
         )
-        .await?;
+            .into_response());
+    }
+    let outcome = state.commands.send(&ctx, &command).await?;
     Ok(Json(outcome).into_response())
+}
+
+/// `POST /v1/commands/{command_type}`'s query parameters (others are ignored, as before).
+#[derive(Deserialize)]
+pub(crate) struct SendParams {
+    /// Run in the background and answer 202 with a status URL.
+    #[serde(rename = "async", default)]
+    run_async: bool,
+}
+
+#[utoipa::path(get, path = "/v1/commands/{command_id}", tag = "commands",
+    params(("command_id" = String, Path, description = "The `command_id` a `POST …?async=true` answered with")),
+    responses(
+        (status = 200, description = "The command's status: `pending`, `succeeded` (with the outcome) or `failed` (with a stable `code`)", body = crate::openapi::AsyncCommandStatus),
+        (status = 400, description = "Not a command id", body = crate::openapi::Problem, content_type = "application/problem+json"),
+        (status = 404, description = "Unknown, or too old to be remembered", body = crate::openapi::Problem, content_type = "application/problem+json"))
+)]
+pub(crate) async fn command_status(
+    State(state): State<AppState>,
+    Path(raw_id): Path<String>,
+) -> Result<Json<StatusAnswer>, ApiError> {
+    let command_id = Uuid::parse_str(&raw_id)
+        .map_err(|_| ApiError::bad_request(format!("'{raw_id}' is not a command id (a UUID)")))?;
+    let status = state
+        .async_commands
+        .status(command_id)
+        .ok_or_else(|| ApiError::not_found(format!("no status for command {command_id}")))?;
+    Ok(Json(StatusAnswer { command_id, status }))
+}
+
+/// `GET /v1/commands/{command_id}`'s answer: the id, then the status's own fields.
+#[derive(Serialize)]
+pub(crate) struct StatusAnswer {
+    command_id: Uuid,
+    #[serde(flatten)]
+    status: CommandStatus,
 }
 
 #[utoipa::path(get, path = "/v1/queries/{query_type}", tag = "queries",

@@ -5,6 +5,7 @@ use std::sync::Arc;
 use axum::Router;
 use axum::body::Body;
 use axum::http::{Method, Request, StatusCode, header};
+use flexcore_app::command::AsyncCommands;
 use flexcore_app::store::{EventFilter, EventStore, InMemoryStore, ReadAll};
 use flexcore_http::{AppState, Limits, router};
 use http_body_util::BodyExt;
@@ -20,6 +21,7 @@ fn app() -> TestApp {
     let store: Arc<dyn EventStore> = Arc::new(InMemoryStore::new());
     let (commands, queries) = flexcore_test_support::sample_buses(Arc::clone(&store));
     let state = AppState {
+        async_commands: Arc::new(AsyncCommands::new(Arc::clone(&commands), 100)),
         commands,
         queries,
         store: Arc::clone(&store),
@@ -797,7 +799,12 @@ async fn health_and_unknown_routes() {
         )
     );
     let (status, _, _) = app
-        .call(Method::GET, "/v1/commands/create_user", None, Body::empty())
+        .call(
+            Method::DELETE,
+            "/v1/commands/create_user",
+            None,
+            Body::empty(),
+        )
         .await;
     assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED);
 }
@@ -813,6 +820,7 @@ async fn the_openapi_document_covers_every_route_and_validates() {
     assert!(doc["openapi"].as_str().unwrap().starts_with("3."));
     for (path, method) in [
         ("/v1/commands/{command_type}", "post"),
+        ("/v1/commands/{command_id}", "get"),
         ("/v1/queries/{query_type}", "get"),
         ("/v1/queries/{query_type}", "post"),
         ("/v1/streams/{stream_id}", "post"),

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use axum::Router;
 use axum::body::Body;
 use axum::http::{Method, Request, StatusCode, header};
+use flexcore_app::command::AsyncCommands;
 use flexcore_app::store::{EventStore, InMemoryStore};
 use flexcore_app::{Error, ErrorKind};
 use flexcore_domain::{DomainError, ExpectedVersion};
@@ -53,6 +54,7 @@ fn app() -> TestApp {
     let dyn_store: Arc<dyn EventStore> = Arc::clone(&store) as Arc<dyn EventStore>;
     let (commands, queries) = flexcore_test_support::sample_buses(Arc::clone(&dyn_store));
     let state = AppState {
+        async_commands: Arc::new(AsyncCommands::new(Arc::clone(&commands), 100)),
         commands,
         queries,
         store: dyn_store,
@@ -110,8 +112,13 @@ impl TestApp {
             self.post_json("/v1/commands/create_user", "{}").await,
             self.call(Method::GET, "/no/such/route", None, Body::empty())
                 .await,
-            self.call(Method::GET, "/v1/commands/create_user", None, Body::empty())
-                .await,
+            self.call(
+                Method::DELETE,
+                "/v1/commands/create_user",
+                None,
+                Body::empty(),
+            )
+            .await,
             self.post_json(
                 "/v1/commands/create_user",
                 &format!("{{\"pad\": \"{}\"}}", "x".repeat(MAX_BODY)),
@@ -322,4 +329,41 @@ print("valid")
             eprintln!("SKIPPED: no python3 ({e})");
         }
     }
+}
+
+#[tokio::test]
+async fn async_command_answers_validate_against_their_documented_schemas() {
+    let app = app();
+    let doc = app.document().await;
+    let mut cases = Vec::new();
+    for payload in [
+        json!({"email": "ada@example.com", "profile": {"name": "Ada"}}),
+        json!({"email": "not an email"}),
+    ] {
+        let (status, accepted) = app
+            .post_json("/v1/commands/create_user?async=true", &payload.to_string())
+            .await;
+        assert_eq!(status, StatusCode::ACCEPTED, "{accepted}");
+        let accepted_schema = response_schema(&doc, "/v1/commands/{command_type}", "post", 202);
+        assert_fields_documented(&doc, &accepted_schema, &accepted);
+        cases.push(json!({"schema": accepted_schema, "body": accepted}));
+
+        let status_schema = response_schema(&doc, "/v1/commands/{command_id}", "get", 200);
+        let status_url = accepted["status_url"].as_str().unwrap();
+        let mut answer = Value::Null;
+        for _ in 0..500 {
+            answer = app
+                .call(Method::GET, status_url, None, Body::empty())
+                .await
+                .1;
+            assert_fields_documented(&doc, &status_schema, &answer);
+            cases.push(json!({"schema": status_schema, "body": answer}));
+            if answer["status"] != "pending" {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+        }
+        assert_ne!(answer["status"], "pending", "{answer}");
+    }
+    validate_with_json_schema(&doc, &cases);
 }

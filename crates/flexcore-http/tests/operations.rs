@@ -9,6 +9,7 @@ use async_trait::async_trait;
 use axum::Router;
 use axum::body::Body;
 use axum::http::{Method, Request, StatusCode};
+use flexcore_app::command::AsyncCommands;
 use flexcore_app::durable::{DurableConsumer, DurableOptions, InMemoryCheckpoints};
 use flexcore_app::event_bus::EventHandler;
 use flexcore_app::store::{EventAppender, EventStore, InMemoryStore};
@@ -96,6 +97,7 @@ async fn parked_events_are_listed_retried_and_skipped_over_http() {
     let event_store: Arc<dyn EventStore> = store.clone();
     let (commands, queries) = flexcore_test_support::sample_buses(Arc::clone(&event_store));
     let app = router(AppState {
+        async_commands: Arc::new(AsyncCommands::new(Arc::clone(&commands), 100)),
         commands,
         queries,
         store: event_store,

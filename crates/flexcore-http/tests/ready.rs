@@ -6,6 +6,7 @@ use std::sync::{Arc, Mutex};
 
 use axum::body::Body;
 use axum::http::{Request, StatusCode, header};
+use flexcore_app::command::AsyncCommands;
 use flexcore_app::store::{EventStore, InMemoryStore};
 use flexcore_http::{AppState, Limits, router};
 use flexcore_test_support::ProbedStore;
@@ -20,6 +21,7 @@ const DRIVER_TEXT: &str =
 fn state(store: Arc<dyn EventStore>) -> AppState {
     let (commands, queries) = flexcore_test_support::sample_buses(Arc::clone(&store));
     AppState {
+        async_commands: Arc::new(AsyncCommands::new(Arc::clone(&commands), 100)),
         commands,
         queries,
         store,

@@ -127,8 +127,13 @@ pub async fn assemble(
         background.push(bus.spawn(Arc::clone(&store) as Arc<_>, 0, shutdown));
     }
     let health = modules.clone();
+    let commands = command_bus(registrations.commands);
     let state = AppState {
-        commands: command_bus(registrations.commands),
+        async_commands: Arc::new(flexcore_app::command::AsyncCommands::new(
+            Arc::clone(&commands),
+            flexcore_app::command::AsyncCommands::DEFAULT_CAPACITY,
+        )),
+        commands,
         queries: query_bus(registrations.queries, read_side.cache.as_ref()),
         store,
         limits: Limits {
