@@ -14,7 +14,7 @@ use flexcore_app::outbox::EventPublisher;
 use flexcore_app::store::InMemoryStore;
 use flexcore_broker::{NatsPublisher, RabbitPublisher, RedisStreamPublisher};
 use flexcore_domain::EventEnvelope;
-use flexcore_test_support::services::{nats_url, rabbitmq_url, redis_url, unique_name};
+use flexcore_test_support::services::{self, nats_url, rabbitmq_url, redis_url, unique_name};
 use futures_util::StreamExt;
 use lapin::options::{
     BasicConsumeOptions, ExchangeDeclareOptions, ExchangeDeleteOptions, QueueBindOptions,
@@ -237,10 +237,11 @@ async fn rabbitmq_outage_delays_publication_and_loses_nothing() {
     let Some(url) = rabbitmq_url() else { return };
     let exchange = unique_name("outbox");
     let sink = RabbitSink::new(&url, &exchange).await;
-    let proxy = TcpProxy::start("127.0.0.1:5672").await;
-    let via_proxy = format!(
-        "amqp://guest:guest@127.0.0.1:{}/%2f?exchange={exchange}",
-        proxy.port()
+    let proxy = TcpProxy::start(&services::service_address(&url)).await;
+    let via_proxy = services::with_query_param(
+        &services::proxied_url(&url, proxy.port()),
+        "exchange",
+        &exchange,
     );
     let publisher = Arc::new(RabbitPublisher::from_url(&via_proxy).unwrap());
     let duplicates = relay_survives_an_outage(publisher, &proxy, &sink).await;
@@ -325,8 +326,9 @@ async fn redis_outage_delays_publication_and_loses_nothing() {
         client: redis::Client::open(url.as_str()).unwrap(),
         key: key.clone(),
     };
-    let proxy = TcpProxy::start("127.0.0.1:6379").await;
-    let via_proxy = format!("redis://127.0.0.1:{}/?stream={key}", proxy.port());
+    let proxy = TcpProxy::start(&services::service_address(&url)).await;
+    let via_proxy =
+        services::with_query_param(&services::proxied_url(&url, proxy.port()), "stream", &key);
     let publisher = Arc::new(RedisStreamPublisher::from_url(&via_proxy).unwrap());
     let duplicates = relay_survives_an_outage(publisher, &proxy, &sink).await;
     eprintln!("redis: {duplicates} re-sent duplicates");
@@ -415,11 +417,15 @@ async fn nats_outage_delays_publication_and_loses_nothing() {
     let Some(url) = nats_url() else { return };
     let stream = unique_name("OUTBOX");
     let sink = NatsSink::new(&url, &stream).await;
-    let proxy = TcpProxy::start("127.0.0.1:4222").await;
-    let via_proxy = format!(
-        "nats://127.0.0.1:{}?subject_prefix={}&stream={stream}",
-        proxy.port(),
-        unique_name("outbox")
+    let proxy = TcpProxy::start(&services::service_address(&url)).await;
+    let via_proxy = services::with_query_param(
+        &services::with_query_param(
+            &services::proxied_url(&url, proxy.port()),
+            "subject_prefix",
+            &unique_name("outbox"),
+        ),
+        "stream",
+        &stream,
     );
     let publisher = Arc::new(NatsPublisher::from_url(&via_proxy).unwrap());
     let duplicates = relay_survives_an_outage(publisher, &proxy, &sink).await;

@@ -1,7 +1,8 @@
 //! The query cache end to end: `CachedQueries` over each real backend (moka in process, the
 //! machine's Redis), with a counting inner bus.
 //!
-//! Redis tests skip with a message when nothing listens on 127.0.0.1:6379, unless
+//! Redis tests skip with a message when nothing listens at the Redis URL
+//! (`FLEXCORE_TEST_REDIS_URL`, default `redis://127.0.0.1:6379/`), unless
 //! `FLEXCORE_REQUIRE_SERVICES=1`. Each uses its own key prefix, deleted afterwards.
 
 use std::sync::Arc;
@@ -17,34 +18,31 @@ use flexcore_test_support::cache_conformance::{
     CacheFixture, Counting, cached, errors_not_cached, get_user, hit_after_miss, list_users, stats,
     uncacheable_passes_through, user_event,
 };
-use flexcore_test_support::services::{service_available, unique_name};
+use flexcore_test_support::services::{self, unique_name};
 use uuid::Uuid;
-
-const REDIS_ADDR: &str = "127.0.0.1:6379";
-
-fn redis_url() -> String {
-    std::env::var("FLEXCORE_TEST_REDIS_URL").unwrap_or_else(|_| format!("redis://{REDIS_ADDR}/"))
-}
 
 /// A key prefix of its own; every key under it is deleted when the test ends (even by a panic).
 struct TestPrefix {
+    /// The Redis server's URL.
+    url: String,
     prefix: String,
 }
 
 impl TestPrefix {
     /// `None` (with a message) when Redis is absent and not required.
     fn new() -> Option<Self> {
-        service_available("Redis", REDIS_ADDR).then(|| Self {
+        services::redis_url().map(|url| Self {
+            url,
             prefix: format!("{}:", unique_name("flexcore_test_qc")),
         })
     }
 
     fn cache(&self) -> RedisCache {
-        RedisCache::new(&redis_url(), &self.prefix).unwrap()
+        RedisCache::new(&self.url, &self.prefix).unwrap()
     }
 
     fn keys(&self) -> Vec<String> {
-        let client = redis::Client::open(redis_url()).unwrap();
+        let client = redis::Client::open(self.url.as_str()).unwrap();
         let mut connection = client.get_connection().unwrap();
         redis::cmd("KEYS")
             .arg(format!("{}*", self.prefix))
@@ -59,7 +57,7 @@ impl Drop for TestPrefix {
         if keys.is_empty() {
             return;
         }
-        let client = redis::Client::open(redis_url()).unwrap();
+        let client = redis::Client::open(self.url.as_str()).unwrap();
         if let Ok(mut connection) = client.get_connection() {
             let _: redis::RedisResult<u64> = redis::cmd("DEL").arg(&keys).query(&mut connection);
         }
@@ -201,7 +199,7 @@ async fn from_url_takes_the_prefix_from_the_url() {
     let Some(prefix) = TestPrefix::new() else {
         return;
     };
-    let url = format!("{}?prefix={}", redis_url(), prefix.prefix);
+    let url = services::with_query_param(&prefix.url, "prefix", &prefix.prefix);
     let backend = flexcore_cache::from_url(Some(&url)).await.unwrap();
     hit_after_miss(backend).await;
     assert_eq!(prefix.keys().len(), 2);
@@ -258,6 +256,7 @@ async fn a_redis_that_comes_back_is_used_again() {
     // A proxy we can cut: the cache talks to Redis through it.
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
+    let redis = services::service_address(&prefix.url);
     let up = Arc::new(std::sync::atomic::AtomicBool::new(true));
     let proxy = {
         let up = Arc::clone(&up);
@@ -267,9 +266,9 @@ async fn a_redis_that_comes_back_is_used_again() {
                 if !up.load(Ordering::SeqCst) {
                     continue; // dropped: connection closed
                 }
-                let up = Arc::clone(&up);
+                let (up, redis) = (Arc::clone(&up), redis.clone());
                 tokio::spawn(async move {
-                    let mut server = tokio::net::TcpStream::connect(REDIS_ADDR).await.unwrap();
+                    let mut server = tokio::net::TcpStream::connect(redis).await.unwrap();
                     let copy = tokio::io::copy_bidirectional(&mut client, &mut server);
                     let cut = async {
                         while up.load(Ordering::SeqCst) {
@@ -281,7 +280,11 @@ async fn a_redis_that_comes_back_is_used_again() {
             }
         })
     };
-    let cache = RedisCache::new(&format!("redis://{addr}/"), &prefix.prefix).unwrap();
+    let cache = RedisCache::new(
+        &services::proxied_url(&prefix.url, addr.port()),
+        &prefix.prefix,
+    )
+    .unwrap();
     let inner = Counting::new();
     let bus = cached(&inner, Arc::new(cache));
     let ctx = QueryContext::default();

@@ -24,7 +24,8 @@ async fn acknowledged_writes_survive_kill_9_on_postgres() {
     };
     let schema = flexcore_test_support::services::unique_name("fc_kill9");
     let data = tempfile::tempdir().unwrap();
-    write_kill_restart_read(data.path(), &format!("{base}?schema={schema}")).await;
+    let url = flexcore_test_support::services::with_query_param(&base, "schema", &schema);
+    write_kill_restart_read(data.path(), &url).await;
     flexcore_store_postgres::drop_schema(&base, &schema)
         .await
         .unwrap();
@@ -477,14 +478,14 @@ async fn json_logs_mask_sensitive_values() {
     }
 }
 
-/// A TCP proxy to PostgreSQL that the test can cut and restore.
+/// A TCP proxy to PostgreSQL (at `target`, `host:port`) that the test can cut and restore.
 struct Proxy {
     port: u16,
     tasks: tokio::task::JoinSet<()>,
 }
 
 impl Proxy {
-    async fn start(port: u16) -> Self {
+    async fn start(target: String, port: u16) -> Self {
         let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
             .await
             .unwrap();
@@ -498,9 +499,9 @@ impl Proxy {
                 let Ok((mut inbound, _)) = listener.accept().await else {
                     return;
                 };
+                let target = target.clone();
                 connections.lock().await.spawn(async move {
-                    if let Ok(mut outbound) = tokio::net::TcpStream::connect("127.0.0.1:5432").await
-                    {
+                    if let Ok(mut outbound) = tokio::net::TcpStream::connect(target).await {
                         let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
                     }
                 });
@@ -519,15 +520,15 @@ impl Proxy {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ready_is_503_while_the_store_is_unreachable() {
-    if flexcore_test_support::services::postgres_url().is_none() {
+    use flexcore_test_support::services;
+    let Some(base) = services::postgres_url() else {
         return;
-    }
-    let schema = flexcore_test_support::services::unique_name("fc_ready");
-    let proxy = Proxy::start(0).await;
-    let url = format!(
-        "postgres://postgres@127.0.0.1:{}/test?schema={schema}",
-        proxy.port
-    );
+    };
+    let schema = services::unique_name("fc_ready");
+    let postgres = services::service_address(&base);
+    let proxy = Proxy::start(postgres.clone(), 0).await;
+    let url =
+        services::with_query_param(&services::proxied_url(&base, proxy.port), "schema", &schema);
     let data = tempfile::tempdir().unwrap();
     let server = Server::start_with(data.path(), &url).await;
     let client = reqwest::Client::new();
@@ -560,7 +561,7 @@ async fn ready_is_503_while_the_store_is_unreachable() {
         "still alive"
     );
 
-    let _proxy = Proxy::start(port).await;
+    let _proxy = Proxy::start(postgres, port).await;
     let mut back = 0;
     for _ in 0..100 {
         back = ready(client.clone(), server.base.clone()).await.0;
@@ -571,8 +572,7 @@ async fn ready_is_503_while_the_store_is_unreachable() {
     }
     assert_eq!(back, 200, "ready again once the store is back");
     drop(server);
-    let base = flexcore_test_support::services::POSTGRES_URL;
-    flexcore_store_postgres::drop_schema(base, &schema)
+    flexcore_store_postgres::drop_schema(&base, &schema)
         .await
         .unwrap();
 }
