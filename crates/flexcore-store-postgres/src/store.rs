@@ -65,6 +65,7 @@ impl PostgresStore {
             pool,
             head: watch::Sender::new(head),
             max_batch_events: config.max_batch_events,
+            group_commits: Default::default(),
         });
         let (queue, receiver) = mpsc::channel(QUEUE_CAPACITY);
         write::spawn_committers(&shared, config.committers, receiver);
@@ -84,6 +85,11 @@ impl PostgresStore {
     /// sharing this store's connection pool.
     pub fn read_models(&self) -> PostgresReadModels {
         PostgresReadModels::new(self.shared.pool.clone(), Arc::clone(&self.schema))
+    }
+
+    /// How the appends were grouped into transactions so far.
+    pub fn group_commit_stats(&self) -> flexcore_app::store::plan::GroupCommitStats {
+        self.shared.group_commits.stats()
     }
 
     /// Test hook: runs an append on its own connection up to the moment before `COMMIT`, with

@@ -19,7 +19,7 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 
 use deadpool_postgres::{ClientWrapper, Object, Pool};
-use flexcore_app::store::plan::{self, KnownEvent, Outcome, StreamState};
+use flexcore_app::store::plan::{self, GroupCommitCounters, KnownEvent, Outcome, StreamState};
 use flexcore_app::store::{AppendResult, StreamWrite};
 use flexcore_domain::{EventId, StreamId};
 use tokio::sync::{Mutex, mpsc, oneshot, watch};
@@ -104,6 +104,8 @@ pub(crate) struct Shared {
     /// The highest position this process has committed (a wake-up hint for readers).
     pub(crate) head: watch::Sender<u64>,
     pub(crate) max_batch_events: usize,
+    /// Where committed batches are counted.
+    pub(crate) group_commits: GroupCommitCounters,
 }
 
 /// Starts `count` committer tasks on one shared queue. They stop when every sender is gone and
@@ -228,7 +230,7 @@ impl Shared {
         hold: Option<Hold>,
     ) -> Result<Vec<Outcome>, PostgresError> {
         let client = self.pool.get().await?;
-        match write_batch(&client, requests, hold).await {
+        match write_batch(&client, requests, hold, &self.group_commits).await {
             Ok((outcomes, last)) => {
                 if let Some(last) = last {
                     // Always notify, even when `last` is below the head: a reader held back by
@@ -274,6 +276,7 @@ async fn write_batch(
     client: &ClientWrapper,
     requests: Vec<Vec<StreamWrite>>,
     hold: Option<Hold>,
+    group_commits: &GroupCommitCounters,
 ) -> Result<(Vec<Outcome>, Option<u64>), PostgresError> {
     let stream_ids = plan::stream_ids(&requests);
     let ids: Vec<&str> = stream_ids.iter().map(StreamId::as_str).collect();
@@ -400,7 +403,7 @@ async fn write_batch(
         }
     };
     let last = first + n as u64 - 1;
-    plan.record_committed();
+    plan.record_committed(group_commits);
     Ok((plan.into_outcomes(first), Some(last)))
 }
 

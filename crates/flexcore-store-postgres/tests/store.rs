@@ -183,6 +183,13 @@ async fn group_commit_coalesces_concurrent_appends() {
         .await
         .unwrap();
     assert_eq!(slice.events.len(), 25);
+    let stats = store.group_commit_stats();
+    println!("group commits: {stats:?}");
+    assert_eq!(stats.appends, 800, "{stats:?}");
+    assert!(
+        stats.largest_batch > 1 && stats.batches < 800,
+        "32 concurrent writers never shared a transaction: {stats:?}"
+    );
 }
 
 #[tokio::test]

@@ -29,6 +29,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use async_trait::async_trait;
+use flexcore_app::store::plan::{GroupCommitCounters, GroupCommitStats};
 use flexcore_app::store::{
     AllSlice, AppendResult, EventAppender, EventReader, ReadAll, ReadStream, Snapshot,
     SnapshotStore, StreamAdmin, StreamSlice, StreamWrite,
@@ -104,6 +105,7 @@ pub struct SqliteStore {
     head: Arc<AtomicU64>,
     head_watch: watch::Receiver<u64>,
     path: PathBuf,
+    group_commits: Arc<GroupCommitCounters>,
 }
 
 impl SqliteStore {
@@ -137,6 +139,7 @@ impl SqliteStore {
             PathBuf::from(name)
         });
         let checkpointer = checkpointer::Checkpointer::spawn(&config.path)?;
+        let group_commits = Arc::new(GroupCommitCounters::default());
         Writer::spawn(
             conn,
             WriterSetup {
@@ -152,6 +155,7 @@ impl SqliteStore {
                 } else {
                     1
                 },
+                group_commits: Arc::clone(&group_commits),
             },
         )?;
         Ok(Self {
@@ -160,12 +164,18 @@ impl SqliteStore {
             head,
             head_watch,
             path: config.path,
+            group_commits,
         })
     }
 
     /// The database file.
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// How the appends were grouped into transactions so far.
+    pub fn group_commit_stats(&self) -> GroupCommitStats {
+        self.group_commits.stats()
     }
 
     /// The last durable global position (what readers see).

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use flexcore_app::store::plan::{
-    self, KnownEvent, KnownEvents, Outcome, StreamState, StreamStates,
+    self, GroupCommitCounters, KnownEvent, KnownEvents, Outcome, StreamState, StreamStates,
 };
 use flexcore_app::store::{AppendResult, Snapshot, StreamWrite};
 use flexcore_app::{Error, ErrorKind};
@@ -65,6 +65,7 @@ pub(crate) struct Writer {
     /// Set by the syncer when a flush failed: no write is accepted any more.
     poisoned: Arc<AtomicBool>,
     max_batch_events: usize,
+    group_commits: Arc<GroupCommitCounters>,
 }
 
 /// What the writer thread needs besides its connection.
@@ -85,6 +86,8 @@ pub(crate) struct WriterSetup {
     pub(crate) wal: Option<std::path::PathBuf>,
     /// The most events per group commit.
     pub(crate) max_batch_events: usize,
+    /// Where committed batches are counted (shared with the store).
+    pub(crate) group_commits: Arc<GroupCommitCounters>,
 }
 
 impl Writer {
@@ -105,6 +108,7 @@ impl Writer {
             flushes,
             poisoned,
             max_batch_events: setup.max_batch_events,
+            group_commits: setup.group_commits,
         };
         std::thread::Builder::new()
             .name("sqlite-writer".into())
@@ -254,7 +258,7 @@ impl Writer {
         match written {
             Ok(()) => {
                 self.written = first_position + plan.rows.len() as u64 - 1;
-                plan.record_committed();
+                plan.record_committed(&self.group_commits);
                 (plan.into_outcomes(first_position), Some(self.written))
             }
             Err(e) => {

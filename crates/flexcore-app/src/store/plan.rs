@@ -10,6 +10,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::ops::Range;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use flexcore_domain::{DomainError, EventId, ExpectedVersion, NewEvent, StreamId};
 
@@ -97,6 +98,45 @@ pub enum Outcome {
     Defer(Vec<StreamWrite>),
 }
 
+/// A backend's count of its committed group commits. Unlike the process-wide metrics it
+/// belongs to one store, and it counts append requests rather than events: it shows whether
+/// concurrent appends really share transactions.
+#[derive(Debug, Default)]
+pub struct GroupCommitCounters {
+    batches: AtomicU64,
+    appends: AtomicU64,
+    largest_batch: AtomicU64,
+}
+
+impl GroupCommitCounters {
+    /// Counts one committed transaction that wrote `appends` append requests.
+    fn record(&self, appends: u64) {
+        self.batches.fetch_add(1, Ordering::Relaxed);
+        self.appends.fetch_add(appends, Ordering::Relaxed);
+        self.largest_batch.fetch_max(appends, Ordering::Relaxed);
+    }
+
+    /// The counts so far.
+    pub fn stats(&self) -> GroupCommitStats {
+        GroupCommitStats {
+            batches: self.batches.load(Ordering::Relaxed),
+            appends: self.appends.load(Ordering::Relaxed),
+            largest_batch: self.largest_batch.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// A reading of a backend's [`GroupCommitCounters`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct GroupCommitStats {
+    /// Committed transactions that wrote appends.
+    pub batches: u64,
+    /// The append requests they wrote.
+    pub appends: u64,
+    /// The most append requests one transaction wrote.
+    pub largest_batch: u64,
+}
+
 /// The decisions for a batch and the rows to insert.
 #[derive(Debug)]
 pub struct BatchPlan {
@@ -114,10 +154,17 @@ impl BatchPlan {
     }
 
     /// Publishes the batch's metrics once it is committed: `flexcore_events_appended_total` and
-    /// the `flexcore_append_batch_size` histogram (events per transaction).
-    pub fn record_committed(&self) {
+    /// the `flexcore_append_batch_size` histogram (events per transaction), and counts it in the
+    /// backend's own `counters` (append requests per transaction).
+    pub fn record_committed(&self, counters: &GroupCommitCounters) {
         metrics::counter!("flexcore_events_appended_total").increment(self.rows.len() as u64);
         metrics::histogram!("flexcore_append_batch_size").record(self.rows.len() as f64);
+        let appends = self
+            .decisions
+            .iter()
+            .filter(|d| matches!(d, Decision::Write(_)))
+            .count() as u64;
+        counters.record(appends);
     }
 
     /// Turns the plan into one outcome per request, once the rows are committed with
