@@ -6,6 +6,7 @@ use flexcore_app::repository::Repository;
 use flexcore_app::store::{EventStore, InMemoryStore, SnapshotStore};
 use flexcore_domain::{EventMetadata, StreamId};
 use flexcore_sample_users::domain::{Email, User, UserCommand};
+use flexcore_test_support::ProbedStore;
 use serde_json::Map;
 use uuid::Uuid;
 
@@ -50,7 +51,8 @@ async fn execute_loads_decides_and_appends() {
 
 #[tokio::test]
 async fn snapshots_are_taken_every_n_events_and_used_when_loading() {
-    let store = Arc::new(InMemoryStore::new());
+    // Counts the events loads read, to tell a snapshot load from a full replay.
+    let store = Arc::new(ProbedStore::new(Arc::new(InMemoryStore::new())));
     let repo = Repository::new(Arc::clone(&store) as Arc<dyn EventStore>).with_snapshots_every(3);
     let id = Uuid::now_v7();
     let meta = EventMetadata::default();
@@ -90,12 +92,31 @@ async fn snapshots_are_taken_every_n_events_and_used_when_loading() {
     let at_snapshot: User = snapshot.state.decode().unwrap();
     assert_eq!(at_snapshot.email, Some(email("v2@b.io")));
 
+    let read_before = store.stream_events_read();
     let loaded = repo.load::<User>(&id.to_string()).await.unwrap();
     assert_eq!(loaded.version, Some(4));
     assert_eq!(
         loaded.state.email,
         Some(email("v4@b.io")),
         "snapshot + later events"
+    );
+    assert_eq!(
+        store.stream_events_read() - read_before,
+        2,
+        "a load from the snapshot at version 2 reads only versions 3 and 4"
+    );
+
+    let without_snapshots = Repository::new(Arc::clone(&store) as Arc<dyn EventStore>);
+    let read_before = store.stream_events_read();
+    let replayed = without_snapshots
+        .load::<User>(&id.to_string())
+        .await
+        .unwrap();
+    assert_eq!(replayed.state.email, loaded.state.email);
+    assert_eq!(
+        store.stream_events_read() - read_before,
+        5,
+        "a full replay reads every event"
     );
 }
 
