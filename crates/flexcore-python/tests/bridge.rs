@@ -497,15 +497,62 @@ async fn a_module_that_fails_to_import_is_an_error_with_its_traceback() {
     assert!(text.contains("broken_import.py"), "{text}");
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_runtimes_in_one_process_keep_their_own_handlers() {
+    // Two runtimes loading different modules at once: each has its modules' handlers only.
+    let (users_runtime, failures_runtime) = tokio::join!(users(), failures(Duration::from_secs(5)));
+    assert_eq!(
+        users_runtime.commands.command_types(),
+        ["create_user", "rename_user", "touch_user"]
+    );
+    assert_eq!(users_runtime.python.query_types(), ["get_user"]);
+    assert_eq!(users_runtime.python.event_types(), ["user.created"]);
+    let failure_types = failures_runtime.commands.command_types();
+    assert!(failure_types.contains(&"count"), "{failure_types:?}");
+    assert!(
+        !failure_types.iter().any(|t| t.contains("user")),
+        "{failure_types:?}"
+    );
+    assert!(failures_runtime.python.query_types().is_empty());
+    assert!(failures_runtime.python.event_types().is_empty());
+    let err = send(&users_runtime, "count", json!({"job_id": 1}))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::UnknownCommand(_)), "{err}");
+
+    // The same module in two runtimes: two copies, each with its own module state (USERS).
     let (a, b) = tokio::join!(users(), users());
     send(&a, "create_user", create_user("same", "a@example.com"))
         .await
         .unwrap();
-    send(&b, "create_user", create_user("same", "a@example.com"))
+    let created = a
+        .store
+        .read_stream(ReadStream::forward(StreamId::new("user-same").unwrap()))
         .await
         .unwrap();
+    let mut a_events = EventBus::new();
+    a.python.subscribe_events(&mut a_events);
+    a_events.dispatch(&created.events[0]).await;
+
+    let ask = |setup: &Setup| {
+        let mut queries = QueryRouter::new();
+        setup.python.register_queries(&mut queries).unwrap();
+        async move {
+            let query = Query {
+                query_type: "get_user".into(),
+                params: json!({"email": "a@example.com"}),
+            };
+            queries.ask(&QueryContext::default(), &query).await
+        }
+    };
+    let seen_by_a = ask(&a).await.unwrap();
+    assert_eq!(seen_by_a["stream_id"], "user-same");
+    let err = ask(&b).await.unwrap_err();
+    assert_eq!(
+        err.kind(),
+        ErrorKind::Validation,
+        "b's copy of the module never saw a's event: {err}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
