@@ -14,6 +14,7 @@
 //! * [`projection`]: read models updated with their checkpoint in one transaction, blue-green
 //!   rebuilds, read-your-writes waits;
 //! * [`idempotency`]: the `Idempotency-Key` decorator of the command bus;
+//! * [`RequestLimits`]: the request limits every gateway applies;
 //! * [`service_url`]: the URLs of the services FlexCore connects to, with FlexCore's own
 //!   query parameters taken out;
 //! * [`module`]: the domain-module contract through which every domain (the Rust sample,
@@ -24,6 +25,7 @@ pub mod durable;
 mod error;
 pub mod event_bus;
 pub mod idempotency;
+mod limits;
 pub mod module;
 pub mod outbox;
 pub mod projection;
@@ -35,6 +37,7 @@ pub mod store;
 pub mod subscription;
 
 pub use error::{Error, ErrorKind, Result};
+pub use limits::RequestLimits;
 
 /// FNV-1a, 64 bits: a fixed hash, the same on every node, in every run and every release, for
 /// what several nodes must place alike (consumer-group members, query-cache tag slots).

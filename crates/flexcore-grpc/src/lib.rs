@@ -30,6 +30,7 @@ mod query;
 use std::future::Future;
 use std::sync::Arc;
 
+use flexcore_app::RequestLimits;
 use flexcore_app::command::CommandBus;
 use flexcore_app::query::QueryBus;
 use flexcore_app::store::EventStore;
@@ -52,25 +53,6 @@ pub mod pb {
         tonic::include_file_descriptor_set!("flexcore_descriptor");
 }
 
-/// Request limits.
-#[derive(Debug, Clone, Copy)]
-pub struct Limits {
-    /// The largest request message accepted, in bytes (larger → `OUT_OF_RANGE`, as tonic answers).
-    pub max_message_bytes: usize,
-    /// The deepest JSON nesting accepted in a `*_json` field (deeper → `INVALID_ARGUMENT`).
-    pub max_json_depth: usize,
-}
-
-impl Default for Limits {
-    /// The HTTP gateway's defaults: 4 MiB, 64 levels.
-    fn default() -> Self {
-        Self {
-            max_message_bytes: 4 * 1024 * 1024,
-            max_json_depth: 64,
-        }
-    }
-}
-
 /// What the services need (the HTTP gateway's `AppState`, for gRPC).
 #[derive(Clone)]
 pub struct GrpcState {
@@ -80,12 +62,12 @@ pub struct GrpcState {
     pub queries: Arc<dyn QueryBus>,
     /// The event store, for raw appends, reads and subscriptions.
     pub store: Arc<dyn EventStore>,
-    /// Request limits.
-    pub limits: Limits,
+    /// Request limits (the message size and JSON depth), the HTTP gateway's.
+    pub limits: RequestLimits,
 }
 
 impl GrpcState {
-    /// A state with the default [`Limits`].
+    /// A state with the default [`RequestLimits`].
     pub fn new(
         commands: Arc<dyn CommandBus>,
         queries: Arc<dyn QueryBus>,
@@ -95,7 +77,7 @@ impl GrpcState {
             commands,
             queries,
             store,
-            limits: Limits::default(),
+            limits: RequestLimits::default(),
         }
     }
 }
@@ -157,7 +139,7 @@ async fn build(state: GrpcState, closing: Closing) -> Result<(Routes, HealthRepo
     use pb::event_store_server::EventStoreServer;
     use pb::query_service_server::QueryServiceServer;
 
-    let max = state.limits.max_message_bytes;
+    let max = state.limits.max_request_bytes;
     let gateway = Gateway { state, closing };
 
     let (health, health_service) = tonic_health::server::health_reporter();

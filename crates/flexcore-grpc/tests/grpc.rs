@@ -5,13 +5,14 @@ mod common;
 use std::sync::Arc;
 use std::time::Duration;
 
+use flexcore_app::RequestLimits;
 use flexcore_app::store::InMemoryStore;
 use flexcore_grpc::pb::append_request::ExpectedVersion;
 use flexcore_grpc::pb::{
     AppendRequest, AppendResponse, AskRequest, Direction, NewEvent, ReadAllRequest,
     ReadStreamRequest, RecordedEvent, SendCommandRequest, SubscribeAllRequest,
 };
-use flexcore_grpc::{CURRENT_VERSION_KEY, ERROR_CODE_KEY, Limits, SERVICE_NAMES};
+use flexcore_grpc::{CURRENT_VERSION_KEY, ERROR_CODE_KEY, SERVICE_NAMES};
 use serde_json::{Value, json};
 use tokio_stream::StreamExt;
 use tonic::{Code, Request, Status, Streaming};
@@ -429,8 +430,8 @@ async fn append_checks_expectations() {
 
 #[tokio::test]
 async fn bad_input_gets_invalid_argument_and_writes_nothing() {
-    let limits = Limits {
-        max_message_bytes: 64 * 1024,
+    let limits = RequestLimits {
+        max_request_bytes: 64 * 1024,
         max_json_depth: 32,
     };
     let server = common::start_with(Arc::new(InMemoryStore::new()), limits, None).await;

@@ -33,13 +33,13 @@ impl<T: DeserializeOwned> FromRequest<AppState> for JsonBody<T> {
             .get(header::CONTENT_LENGTH)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse::<usize>().ok());
-        if declared.is_some_and(|n| n > limits.max_body_bytes) {
-            return Err(ApiError::payload_too_large(limits.max_body_bytes));
+        if declared.is_some_and(|n| n > limits.max_request_bytes) {
+            return Err(ApiError::payload_too_large(limits.max_request_bytes));
         }
         let body: Body = request.into_body();
-        let bytes = axum::body::to_bytes(body, limits.max_body_bytes)
+        let bytes = axum::body::to_bytes(body, limits.max_request_bytes)
             .await
-            .map_err(|_| ApiError::payload_too_large(limits.max_body_bytes))?;
+            .map_err(|_| ApiError::payload_too_large(limits.max_request_bytes))?;
         if flexcore_domain::json_nesting_depth(&bytes) > limits.max_json_depth {
             return Err(ApiError::bad_request(format!(
                 "the JSON body is nested deeper than {} levels",

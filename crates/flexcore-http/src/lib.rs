@@ -29,6 +29,7 @@ mod routes;
 use std::future::Future;
 use std::sync::Arc;
 
+use flexcore_app::RequestLimits;
 use flexcore_app::command::{AsyncCommands, CommandBus};
 use flexcore_app::query::QueryBus;
 use flexcore_app::store::EventStore;
@@ -40,24 +41,6 @@ pub use axum::http::HeaderMap;
 pub use error::ApiError;
 pub use operations::Operations;
 pub use routes::router;
-
-/// Request limits.
-#[derive(Debug, Clone, Copy)]
-pub struct Limits {
-    /// The largest request body accepted, in bytes (larger → 413).
-    pub max_body_bytes: usize,
-    /// The deepest JSON nesting accepted (deeper → 400).
-    pub max_json_depth: usize,
-}
-
-impl Default for Limits {
-    fn default() -> Self {
-        Self {
-            max_body_bytes: 4 * 1024 * 1024,
-            max_json_depth: 64,
-        }
-    }
-}
 
 /// What the handlers need.
 #[derive(Clone)]
@@ -71,8 +54,8 @@ pub struct AppState {
     pub queries: Arc<dyn QueryBus>,
     /// The event store, for raw appends and reads.
     pub store: Arc<dyn EventStore>,
-    /// Request limits.
-    pub limits: Limits,
+    /// Request limits (the body size and JSON depth).
+    pub limits: RequestLimits,
     /// Renders the Prometheus text exposition for `GET /metrics` (`None`: the route answers
     /// 404). The composition root installs the recorder and hands its renderer over.
     pub metrics: Option<Arc<dyn Fn() -> String + Send + Sync>>,

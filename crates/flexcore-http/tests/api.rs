@@ -5,9 +5,10 @@ use std::sync::Arc;
 use axum::Router;
 use axum::body::Body;
 use axum::http::{Method, Request, StatusCode, header};
+use flexcore_app::RequestLimits;
 use flexcore_app::command::AsyncCommands;
 use flexcore_app::store::{EventFilter, EventStore, InMemoryStore, ReadAll};
-use flexcore_http::{AppState, Limits, router};
+use flexcore_http::{AppState, router};
 use http_body_util::BodyExt;
 use serde_json::{Value, json};
 use tower::ServiceExt;
@@ -25,8 +26,8 @@ fn app() -> TestApp {
         commands,
         queries,
         store: Arc::clone(&store),
-        limits: Limits {
-            max_body_bytes: 64 * 1024,
+        limits: RequestLimits {
+            max_request_bytes: 64 * 1024,
             max_json_depth: 32,
         },
         metrics: Some(Arc::new(|| "flexcore_test_metric 1\n".to_owned())),

@@ -8,10 +8,11 @@ use async_trait::async_trait;
 use axum::Router;
 use axum::body::Body;
 use axum::http::{Request, StatusCode, header};
+use flexcore_app::RequestLimits;
 use flexcore_app::command::{AsyncCommands, Command, CommandBus, CommandContext, CommandOutcome};
 use flexcore_app::store::{EventStore, InMemoryStore};
 use flexcore_app::{Error, Result};
-use flexcore_http::{AppState, Limits, router};
+use flexcore_http::{AppState, router};
 use http_body_util::BodyExt;
 use serde_json::{Value, json};
 use tower::ServiceExt;
@@ -34,7 +35,7 @@ fn app_over(
         commands,
         queries,
         store,
-        limits: Limits::default(),
+        limits: RequestLimits::default(),
         metrics: None,
         trace_parent: None,
         health_details: None,

@@ -8,11 +8,12 @@ use std::sync::Arc;
 use axum::Router;
 use axum::body::Body;
 use axum::http::{Method, Request, StatusCode, header};
+use flexcore_app::RequestLimits;
 use flexcore_app::command::AsyncCommands;
 use flexcore_app::store::{EventStore, InMemoryStore};
 use flexcore_app::{Error, ErrorKind};
 use flexcore_domain::{DomainError, ExpectedVersion};
-use flexcore_http::{ApiError, AppState, Limits, router};
+use flexcore_http::{ApiError, AppState, router};
 use flexcore_test_support::ProbedStore;
 use http_body_util::BodyExt;
 use serde_json::{Value, json};
@@ -58,9 +59,9 @@ fn app() -> TestApp {
         commands,
         queries,
         store: dyn_store,
-        limits: Limits {
-            max_body_bytes: MAX_BODY,
-            ..Limits::default()
+        limits: RequestLimits {
+            max_request_bytes: MAX_BODY,
+            ..RequestLimits::default()
         },
         metrics: None,
         trace_parent: None,

@@ -9,12 +9,13 @@ use async_trait::async_trait;
 use axum::Router;
 use axum::body::Body;
 use axum::http::{Method, Request, StatusCode};
+use flexcore_app::RequestLimits;
 use flexcore_app::command::AsyncCommands;
 use flexcore_app::durable::{DurableConsumer, DurableOptions, InMemoryCheckpoints};
 use flexcore_app::event_bus::EventHandler;
 use flexcore_app::store::{EventAppender, EventStore, InMemoryStore};
 use flexcore_domain::{EventEnvelope, ExpectedVersion, NewEvent, RawJson, StreamId};
-use flexcore_http::{AppState, Limits, Operations, router};
+use flexcore_http::{AppState, Operations, router};
 use http_body_util::BodyExt;
 use serde_json::Value;
 use tokio::sync::watch;
@@ -101,7 +102,7 @@ async fn parked_events_are_listed_retried_and_skipped_over_http() {
         commands,
         queries,
         store: event_store,
-        limits: Limits::default(),
+        limits: RequestLimits::default(),
         metrics: None,
         trace_parent: None,
         health_details: None,

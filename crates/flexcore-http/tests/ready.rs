@@ -6,9 +6,10 @@ use std::sync::{Arc, Mutex};
 
 use axum::body::Body;
 use axum::http::{Request, StatusCode, header};
+use flexcore_app::RequestLimits;
 use flexcore_app::command::AsyncCommands;
 use flexcore_app::store::{EventStore, InMemoryStore};
-use flexcore_http::{AppState, Limits, router};
+use flexcore_http::{AppState, router};
 use flexcore_test_support::ProbedStore;
 use http_body_util::BodyExt;
 use serde_json::{Value, json};
@@ -25,7 +26,7 @@ fn state(store: Arc<dyn EventStore>) -> AppState {
         commands,
         queries,
         store,
-        limits: Limits::default(),
+        limits: RequestLimits::default(),
         metrics: None,
         trace_parent: None,
         health_details: None,

@@ -12,7 +12,7 @@ use flexcore_app::module::{ModuleContext, Modules};
 use flexcore_app::query::{QueryBus, QueryBusExt, QueryRouter};
 use flexcore_app::repository::{Repository, RetryPolicy};
 use flexcore_app::store::EventStore;
-use flexcore_http::{AppState, Limits};
+use flexcore_http::AppState;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -136,9 +136,9 @@ pub async fn assemble(
         commands,
         queries: query_bus(registrations.queries, read_side.cache.as_ref()),
         store,
-        limits: Limits {
-            max_body_bytes: settings.max_body_bytes,
-            ..Limits::default()
+        limits: flexcore_app::RequestLimits {
+            max_request_bytes: settings.max_body_bytes,
+            ..Default::default()
         },
         metrics: Some(metrics_renderer()?),
         trace_parent: Some(crate::telemetry::parent_from_headers()),
@@ -236,10 +236,7 @@ pub async fn run_with(
         commands: Arc::clone(&state.commands),
         queries: Arc::clone(&state.queries),
         store: Arc::clone(&state.store),
-        limits: flexcore_grpc::Limits {
-            max_message_bytes: settings.max_body_bytes,
-            ..flexcore_grpc::Limits::default()
-        },
+        limits: state.limits,
     };
     tracing::warn!("authentication is OFF: every client may send any command (embedded default)");
     tracing::info!(

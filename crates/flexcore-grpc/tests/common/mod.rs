@@ -6,11 +6,12 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use flexcore_app::RequestLimits;
 use flexcore_app::store::{EventStore, InMemoryStore};
 use flexcore_grpc::pb::command_service_client::CommandServiceClient;
 use flexcore_grpc::pb::event_store_client::EventStoreClient;
 use flexcore_grpc::pb::query_service_client::QueryServiceClient;
-use flexcore_grpc::{GrpcError, GrpcState, Limits};
+use flexcore_grpc::{GrpcError, GrpcState};
 use flexcore_store_sqlite::{SqliteConfig, SqliteStore};
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
@@ -28,7 +29,12 @@ pub struct TestServer {
 
 /// A server over an in-memory store.
 pub async fn start() -> TestServer {
-    start_with(Arc::new(InMemoryStore::new()), Limits::default(), None).await
+    start_with(
+        Arc::new(InMemoryStore::new()),
+        RequestLimits::default(),
+        None,
+    )
+    .await
 }
 
 /// A server over a SQLite store in a temporary directory.
@@ -37,13 +43,13 @@ pub async fn start_sqlite() -> TestServer {
     let store = SqliteStore::open(SqliteConfig::new(dir.path().join("events.db")))
         .await
         .unwrap();
-    start_with(Arc::new(store), Limits::default(), Some(dir)).await
+    start_with(Arc::new(store), RequestLimits::default(), Some(dir)).await
 }
 
 /// A server over `store` with `limits`.
 pub async fn start_with(
     store: Arc<dyn EventStore>,
-    limits: Limits,
+    limits: RequestLimits,
     guard: Option<tempfile::TempDir>,
 ) -> TestServer {
     let (commands, queries) = flexcore_test_support::sample_buses(Arc::clone(&store));
