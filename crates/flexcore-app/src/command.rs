@@ -18,7 +18,7 @@ use uuid::Uuid;
 
 use crate::repository::{RetryPolicy, retry_on_conflict};
 use crate::store::{AppendedEvent, StreamWriteResult};
-use crate::{Error, ErrorKind, Result};
+use crate::{Error, Result};
 
 /// A command as it arrives from a gateway: a type and a JSON body.
 #[derive(Debug, Clone, PartialEq)]
@@ -128,7 +128,7 @@ impl CommandRouter {
     ) -> Result<()> {
         let command_type = command_type.into();
         if self.handlers.contains_key(&command_type) {
-            return Err(Error::Internal(format!(
+            return Err(Error::internal(format!(
                 "command type '{command_type}' already has a handler"
             )));
         }
@@ -205,9 +205,9 @@ impl<B: CommandBus> CommandBus for Traced<B> {
                 span.record("outcome", "ok");
                 tracing::debug!(parent: &span, elapsed_ms, events = outcome.events.len(), "command handled");
             }
-            Err(e) if matches!(e.kind(), ErrorKind::Internal | ErrorKind::Unavailable) => {
+            Err(e) if e.is_transient() => {
                 span.record("outcome", "error");
-                tracing::error!(parent: &span, elapsed_ms, error = %e, "command failed");
+                tracing::error!(parent: &span, elapsed_ms, error = %e.chain(), "command failed");
             }
             Err(e) => {
                 span.record("outcome", "rejected");
@@ -232,7 +232,7 @@ impl<B: CommandBus> CommandBus for Metered<B> {
         let result = self.inner.send(ctx, command).await;
         let outcome = match &result {
             Ok(_) => "ok",
-            Err(e) if matches!(e.kind(), ErrorKind::Internal | ErrorKind::Unavailable) => "error",
+            Err(e) if e.is_transient() => "error",
             Err(_) => "rejected",
         };
         let command_type = command.command_type.clone();

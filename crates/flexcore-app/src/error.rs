@@ -1,53 +1,13 @@
 //! The application layer's one error type.
 
+use std::sync::Arc;
+
 use flexcore_domain::DomainError;
+pub use flexcore_domain::ErrorKind;
 
-/// A portable classification of every failure, mapped once by each gateway.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum ErrorKind {
-    /// Invalid input (422).
-    Validation,
-    /// A collision with existing state (409).
-    Conflict,
-    /// Nothing there (404).
-    NotFound,
-    /// Not authenticated (401).
-    Unauthorized,
-    /// Not allowed (403).
-    Forbidden,
-    /// A backend cannot be reached or is overloaded; retrying later may succeed (503).
-    Unavailable,
-    /// A bug or an unexpected backend failure (500); details are logged, not shown.
-    Internal,
-}
-
-impl ErrorKind {
-    /// The stable machine-readable code every gateway answers with.
-    pub fn code(self) -> &'static str {
-        match self {
-            Self::Validation => "validation_failed",
-            Self::Conflict => "conflict",
-            Self::NotFound => "not_found",
-            Self::Unauthorized => "unauthorized",
-            Self::Forbidden => "forbidden",
-            Self::Unavailable => "unavailable",
-            Self::Internal => "internal",
-        }
-    }
-
-    /// The HTTP status of this kind (the message gateway's replies carry it too).
-    pub fn http_status(self) -> u16 {
-        match self {
-            Self::Validation => 422,
-            Self::Conflict => 409,
-            Self::NotFound => 404,
-            Self::Unauthorized => 401,
-            Self::Forbidden => 403,
-            Self::Unavailable => 503,
-            Self::Internal => 500,
-        }
-    }
-}
+/// The cause behind an internal or unavailable error, kept for the logs (shared, because one
+/// backend failure can answer several waiting requests).
+pub type Cause = Arc<dyn std::error::Error + Send + Sync>;
 
 /// Everything that can go wrong in the application layer.
 #[derive(Debug, thiserror::Error)]
@@ -62,15 +22,31 @@ pub enum Error {
     #[error("unknown query type '{0}'")]
     UnknownQuery(String),
     /// A backend is unreachable or timed out.
-    #[error("unavailable: {0}")]
-    Unavailable(String),
+    #[error("unavailable: {message}")]
+    Unavailable {
+        /// What failed, for the logs.
+        message: String,
+        /// The backend's own error, if any.
+        #[source]
+        source: Option<Cause>,
+    },
+    /// An engine operation collided with another one in progress (a rebuild already running,
+    /// a checkpoint another runner moved).
+    #[error("contended: {0}")]
+    Contended(String),
     /// The engine was configured or assembled wrongly (e.g. two modules claim one command
     /// type); reported at start.
     #[error("invalid configuration: {0}")]
     Configuration(String),
     /// An unexpected failure; the message is for logs only.
-    #[error("internal error: {0}")]
-    Internal(String),
+    #[error("internal error: {message}")]
+    Internal {
+        /// What failed, for the logs.
+        message: String,
+        /// The underlying error, if any.
+        #[source]
+        source: Option<Cause>,
+    },
 }
 
 /// The application layer's result type.
@@ -79,19 +55,62 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 impl Error {
     /// The portable kind of this error.
     pub fn kind(&self) -> ErrorKind {
-        use flexcore_domain::ErrorKind as D;
         match self {
-            Self::Domain(e) => match e.kind() {
-                D::Validation => ErrorKind::Validation,
-                D::Conflict => ErrorKind::Conflict,
-                D::NotFound => ErrorKind::NotFound,
-                D::Unauthorized => ErrorKind::Unauthorized,
-                D::Forbidden => ErrorKind::Forbidden,
-            },
+            Self::Domain(e) => e.kind(),
             Self::UnknownCommand(_) | Self::UnknownQuery(_) => ErrorKind::NotFound,
-            Self::Unavailable(_) => ErrorKind::Unavailable,
-            Self::Configuration(_) | Self::Internal(_) => ErrorKind::Internal,
+            Self::Unavailable { .. } => ErrorKind::Unavailable,
+            Self::Contended(_) => ErrorKind::Contended,
+            Self::Configuration(_) | Self::Internal { .. } => ErrorKind::Internal,
         }
+    }
+
+    /// An internal error (a bug or an unexpected backend failure) described by `message`.
+    pub fn internal(message: impl Into<String>) -> Self {
+        Self::Internal {
+            message: message.into(),
+            source: None,
+        }
+    }
+
+    /// An internal error caused by `source`, which the logs show after `message`.
+    pub fn internal_from(
+        message: impl Into<String>,
+        source: impl std::error::Error + Send + Sync + 'static,
+    ) -> Self {
+        Self::Internal {
+            message: message.into(),
+            source: Some(Arc::new(source)),
+        }
+    }
+
+    /// A backend that cannot be reached or is overloaded, described by `message`.
+    pub fn unavailable(message: impl Into<String>) -> Self {
+        Self::Unavailable {
+            message: message.into(),
+            source: None,
+        }
+    }
+
+    /// A backend failure caused by `source`, which the logs show after `message`.
+    pub fn unavailable_from(
+        message: impl Into<String>,
+        source: impl std::error::Error + Send + Sync + 'static,
+    ) -> Self {
+        Self::Unavailable {
+            message: message.into(),
+            source: Some(Arc::new(source)),
+        }
+    }
+
+    /// Whether this is a failure of the system rather than a refusal of the request (see
+    /// [`ErrorKind::is_transient`]).
+    pub fn is_transient(&self) -> bool {
+        self.kind().is_transient()
+    }
+
+    /// This error with its causes, `message: cause: cause…`, for the logs.
+    pub fn chain(&self) -> ErrorChain<'_> {
+        ErrorChain(self)
     }
 
     /// Shorthand for a validation error.
@@ -115,5 +134,49 @@ impl Error {
     /// resolve.
     pub fn is_wrong_expected_version(&self) -> bool {
         matches!(self, Self::Domain(DomainError::WrongExpectedVersion { .. }))
+    }
+}
+
+/// Shows an error followed by each of its causes (see [`Error::chain`]); a cause whose text
+/// the line already ends with (an adapter error kept as the source of its own message) is not
+/// repeated.
+pub struct ErrorChain<'a>(&'a Error);
+
+impl std::fmt::Display for ErrorChain<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut line = self.0.to_string();
+        let mut cause = std::error::Error::source(self.0);
+        while let Some(error) = cause {
+            let text = error.to_string();
+            if !line.ends_with(&text) {
+                line.push_str(": ");
+                line.push_str(&text);
+            }
+            cause = error.source();
+        }
+        f.write_str(&line)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn causes_are_kept_and_shown_in_the_chain() {
+        let io = std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "refused");
+        let error = Error::unavailable_from("redis at 127.0.0.1:6379", io);
+        assert_eq!(error.to_string(), "unavailable: redis at 127.0.0.1:6379");
+        assert_eq!(
+            error.chain().to_string(),
+            "unavailable: redis at 127.0.0.1:6379: refused"
+        );
+        assert!(error.is_transient());
+        assert_eq!(
+            Error::internal("bug").chain().to_string(),
+            "internal error: bug"
+        );
+        assert!(!Error::validation("no").is_transient());
+        assert_eq!(Error::Contended("x".into()).kind().code(), "conflict");
     }
 }

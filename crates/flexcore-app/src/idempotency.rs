@@ -88,11 +88,12 @@ fn rebuild(kind: ErrorKind, message: &str) -> Error {
     match kind {
         ErrorKind::Validation => D::Validation(message.to_owned()).into(),
         ErrorKind::Conflict => D::AlreadyExists(message.to_owned()).into(),
+        ErrorKind::Contended => Error::Contended(message.to_owned()),
         ErrorKind::NotFound => D::NotFound(message.to_owned()).into(),
         ErrorKind::Unauthorized => D::Unauthorized(message.to_owned()).into(),
         ErrorKind::Forbidden => D::Forbidden(message.to_owned()).into(),
-        ErrorKind::Unavailable => Error::Unavailable(message.to_owned()),
-        ErrorKind::Internal => Error::Internal(message.to_owned()),
+        ErrorKind::Unavailable => Error::unavailable(message.to_owned()),
+        ErrorKind::Internal => Error::internal(message.to_owned()),
     }
 }
 
@@ -100,10 +101,7 @@ fn rebuild(kind: ErrorKind, message: &str) -> Error {
 fn is_final(result: &Result<CommandOutcome>) -> bool {
     match result {
         Ok(_) => true,
-        Err(e) => {
-            !e.is_wrong_expected_version()
-                && !matches!(e.kind(), ErrorKind::Unavailable | ErrorKind::Internal)
-        }
+        Err(e) => !e.is_wrong_expected_version() && !e.is_transient(),
     }
 }
 
@@ -169,9 +167,7 @@ impl<B: CommandBus> CommandBus for Idempotent<B> {
                     .wait_for(Option::is_some)
                     .await
                     .map_err(|_| {
-                        Error::Unavailable(
-                            "the first request with this key was abandoned; retry".into(),
-                        )
+                        Error::unavailable("the first request with this key was abandoned; retry")
                     })?
                     .clone()
                     .expect("waited for Some");

@@ -36,7 +36,7 @@ pub mod service_url;
 pub mod store;
 pub mod subscription;
 
-pub use error::{Error, ErrorKind, Result};
+pub use error::{Cause, Error, ErrorChain, ErrorKind, Result};
 pub use limits::RequestLimits;
 
 /// FNV-1a, 64 bits: a fixed hash, the same on every node, in every run and every release, for

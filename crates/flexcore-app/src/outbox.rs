@@ -216,7 +216,7 @@ impl OutboxRelay {
                 )
                 .await
                 .map_err(|_| {
-                    Error::Unavailable(format!(
+                    Error::unavailable(format!(
                         "{} did not confirm {} events within {:?}",
                         self.publisher.name(),
                         events.len(),
@@ -296,7 +296,7 @@ mod tests {
             if *failures > 0 {
                 *failures -= 1;
                 self.sent.lock().unwrap().push(events[0].clone());
-                return Err(Error::Unavailable("broker down".into()));
+                return Err(Error::unavailable("broker down"));
             }
             self.sent.lock().unwrap().extend_from_slice(events);
             Ok(())

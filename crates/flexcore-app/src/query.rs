@@ -104,7 +104,7 @@ impl QueryRouter {
     ) -> Result<()> {
         let query_type = query_type.into();
         if self.handlers.contains_key(&query_type) {
-            return Err(Error::Internal(format!(
+            return Err(Error::internal(format!(
                 "query type '{query_type}' already has a handler"
             )));
         }

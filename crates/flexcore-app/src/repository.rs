@@ -213,10 +213,11 @@ impl Repository {
             let loaded = self.load::<A>(id).await?;
             let (state, write) = loaded.decide(command, metadata)?;
             let result = self.store.append_atomic(vec![write]).await?;
-            let result =
-                result.streams.into_iter().next().ok_or_else(|| {
-                    Error::Internal("append returned no stream result".to_owned())
-                })?;
+            let result = result
+                .streams
+                .into_iter()
+                .next()
+                .ok_or_else(|| Error::internal("append returned no stream result"))?;
             self.maybe_snapshot(&state, loaded.version, &result).await;
             Ok((state, result))
         })

@@ -241,7 +241,7 @@ impl EventHandler for Recorder {
                 .fetch_add(1, Ordering::SeqCst)
                 .is_multiple_of(2)
         {
-            return Err(Error::Unavailable("flaky downstream".into()));
+            return Err(Error::unavailable("flaky downstream"));
         }
         self.seen.lock().await.push(event.clone());
         Ok(())
@@ -333,7 +333,7 @@ impl CommandHandler for Counting {
         self.calls.fetch_add(1, Ordering::SeqCst);
         tokio::time::sleep(self.delay).await;
         match payload["outcome"].as_str() {
-            Some("unavailable") => Err(Error::Unavailable("try later".into())),
+            Some("unavailable") => Err(Error::unavailable("try later")),
             Some("taken") => Err(DomainError::AlreadyExists("taken".into()).into()),
             _ => Ok(StreamWriteResult {
                 stream_id: StreamId::new("s-1").unwrap(),

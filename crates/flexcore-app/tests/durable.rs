@@ -43,9 +43,7 @@ impl EventHandler for Recorder {
     async fn handle(&self, event: &EventEnvelope) -> Result<()> {
         let data: serde_json::Value = event.data.decode().unwrap();
         if data["fail"] == true && self.broken.load(Ordering::SeqCst) {
-            return Err(flexcore_app::Error::Unavailable(
-                "downstream is down".into(),
-            ));
+            return Err(flexcore_app::Error::unavailable("downstream is down"));
         }
         self.seen
             .lock()
@@ -414,8 +412,8 @@ impl CheckpointStore for RefusesToPark {
 impl DeadLetterStore for RefusesToPark {
     async fn park(&self, _letters: &[DeadLetter]) -> Result<()> {
         self.attempts.fetch_add(1, Ordering::SeqCst);
-        Err(flexcore_app::Error::Unavailable(
-            "the dead-letter store is down".into(),
+        Err(flexcore_app::Error::unavailable(
+            "the dead-letter store is down",
         ))
     }
     async fn dead_letters(&self, consumer: &str) -> Result<Vec<DeadLetter>> {

@@ -34,7 +34,7 @@ impl MapBackend {
     fn check(&self) -> Result<()> {
         self.calls.fetch_add(1, Ordering::SeqCst);
         if self.fail.load(Ordering::SeqCst) {
-            return Err(Error::Unavailable("connection refused".into()));
+            return Err(Error::unavailable("connection refused"));
         }
         Ok(())
     }
@@ -53,7 +53,7 @@ impl CacheBackend for MapBackend {
     async fn put(&self, key: &str, value: Vec<u8>, ttl: Duration) -> Result<()> {
         self.check()?;
         if self.fail_puts.load(Ordering::SeqCst) {
-            return Err(Error::Unavailable("put refused".into()));
+            return Err(Error::unavailable("put refused"));
         }
         self.entries
             .lock()

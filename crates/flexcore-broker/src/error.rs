@@ -53,8 +53,8 @@ impl From<BrokerError> for flexcore_app::Error {
     fn from(error: BrokerError) -> Self {
         match error {
             BrokerError::InvalidUrl(_) => flexcore_app::Error::validation(error.to_string()),
-            BrokerError::Json(_) => flexcore_app::Error::Internal(error.to_string()),
-            _ => flexcore_app::Error::Unavailable(error.to_string()),
+            BrokerError::Json(_) => flexcore_app::Error::internal(error.to_string()),
+            _ => flexcore_app::Error::unavailable(error.to_string()),
         }
     }
 }

@@ -217,7 +217,7 @@ pub(crate) fn malformed(detail: &str, correlation_id: Option<&str>) -> Dispositi
 
 /// Failures that a later attempt may not repeat.
 pub fn is_transient(error: &Error) -> bool {
-    matches!(error.kind(), ErrorKind::Unavailable | ErrorKind::Internal)
+    error.is_transient()
 }
 
 /// The reply to a command that succeeded:
@@ -306,9 +306,9 @@ mod tests {
         assert_eq!(reply["error"]["status"], json!(422));
         assert_eq!(reply["error"]["detail"], json!("bad email"));
         assert_eq!(reply["correlation_id"], json!("c-1"));
-        let internal = reply_error(&Error::Internal("secret".into()), None);
+        let internal = reply_error(&Error::internal("secret"), None);
         assert_eq!(internal["error"]["detail"], json!("internal error"));
-        assert!(is_transient(&Error::Unavailable("x".into())));
+        assert!(is_transient(&Error::unavailable("x")));
         assert!(!is_transient(&Error::UnknownCommand("x".into())));
     }
 }

@@ -41,9 +41,9 @@ impl std::fmt::Debug for RedisCache {
 /// Classifies a Redis failure once: unreachable or timed out ⇒ unavailable, else internal.
 fn classify(e: redis::RedisError) -> Error {
     if e.is_io_error() || e.is_timeout() || e.is_connection_dropped() || e.is_connection_refusal() {
-        Error::Unavailable(format!("redis: {e}"))
+        Error::unavailable(format!("redis: {e}"))
     } else {
-        Error::Internal(format!("redis: {e}"))
+        Error::internal(format!("redis: {e}"))
     }
 }
 

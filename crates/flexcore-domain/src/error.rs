@@ -2,19 +2,66 @@
 
 use crate::stream::ExpectedVersion;
 
-/// The portable kind of a failure, which every gateway maps to its own error model once.
+/// The portable kind of every failure in FlexCore — the one vocabulary the domain, the
+/// engine and every adapter classify into, and every gateway maps once to its own error model.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum ErrorKind {
     /// The input breaks a rule (HTTP 422, gRPC `INVALID_ARGUMENT`).
     Validation,
-    /// The change collides with existing state (HTTP 409, gRPC `ABORTED`/`FAILED_PRECONDITION`).
+    /// The change collides with existing state: the thing exists, or a stream is not at the
+    /// expected version (HTTP 409, gRPC `ABORTED`/`FAILED_PRECONDITION`).
     Conflict,
+    /// An engine operation collides with another one in progress: a rebuild already running,
+    /// a checkpoint another runner moved (HTTP 409 `conflict`, gRPC `ABORTED`). Distinct from
+    /// [`ErrorKind::Conflict`] so the engine can tell its own races from a business conflict.
+    Contended,
     /// The addressed thing does not exist (HTTP 404, gRPC `NOT_FOUND`).
     NotFound,
     /// The caller is not authenticated (HTTP 401, gRPC `UNAUTHENTICATED`).
     Unauthorized,
     /// The caller may not do this (HTTP 403, gRPC `PERMISSION_DENIED`).
     Forbidden,
+    /// A backend cannot be reached or is overloaded; retrying later may succeed (HTTP 503,
+    /// gRPC `UNAVAILABLE`).
+    Unavailable,
+    /// A bug or an unexpected backend failure (HTTP 500, gRPC `INTERNAL`); details are logged,
+    /// never shown to clients.
+    Internal,
+}
+
+impl ErrorKind {
+    /// The stable machine-readable code every gateway answers with.
+    pub fn code(self) -> &'static str {
+        match self {
+            Self::Validation => "validation_failed",
+            Self::Conflict | Self::Contended => "conflict",
+            Self::NotFound => "not_found",
+            Self::Unauthorized => "unauthorized",
+            Self::Forbidden => "forbidden",
+            Self::Unavailable => "unavailable",
+            Self::Internal => "internal",
+        }
+    }
+
+    /// The HTTP status of this kind (the message gateway's replies carry it too).
+    pub fn http_status(self) -> u16 {
+        match self {
+            Self::Validation => 422,
+            Self::Conflict | Self::Contended => 409,
+            Self::NotFound => 404,
+            Self::Unauthorized => 401,
+            Self::Forbidden => 403,
+            Self::Unavailable => 503,
+            Self::Internal => 500,
+        }
+    }
+
+    /// Whether this is a failure of the system rather than a refusal of the request
+    /// (unavailable or internal): logged as an error, counted as `error`, not remembered as an
+    /// answer, retried by consumers.
+    pub fn is_transient(self) -> bool {
+        matches!(self, Self::Unavailable | Self::Internal)
+    }
 }
 
 /// A business rule said no.

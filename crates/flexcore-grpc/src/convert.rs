@@ -195,7 +195,7 @@ pub(crate) fn command_outcome(outcome: CommandOutcome) -> pb::CommandOutcome {
 /// A stored event, on the wire: its JSON texts are passed on as stored.
 pub(crate) fn recorded_event(envelope: EventEnvelope) -> Result<pb::RecordedEvent, Status> {
     let recorded_at = envelope.recorded_at.format(&Rfc3339).map_err(|e| {
-        from_app(flexcore_app::Error::Internal(format!(
+        from_app(flexcore_app::Error::internal(format!(
             "cannot format the recorded_at of event {}: {e}",
             envelope.event_id
         )))

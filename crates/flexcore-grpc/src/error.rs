@@ -93,7 +93,9 @@ pub(crate) fn from_app(error: Error) -> Status {
             status
         }
         (_, ErrorKind::Validation) => invalid_argument(error.to_string()),
-        (_, ErrorKind::Conflict) => status(Code::Aborted, ErrorKind::Conflict, error.to_string()),
+        (_, kind @ (ErrorKind::Conflict | ErrorKind::Contended)) => {
+            status(Code::Aborted, kind, error.to_string())
+        }
         (_, ErrorKind::NotFound) => not_found(error.to_string()),
         (_, ErrorKind::Unauthorized) => status(
             Code::Unauthenticated,
@@ -106,7 +108,7 @@ pub(crate) fn from_app(error: Error) -> Status {
             error.to_string(),
         ),
         (_, ErrorKind::Unavailable) => {
-            tracing::warn!(error = %error, "backend unavailable");
+            tracing::warn!(error = %error.chain(), "backend unavailable");
             status(
                 Code::Unavailable,
                 ErrorKind::Unavailable,
@@ -114,7 +116,7 @@ pub(crate) fn from_app(error: Error) -> Status {
             )
         }
         (_, ErrorKind::Internal) => {
-            tracing::error!(error = %error, "internal error");
+            tracing::error!(error = %error.chain(), "internal error");
             status(Code::Internal, ErrorKind::Internal, "internal server error")
         }
     }
@@ -149,8 +151,8 @@ mod tests {
                 DomainError::Forbidden("x".into()).into(),
                 Code::PermissionDenied,
             ),
-            (Error::Unavailable("db down".into()), Code::Unavailable),
-            (Error::Internal("secret detail".into()), Code::Internal),
+            (Error::unavailable("db down"), Code::Unavailable),
+            (Error::internal("secret detail"), Code::Internal),
         ];
         for (error, code) in cases {
             let status = from_app(error);

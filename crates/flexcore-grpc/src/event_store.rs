@@ -40,7 +40,7 @@ impl EventStore for Gateway {
             result.first_position(),
             result.last_position(),
         ) else {
-            return Err(error::from_app(flexcore_app::Error::Internal(format!(
+            return Err(error::from_app(flexcore_app::Error::internal(format!(
                 "an append to '{}' reported no events",
                 result.stream_id
             ))));

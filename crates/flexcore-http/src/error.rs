@@ -119,8 +119,8 @@ impl From<Error> for ApiError {
         let status =
             StatusCode::from_u16(kind.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
         match kind {
-            ErrorKind::Unavailable => tracing::warn!(error = %error, "backend unavailable"),
-            ErrorKind::Internal => tracing::error!(error = %error, "internal error"),
+            ErrorKind::Unavailable => tracing::warn!(error = %error.chain(), "backend unavailable"),
+            ErrorKind::Internal => tracing::error!(error = %error.chain(), "internal error"),
             _ => {}
         }
         let mut answer = Self::new(status, kind.code(), error.client_message());

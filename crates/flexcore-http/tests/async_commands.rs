@@ -155,8 +155,8 @@ const BACKEND_DETAILS: &str = "connection to 10.9.8.7:5432 failed for user \"svc
 impl CommandBus for BrokenBackend {
     async fn send(&self, _: &CommandContext, command: &Command) -> Result<CommandOutcome> {
         Err(match command.command_type.as_str() {
-            "unavailable" => Error::Unavailable(BACKEND_DETAILS.into()),
-            _ => Error::Internal(BACKEND_DETAILS.into()),
+            "unavailable" => Error::unavailable(BACKEND_DETAILS),
+            _ => Error::internal(BACKEND_DETAILS),
         })
     }
 }

@@ -21,9 +21,10 @@ use tower::ServiceExt;
 
 /// Every error kind; [`an_error_of`] matches them exhaustively, so a new kind fails to compile
 /// here until it is listed (and its code documented).
-const EVERY_KIND: [ErrorKind; 7] = [
+const EVERY_KIND: [ErrorKind; 8] = [
     ErrorKind::Validation,
     ErrorKind::Conflict,
+    ErrorKind::Contended,
     ErrorKind::NotFound,
     ErrorKind::Unauthorized,
     ErrorKind::Forbidden,
@@ -35,11 +36,12 @@ fn an_error_of(kind: ErrorKind) -> Error {
     match kind {
         ErrorKind::Validation => DomainError::validation("bad").into(),
         ErrorKind::Conflict => DomainError::AlreadyExists("taken".into()).into(),
+        ErrorKind::Contended => Error::Contended("already rebuilding".into()),
         ErrorKind::NotFound => Error::UnknownCommand("nope".into()),
         ErrorKind::Unauthorized => DomainError::Unauthorized("who".into()).into(),
         ErrorKind::Forbidden => DomainError::Forbidden("no".into()).into(),
-        ErrorKind::Unavailable => Error::Unavailable("down".into()),
-        ErrorKind::Internal => Error::Internal("bug".into()),
+        ErrorKind::Unavailable => Error::unavailable("down"),
+        ErrorKind::Internal => Error::internal("bug"),
     }
 }
 

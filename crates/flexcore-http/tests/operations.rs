@@ -30,7 +30,7 @@ struct Downstream {
 impl EventHandler for Downstream {
     async fn handle(&self, _event: &EventEnvelope) -> flexcore_app::Result<()> {
         if self.broken.load(Ordering::SeqCst) {
-            return Err(flexcore_app::Error::Unavailable("smtp is down".into()));
+            return Err(flexcore_app::Error::unavailable("smtp is down"));
         }
         Ok(())
     }

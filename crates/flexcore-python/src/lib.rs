@@ -221,13 +221,13 @@ impl PythonHandlers {
         std::thread::Builder::new()
             .name("flexcore-python".into())
             .spawn(move || worker_main(modules, job_rx, ready_tx, cur, intr))
-            .map_err(|e| Error::Internal(format!("cannot start the Python thread: {e}")))?;
+            .map_err(|e| Error::internal(format!("cannot start the Python thread: {e}")))?;
         let started = ready_rx
             .await
-            .map_err(|_| Error::Internal("the Python thread stopped while loading".into()))?
-            .map_err(Error::Internal)?;
+            .map_err(|_| Error::internal("the Python thread stopped while loading"))?
+            .map_err(Error::internal)?;
         let described: Value = serde_json::from_str(&started.described)
-            .map_err(|e| Error::Internal(format!("bad handler description: {e}")))?;
+            .map_err(|e| Error::internal(format!("bad handler description: {e}")))?;
         let mut commands = Vec::new();
         if let Some(map) = described["commands"].as_object() {
             for (name, route) in map {
@@ -490,7 +490,7 @@ impl Failure {
             } => {
                 tracing::error!(target: "flexcore_python", consumer, exception, "python consumer raised an exception:\n{traceback}");
                 let last = traceback.lines().rev().find(|l| !l.trim().is_empty());
-                Error::Internal(format!(
+                Error::internal(format!(
                     "python consumer '{consumer}' raised {}",
                     last.unwrap_or(&exception).trim()
                 ))
@@ -508,21 +508,21 @@ impl Failure {
                 traceback,
             } => {
                 tracing::error!(target: "flexcore_python", handler, exception, traceback = %traceback, "python handler raised an exception:\n{traceback}");
-                Error::Internal(format!("python handler '{handler}' raised {exception}"))
+                Error::internal(format!("python handler '{handler}' raised {exception}"))
             }
             Self::Invalid(problem) => {
                 tracing::error!(target: "flexcore_python", handler, problem, "python handler returned an invalid value");
-                Error::Internal(format!(
+                Error::internal(format!(
                     "python handler '{handler}' returned an invalid value: {problem}"
                 ))
             }
             Self::Timeout(after) => {
                 tracing::error!(target: "flexcore_python", handler, timeout_ms = after.as_millis() as u64, "python handler timed out");
-                Error::Unavailable(format!(
+                Error::unavailable(format!(
                     "python handler '{handler}' did not finish within {after:?}"
                 ))
             }
-            Self::Stopped => Error::Unavailable("the Python thread has stopped".into()),
+            Self::Stopped => Error::unavailable("the Python thread has stopped"),
         }
     }
 }
@@ -775,7 +775,7 @@ impl PythonCommandHandler {
         } else {
             let (history, version) = self.load_stream(stream_id).await?;
             let history = serde_json::to_string(&history)
-                .map_err(|e| Error::Internal(format!("cannot encode events for python: {e}")))?;
+                .map_err(|e| Error::internal(format!("cannot encode events for python: {e}")))?;
             (history, version)
         };
         let payload = payload.to_string();
@@ -920,7 +920,7 @@ impl QueryHandler for PythonQueryHandler {
             .await
             .map_err(|f| f.into_error(&self.query_type))?;
         serde_json::from_str(&json)
-            .map_err(|e| Error::Internal(format!("python query result is not JSON: {e}")))
+            .map_err(|e| Error::internal(format!("python query result is not JSON: {e}")))
     }
 }
 
@@ -933,7 +933,7 @@ struct PythonDurableHandler {
 impl EventHandler for PythonDurableHandler {
     async fn handle(&self, event: &EventEnvelope) -> Result<()> {
         let json = serde_json::to_string(event)
-            .map_err(|e| Error::Internal(format!("cannot encode an event for python: {e}")))?;
+            .map_err(|e| Error::internal(format!("cannot encode an event for python: {e}")))?;
         let name = self.name.clone();
         let found = self
             .worker
@@ -946,7 +946,7 @@ impl EventHandler for PythonDurableHandler {
         if found {
             Ok(())
         } else {
-            Err(Error::Unavailable(format!(
+            Err(Error::unavailable(format!(
                 "the loaded python modules have no durable consumer '{}'",
                 self.name
             )))
@@ -963,7 +963,7 @@ struct PythonEventHandler {
 impl EventHandler for PythonEventHandler {
     async fn handle(&self, event: &EventEnvelope) -> Result<()> {
         let json = serde_json::to_string(event)
-            .map_err(|e| Error::Internal(format!("cannot encode an event for python: {e}")))?;
+            .map_err(|e| Error::internal(format!("cannot encode an event for python: {e}")))?;
         self.worker
             .call(move |ctx| {
                 ctx.call("_run_event_handlers", (&ctx.registry, json))

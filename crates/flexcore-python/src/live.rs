@@ -453,7 +453,7 @@ impl EventHandler for LiveDurable {
         match version.durable.get(&self.name) {
             Some(handler) => handler.handle(event).await,
             // Removed by a reload: retried, then parked, never dropped unseen.
-            None => Err(Error::Unavailable(format!(
+            None => Err(Error::unavailable(format!(
                 "the loaded python modules have no durable consumer '{}'",
                 self.name
             ))),

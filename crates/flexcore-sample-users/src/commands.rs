@@ -177,5 +177,5 @@ fn first_stream(streams: Vec<StreamWriteResult>) -> Result<StreamWriteResult> {
     streams
         .into_iter()
         .next()
-        .ok_or_else(|| Error::Internal("append returned no stream result".into()))
+        .ok_or_else(|| Error::internal("append returned no stream result"))
 }

@@ -79,7 +79,7 @@ impl Projection for UsersProjection {
         let at = event
             .recorded_at
             .format(&time::format_description::well_known::Rfc3339)
-            .map_err(|e| Error::Internal(format!("cannot format a timestamp: {e}")))?;
+            .map_err(|e| Error::internal(format!("cannot format a timestamp: {e}")))?;
         match UserEvent::from_envelope(event)? {
             UserEvent::Created {
                 user_id,
@@ -274,11 +274,11 @@ fn user_json(row: Vec<SqlValue>) -> Result<Value> {
     let text = |i: usize| -> Result<&str> {
         row.get(i)
             .and_then(SqlValue::as_str)
-            .ok_or_else(|| Error::Internal(format!("users read model: column {i} is not text")))
+            .ok_or_else(|| Error::internal(format!("users read model: column {i} is not text")))
     };
     let user_id = text(0)?;
     let profile: Map<String, Value> = serde_json::from_str(text(2)?)
-        .map_err(|e| Error::Internal(format!("users read model: bad profile JSON: {e}")))?;
+        .map_err(|e| Error::internal(format!("users read model: bad profile JSON: {e}")))?;
     Ok(json!({
         "user_id": user_id,
         "email": text(1)?,

@@ -2,7 +2,7 @@
 
 use std::fmt;
 
-use flexcore_app::Error;
+use flexcore_app::{Error, ErrorKind};
 use flexcore_domain::DomainError;
 
 /// Everything that can go wrong in the PostgreSQL store.
@@ -58,7 +58,11 @@ impl PostgresError {
     pub fn is_unavailable(&self) -> bool {
         match self {
             Self::Db(e) => db_error_is_unavailable(e),
-            Self::Pool(deadpool_postgres::PoolError::Backend(e)) => db_error_is_unavailable(e),
+            // Failing to open a connection is the server being out of reach, unless the server
+            // itself refused for a reason a retry will not change (e.g. a wrong password).
+            Self::Pool(deadpool_postgres::PoolError::Backend(e)) => {
+                e.code().is_none() || db_error_is_unavailable(e)
+            }
             Self::Pool(_) | Self::Closed => true,
             Self::Statement { source, .. } => db_error_is_unavailable(source),
             Self::Config(_) | Self::Corrupt(_) | Self::Fenced { .. } => false,
@@ -69,22 +73,28 @@ impl PostgresError {
     /// commit answers several requests.
     pub(crate) fn to_app_error(&self) -> Error {
         if self.is_unavailable() {
-            return Error::Unavailable(self.to_string());
+            return Error::unavailable(self.to_string());
         }
         match self {
-            Self::Fenced { .. } => Error::Domain(DomainError::AlreadyExists(self.to_string())),
+            Self::Fenced { .. } => Error::Contended(self.to_string()),
             Self::Db(e) if is_rejected_data(e) => Error::Domain(DomainError::Validation(format!(
                 "the event store cannot hold this data: {}",
                 Describe(e)
             ))),
-            _ => Error::Internal(self.to_string()),
+            _ => Error::internal(self.to_string()),
         }
     }
 }
 
 impl From<PostgresError> for Error {
+    /// Like [`PostgresError::to_app_error`], keeping the PostgreSQL error as the cause (the
+    /// logs show the whole chain) for the kinds that carry one.
     fn from(error: PostgresError) -> Self {
-        error.to_app_error()
+        match error.to_app_error().kind() {
+            ErrorKind::Unavailable => Error::unavailable_from(error.to_string(), error),
+            ErrorKind::Internal => Error::internal_from(error.to_string(), error),
+            _ => error.to_app_error(),
+        }
     }
 }
 
@@ -98,7 +108,8 @@ fn is_rejected_data(error: &tokio_postgres::Error) -> bool {
     })
 }
 
-/// SQLSTATE classes and codes that mean "the server cannot serve us right now".
+/// Whether a driver error means "the server cannot serve us right now": by SQLSTATE class or
+/// code when the server answered, by the connection's state or an I/O cause when it did not.
 fn db_error_is_unavailable(error: &tokio_postgres::Error) -> bool {
     if let Some(code) = error.code() {
         let code = code.code();
@@ -113,6 +124,8 @@ fn db_error_is_unavailable(error: &tokio_postgres::Error) -> bool {
     if error.is_closed() {
         return true;
     }
+    // No SQLSTATE: the driver's own failure. Reaching the server failed when an I/O error is
+    // among its causes; anything else (encoding, decoding, a bad row count) is a bug.
     let mut source = std::error::Error::source(error);
     while let Some(cause) = source {
         if cause.is::<std::io::Error>() {
@@ -120,9 +133,7 @@ fn db_error_is_unavailable(error: &tokio_postgres::Error) -> bool {
         }
         source = cause.source();
     }
-    // The driver's own connect and timeout errors carry no I/O cause.
-    let text = error.to_string();
-    text.starts_with("error connecting") || text.starts_with("timeout")
+    false
 }
 
 /// Shows a driver error with the server's message and SQLSTATE, which the driver's own
@@ -144,7 +155,6 @@ impl fmt::Display for Describe<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use flexcore_app::ErrorKind;
 
     #[test]
     fn pool_timeouts_are_unavailable() {

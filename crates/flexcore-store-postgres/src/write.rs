@@ -393,9 +393,8 @@ async fn write_batch(
             let _ = hold.reserved.send(first);
             if !hold.release.await.unwrap_or(false) {
                 client.batch_execute("ROLLBACK").await?;
-                let outcomes = plan.fail_writes(|| {
-                    flexcore_app::Error::Internal("rolled back by the test hook".into())
-                });
+                let outcomes = plan
+                    .fail_writes(|| flexcore_app::Error::internal("rolled back by the test hook"));
                 return Ok((outcomes, None));
             }
             client.batch_execute("COMMIT").await?;
@@ -432,8 +431,8 @@ impl HeldAppend {
         let task = tokio::spawn(async move {
             match shared.execute(vec![writes], Some(hold)).await?.pop() {
                 Some(Outcome::Done(result)) => result,
-                _ => Err(flexcore_app::Error::Internal(
-                    "a lone request cannot be deferred".into(),
+                _ => Err(flexcore_app::Error::internal(
+                    "a lone request cannot be deferred",
                 )),
             }
         });
@@ -446,10 +445,10 @@ impl HeldAppend {
             // Nothing was reserved: the append was rejected, replayed or failed.
             Err(_) => match task.await {
                 Ok(Err(e)) => Err(e),
-                Ok(Ok(_)) => Err(flexcore_app::Error::Internal(
-                    "the held append wrote nothing".into(),
+                Ok(Ok(_)) => Err(flexcore_app::Error::internal(
+                    "the held append wrote nothing",
                 )),
-                Err(e) => Err(flexcore_app::Error::Internal(format!(
+                Err(e) => Err(flexcore_app::Error::internal(format!(
                     "held append task: {e}"
                 ))),
             },
@@ -466,7 +465,7 @@ impl HeldAppend {
         let _ = self.release.send(true);
         self.task
             .await
-            .map_err(|e| flexcore_app::Error::Internal(format!("held append task: {e}")))?
+            .map_err(|e| flexcore_app::Error::internal(format!("held append task: {e}")))?
     }
 
     /// Rolls the transaction back.

@@ -35,12 +35,13 @@ impl From<SqliteError> for flexcore_app::Error {
                 if matches!(e.code, ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked
                     | ErrorCode::DiskFull | ErrorCode::SystemIoFailure | ErrorCode::CannotOpen)
         );
+        // The SQLite error stays attached as the cause, so the logs show it in full.
         match error {
-            _ if busy => Self::Unavailable(error.to_string()),
+            _ if busy => Self::unavailable_from(error.to_string(), error),
             SqliteError::WriterGone | SqliteError::InUse(_) | SqliteError::Io(..) => {
-                Self::Unavailable(error.to_string())
+                Self::unavailable_from(error.to_string(), error)
             }
-            other => Self::Internal(other.to_string()),
+            other => Self::internal_from(other.to_string(), other),
         }
     }
 }

@@ -17,7 +17,7 @@ use std::sync::{Arc, Mutex};
 use async_trait::async_trait;
 use flexcore_app::durable::{CheckpointStore, DeadLetter, DeadLetterStore, ParkReason};
 use flexcore_app::projection::{ProjectionRecord, ReadModelStore, SqlStatement, SqlValue};
-use flexcore_domain::{DomainError, EventId, StreamId};
+use flexcore_domain::{EventId, StreamId};
 use rusqlite::types::{Value, ValueRef};
 use rusqlite::{Connection, OptionalExtension, params};
 use time::OffsetDateTime;
@@ -94,7 +94,7 @@ impl SqliteReadModels {
             work(&mut conn)
         })
         .await
-        .map_err(|e| flexcore_app::Error::Internal(format!("read-model write panicked: {e}")))?
+        .map_err(|e| flexcore_app::Error::internal(format!("read-model write panicked: {e}")))?
     }
 
     /// Runs `work` on a pooled read connection on a blocking thread.
@@ -115,7 +115,7 @@ impl SqliteReadModels {
             result
         })
         .await
-        .map_err(|e| flexcore_app::Error::Internal(format!("read-model query panicked: {e}")))?
+        .map_err(|e| flexcore_app::Error::internal(format!("read-model query panicked: {e}")))?
     }
 }
 
@@ -137,8 +137,8 @@ fn sql_error(error: rusqlite::Error) -> flexcore_app::Error {
 fn statement_failed(error: rusqlite::Error, sql: &str) -> flexcore_app::Error {
     let detail = format!("read-model statement failed: {error} (in: {sql})");
     match sql_error(error).kind() {
-        flexcore_app::ErrorKind::Unavailable => flexcore_app::Error::Unavailable(detail),
-        _ => flexcore_app::Error::Internal(detail),
+        flexcore_app::ErrorKind::Unavailable => flexcore_app::Error::unavailable(detail),
+        _ => flexcore_app::Error::internal(detail),
     }
 }
 
@@ -251,11 +251,11 @@ impl DeadLetterStore for SqliteReadModels {
             let tx = conn.transaction().map_err(sql_error)?;
             for letter in &letters {
                 let reason = serde_json::to_string(&letter.reason)
-                    .map_err(|e| flexcore_app::Error::Internal(e.to_string()))?;
+                    .map_err(|e| flexcore_app::Error::internal(e.to_string()))?;
                 let parked_at = letter
                     .parked_at
                     .format(&time::format_description::well_known::Rfc3339)
-                    .map_err(|e| flexcore_app::Error::Internal(e.to_string()))?;
+                    .map_err(|e| flexcore_app::Error::internal(e.to_string()))?;
                 tx.prepare_cached(
                     "INSERT INTO dead_letters (consumer, global_position, stream_id, event_id, event_type, reason, parked_at)
                      VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
@@ -389,10 +389,9 @@ impl ReadModelStore for SqliteReadModels {
                 .map_err(sql_error)?;
             let stored = load_checkpoint(&tx, &checkpoint).map_err(sql_error)?;
             if stored != from {
-                return Err(DomainError::AlreadyExists(format!(
+                return Err(flexcore_app::Error::Contended(format!(
                     "checkpoint '{checkpoint}' is at {stored:?}, not {from:?}: another runner moved it"
-                ))
-                .into());
+                )));
             }
             for statement in &statements {
                 let sql = sqlite_params(&statement.sql);
@@ -460,7 +459,7 @@ impl ReadModelStore for SqliteReadModels {
     async fn save_projection(&self, record: &ProjectionRecord) -> flexcore_app::Result<()> {
         let name = record.name.clone();
         let json = serde_json::to_string(record)
-            .map_err(|e| flexcore_app::Error::Internal(e.to_string()))?;
+            .map_err(|e| flexcore_app::Error::internal(e.to_string()))?;
         self.write(move |conn| {
             conn.execute(
                 "INSERT INTO projections (name, record) VALUES (?1, ?2)

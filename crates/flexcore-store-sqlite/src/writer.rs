@@ -163,7 +163,7 @@ impl Writer {
                     // The caller may have given up waiting; the write stands regardless.
                     let _ = reply.send(match failure {
                         None => result,
-                        Some(message) => Err(Error::Unavailable(message.to_owned())),
+                        Some(message) => Err(Error::unavailable(message.to_owned())),
                     });
                 })),
                 Outcome::Defer(writes) => deferred.push_back(PendingAppend { writes, reply }),
@@ -273,7 +273,7 @@ impl Writer {
             Box::new(move |failure: Option<&str>| {
                 let _ = reply.send(match failure {
                     None => result,
-                    Some(message) => Err(Error::Unavailable(message.to_owned())),
+                    Some(message) => Err(Error::unavailable(message.to_owned())),
                 });
             })
         }
@@ -392,9 +392,7 @@ fn count_events(writes: &[StreamWrite]) -> usize {
 }
 
 fn poisoned_error() -> Error {
-    Error::Unavailable(
-        "the event store stopped accepting writes after a failed fsync; restart it".into(),
-    )
+    Error::unavailable("the event store stopped accepting writes after a failed fsync; restart it")
 }
 
 /// Turns one error into a factory of equivalent application errors, one per request.
@@ -402,8 +400,8 @@ fn shareable(error: SqliteError) -> impl Fn() -> Error {
     let app: Error = error.into();
     let (kind, message) = (app.kind(), app.to_string());
     move || match kind {
-        ErrorKind::Unavailable => Error::Unavailable(message.clone()),
-        _ => Error::Internal(message.clone()),
+        ErrorKind::Unavailable => Error::unavailable(message.clone()),
+        _ => Error::internal(message.clone()),
     }
 }
 

@@ -38,7 +38,7 @@ impl ProbedStore {
         self.stream_events_read.load(Ordering::SeqCst)
     }
 
-    /// Makes every later `ping` fail with `Error::Unavailable(message)`, as a store whose
+    /// Makes every later `ping` fail with `Error::unavailable(message)`, as a store whose
     /// server went away would (the message stands for the driver's text, which must not reach
     /// clients).
     pub fn fail_pings_with(&self, message: impl Into<String>) {
@@ -77,7 +77,7 @@ impl EventReader for ProbedStore {
             .unwrap_or_else(|p| p.into_inner())
             .clone();
         match failure {
-            Some(message) => Err(Error::Unavailable(message)),
+            Some(message) => Err(Error::unavailable(message)),
             None => self.inner.ping().await,
         }
     }

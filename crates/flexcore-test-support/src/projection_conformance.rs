@@ -338,7 +338,7 @@ pub async fn a_rebuild_is_blue_green_and_a_new_version_rebuilds_at_start(
     assert_eq!(generation.number, 2);
     if let Err(e) = node.projections.rebuild("users").await {
         // Still rebuilding; else it already swapped in and a third generation started.
-        assert_eq!(e.kind(), ErrorKind::Conflict, "{e}");
+        assert_eq!(e.kind(), ErrorKind::Contended, "{e}");
     }
     let mut answered_while_building = 0;
     loop {
@@ -431,7 +431,7 @@ pub async fn a_rebuild_that_cannot_create_its_tables_can_be_tried_again(
     // Not "already being rebuilt": the failed attempt left nothing behind.
     let again = node.projections.rebuild("users").await.unwrap_err();
     assert_eq!(again.kind(), failed.kind(), "{again}");
-    assert_ne!(again.kind(), ErrorKind::Conflict, "{again}");
+    assert_ne!(again.kind(), ErrorKind::Contended, "{again}");
 
     broken.store(false, Ordering::SeqCst);
     let generation = node.projections.rebuild("users").await.unwrap();

@@ -112,10 +112,10 @@ async fn count(store: &dyn ReadModelStore, table: &str) -> i64 {
     }
 }
 
-fn assert_conflict(result: Result<()>, what: &str) {
+fn assert_fenced(result: Result<()>, what: &str) {
     match result {
-        Err(e) => assert_eq!(e.kind(), ErrorKind::Conflict, "{what}: {e}"),
-        Ok(()) => panic!("{what}: expected a conflict, the commit succeeded"),
+        Err(e) => assert_eq!(e.kind(), ErrorKind::Contended, "{what}: {e}"),
+        Ok(()) => panic!("{what}: expected the commit to be fenced, it succeeded"),
     }
 }
 
@@ -298,7 +298,7 @@ pub async fn a_failing_statement_applies_nothing(store: Arc<dyn ReadModelStore>)
             )
             .await;
         let error = result.expect_err(&format!("the batch ending with `{sql}` must fail"));
-        assert_ne!(error.kind(), ErrorKind::Conflict, "{sql}: {error}");
+        assert_ne!(error.kind(), ErrorKind::Contended, "{sql}: {error}");
         assert_eq!(store.load_checkpoint("p").await.unwrap(), Some(1), "{sql}");
         assert_eq!(
             rows(
@@ -331,7 +331,7 @@ pub async fn commit_is_fenced_by_the_expected_checkpoint(store: Arc<dyn ReadMode
     let insert = |n: i64| statement("INSERT INTO rm_log_1 (n) VALUES ($1)", vec![n.into()]);
 
     // No checkpoint yet: `Some(_)` is wrong.
-    assert_conflict(
+    assert_fenced(
         store.commit("p", Some(0), 4, vec![insert(1)]).await,
         "from Some(0) without a checkpoint",
     );
@@ -341,12 +341,12 @@ pub async fn commit_is_fenced_by_the_expected_checkpoint(store: Arc<dyn ReadMode
     store.commit("p", None, 5, vec![insert(1)]).await.unwrap();
 
     // A checkpoint exists: `None` is wrong, and so is any other position.
-    assert_conflict(
+    assert_fenced(
         store.commit("p", None, 7, vec![insert(2)]).await,
         "from None with a checkpoint",
     );
     for wrong in [0, 4, 6, 100] {
-        assert_conflict(
+        assert_fenced(
             store.commit("p", Some(wrong), 7, vec![insert(2)]).await,
             &format!("from Some({wrong}) when the checkpoint is 5"),
         );
@@ -356,7 +356,7 @@ pub async fn commit_is_fenced_by_the_expected_checkpoint(store: Arc<dyn ReadMode
 
     // The checkpoint of another consumer is not this one's.
     store.commit("q", None, 100, Vec::new()).await.unwrap();
-    assert_conflict(
+    assert_fenced(
         store.commit("p", Some(100), 101, vec![insert(3)]).await,
         "another consumer's position",
     );
@@ -370,7 +370,7 @@ pub async fn commit_is_fenced_by_the_expected_checkpoint(store: Arc<dyn ReadMode
 
     // After a reset the next commit starts from `None` again.
     store.reset_checkpoint("p").await.unwrap();
-    assert_conflict(
+    assert_fenced(
         store.commit("p", Some(7), 8, vec![insert(3)]).await,
         "from the old position after a reset",
     );
@@ -411,7 +411,7 @@ pub async fn racing_commits_have_exactly_one_winner(store: Arc<dyn ReadModelStor
             let (to, result) = task.await.unwrap();
             match result {
                 Ok(()) => winners.push(to),
-                Err(e) => assert_eq!(e.kind(), ErrorKind::Conflict, "round {round}: {e}"),
+                Err(e) => assert_eq!(e.kind(), ErrorKind::Contended, "round {round}: {e}"),
             }
         }
         assert_eq!(
@@ -990,7 +990,7 @@ pub async fn large_batches_commit_in_one_transaction(store: Arc<dyn ReadModelSto
         vec![vec![SqlValue::Integer(500)]]
     );
     // Replaying the same batch from a stale position is fenced off entirely.
-    assert_conflict(
+    assert_fenced(
         store.commit("bulk", None, 2000, statements).await,
         "replaying a committed batch",
     );

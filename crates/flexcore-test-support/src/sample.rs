@@ -66,7 +66,7 @@ impl LazyEngine {
     }
 
     async fn start(&self) -> Result<Engine> {
-        let dir = tempfile::tempdir().map_err(|e| Error::Internal(e.to_string()))?;
+        let dir = tempfile::tempdir().map_err(|e| Error::internal(e.to_string()))?;
         let read_models = Arc::new(SqliteReadModels::open(dir.path().join("readmodels.db")).await?);
         let backend = flexcore_cache::from_url(None).await?;
         let declared = self.modules.declare()?;
@@ -94,7 +94,7 @@ impl LazyEngine {
         for status in projections.status() {
             while projections.status_of(&status.name)?.state != ProjectionState::Live {
                 if tokio::time::Instant::now() >= deadline {
-                    return Err(Error::Unavailable(format!(
+                    return Err(Error::unavailable(format!(
                         "projection '{}' is not live after {} s: {:?}",
                         status.name,
                         READY_TIMEOUT.as_secs(),

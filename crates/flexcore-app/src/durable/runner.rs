@@ -147,7 +147,7 @@ impl SubscriptionControl {
     }
 
     fn stopped(&self) -> Error {
-        Error::Unavailable(format!("consumer '{}' is not running", self.consumer))
+        Error::unavailable(format!("consumer '{}' is not running", self.consumer))
     }
 }
 
@@ -524,7 +524,7 @@ impl Runner {
             .events
             .into_iter()
             .find(|e| e.global_position == position)
-            .ok_or_else(|| Error::Internal(format!("the log has no event at position {position}")))
+            .ok_or_else(|| Error::internal(format!("the log has no event at position {position}")))
     }
 }
 

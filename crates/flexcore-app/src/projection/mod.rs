@@ -231,7 +231,7 @@ pub fn validate_table_name(name: &str) -> Result<()> {
     if valid {
         Ok(())
     } else {
-        Err(Error::Internal(format!(
+        Err(Error::internal(format!(
             "read-model table name '{name}' must match [a-z][a-z0-9_]* (at most 40 characters)"
         )))
     }

@@ -36,7 +36,7 @@ impl ReadModel {
         let Some(live) = live else {
             let building = self.entry.lock().building_position.unwrap_or(0);
             let head = *self.handle.shared.reader.head().borrow();
-            return Err(Error::Unavailable(format!(
+            return Err(Error::unavailable(format!(
                 "read model '{name}' is being built (position {building} of {head}); try again shortly"
             )));
         };

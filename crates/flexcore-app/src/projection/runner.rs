@@ -103,7 +103,7 @@ impl Projections {
             .iter()
             .any(|p| p.name() == projection.name())
         {
-            return Err(Error::Internal(format!(
+            return Err(Error::internal(format!(
                 "projection '{}' is registered twice",
                 projection.name()
             )));
@@ -111,7 +111,7 @@ impl Projections {
         for table in projection.tables() {
             validate_table_name(table)?;
             if self.projections.iter().any(|p| p.tables().contains(&table)) {
-                return Err(Error::Internal(format!(
+                return Err(Error::internal(format!(
                     "read-model table '{table}' belongs to two projections"
                 )));
             }
@@ -279,10 +279,9 @@ impl ProjectionsHandle {
         let entry = Arc::clone(self.entry(name)?);
         let _starting = entry.starting.lock().await;
         if entry.lock().record.building.is_some() {
-            return Err(DomainError::AlreadyExists(format!(
+            return Err(Error::Contended(format!(
                 "projection '{name}' is already being rebuilt"
-            ))
-            .into());
+            )));
         }
         self.start_build(&entry).await
     }
@@ -295,7 +294,7 @@ impl ProjectionsHandle {
         let reached = tokio::time::timeout(timeout, live.wait_for(|p| *p > position)).await;
         match reached {
             Ok(Ok(_)) => Ok(()),
-            _ => Err(Error::Unavailable(format!(
+            _ => Err(Error::unavailable(format!(
                 "read model '{name}' has not reached position {position} within {} ms",
                 timeout.as_millis()
             ))),
@@ -527,7 +526,7 @@ impl Follower {
             match outcome {
                 Ok(()) => return,
                 Err(e) => {
-                    tracing::warn!(projection = self.entry.name(), generation = self.generation.number, error = %e, "projection failed; retrying");
+                    tracing::warn!(projection = self.entry.name(), generation = self.generation.number, error = %e.chain(), "projection failed; retrying");
                     self.entry.lock().error = Some(e.to_string());
                     tokio::select! {
                         _ = async { shutdown.wait_for(|s| *s).await.map(|_| ()) } => return,
@@ -583,7 +582,7 @@ impl Follower {
                         .projection
                         .apply(event, &mut changes)
                         .map_err(|e| {
-                            Error::Internal(format!(
+                            Error::internal(format!(
                                 "projection '{name}' cannot apply event {} at position {}: {e}",
                                 event.event_id, event.global_position
                             ))

@@ -115,7 +115,7 @@ impl EventAppender for InMemoryStore {
         self.head.send_replace(head);
         match plan.into_outcomes(first_position).pop() {
             Some(Outcome::Done(result)) => result,
-            _ => Err(Error::Internal("a lone request cannot be deferred".into())),
+            _ => Err(Error::internal("a lone request cannot be deferred")),
         }
     }
 }

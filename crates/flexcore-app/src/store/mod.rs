@@ -108,7 +108,7 @@ pub trait EventAppender: Send + Sync {
         result
             .streams
             .pop()
-            .ok_or_else(|| crate::Error::Internal("append returned no stream result".into()))
+            .ok_or_else(|| crate::Error::internal("append returned no stream result"))
     }
 }
 

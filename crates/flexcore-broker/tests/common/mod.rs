@@ -206,7 +206,7 @@ pub struct Poison(pub Arc<AtomicU32>);
 impl CommandHandler for Poison {
     async fn handle(&self, _: &CommandContext, _: &Value) -> Result<StreamWriteResult> {
         self.0.fetch_add(1, Ordering::SeqCst);
-        Err(Error::Unavailable("the poison command always fails".into()))
+        Err(Error::unavailable("the poison command always fails"))
     }
 }
 
