@@ -25,12 +25,6 @@ pub struct Cli {
 pub enum Command {
     /// Run the server (HTTP API, event store, sample domain).
     Serve(ServeArgs),
-    /// Measure the event store: durable appends/s with group commit against one transaction
-    /// per append, and read_all events/s against a raw keyset-paged SELECT; with --gateway,
-    /// create_user end to end over HTTP and gRPC beside the bus and the raw store; with
-    /// --python, create_user through the Python users domain against the Rust one; with
-    /// --outbox, the outbox relay's rate to each broker.
-    Bench(crate::bench::BenchArgs),
     /// Inspect the configuration.
     #[command(subcommand)]
     Config(ConfigCommand),

@@ -1,6 +1,6 @@
 //! FlexCore's composition root: the only place that picks adapters.
 //!
-//! * [`cli`]: the command line (`serve`, `bench`, and the client commands);
+//! * [`cli`]: the command line (`serve`, `config show`, and the client commands);
 //! * [`client`]: `send`, `ask`, `stream read`, `events tail` against a running server;
 //! * [`config`]: settings from `flexcore.toml`, `FLEXCORE_*` variables and flags;
 //! * [`operations`]: `projections status|rebuild`, `subscriptions list|dead-letters`;
@@ -11,10 +11,11 @@
 //! * [`server`]: opens the store named by the store URL, assembles the engine around the
 //!   loaded modules, and serves HTTP and gRPC until shutdown;
 //! * [`store_url`]: the event store and read-model store a store URL names;
-//! * [`telemetry`]: OTLP export of spans and W3C trace context;
-//! * [`bench`]: `flexcore bench`, the store benchmarks with their baselines.
+//! * [`telemetry`]: OTLP export of spans and W3C trace context.
+//!
+//! The benchmarks live in their own crate and binary, `flexcore-bench`, which drives this
+//! library (the server, the store URLs, the buses) as `flexcore serve` does.
 
-pub mod bench;
 pub mod cli;
 pub mod client;
 pub mod config;

@@ -6,7 +6,7 @@ use clap::Parser;
 use flexcore::cli::{Cli, Command};
 
 /// mimalloc: per-thread free lists instead of glibc's arenas; the gateways allocate per request
-/// on every worker thread (`flexcore bench --gateway`: +4–7 % commands/s over HTTP and the bus).
+/// on every worker thread (`flexcore-bench gateway`: +4–7 % commands/s over HTTP and the bus).
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
@@ -22,7 +22,6 @@ fn main() -> ExitCode {
     let client = runtime.block_on(async {
         match cli.command {
             Command::Serve(args) => Err(flexcore::server::serve_from_args(args).await),
-            Command::Bench(args) => Err(flexcore::bench::run(args).await),
             Command::Config(flexcore::cli::ConfigCommand::Show { settings, json }) => {
                 Err(flexcore::config::show(settings, json))
             }

@@ -117,7 +117,6 @@ fn an_unreachable_server_exits_3_and_help_is_complete() {
     for args in [
         vec!["--help"],
         vec!["serve", "--help"],
-        vec!["bench", "--help"],
         vec!["send", "--help"],
         vec!["ask", "--help"],
         vec!["stream", "read", "--help"],

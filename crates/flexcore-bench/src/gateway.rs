@@ -1,4 +1,4 @@
-//! `flexcore bench --gateway`: `create_user` end to end over HTTP and gRPC, beside the same
+//! `flexcore-bench --gateway`: `create_user` end to end over HTTP and gRPC, beside the same
 //! store taking the same writes directly and the command bus without a gateway, in one run.
 //!
 //! Four cases per connection count N, each run on a fresh store (SQLite file or PostgreSQL
@@ -65,9 +65,9 @@ use tokio::task::JoinSet;
 use tonic::transport::Channel;
 
 use super::{BenchArgs, median, percentile, tempfile_dir};
-use crate::cli::ServeArgs;
-use crate::config::Settings;
-use crate::server::{self, open_store};
+use flexcore::cli::ServeArgs;
+use flexcore::config::Settings;
+use flexcore::server::{self, open_store};
 
 /// The targets of issue #3, checked at this many connections.
 const TARGET_CONNECTIONS: usize = 32;
@@ -213,7 +213,7 @@ struct Run {
     cpu_cores: Option<f64>,
 }
 
-/// The whole report of `flexcore bench --gateway` (printed as is with `--json`).
+/// The whole report of `flexcore-bench --gateway` (printed as is with `--json`).
 #[derive(Debug, Clone, Serialize)]
 pub struct GatewayReport {
     /// Always `gateway`.
@@ -537,7 +537,7 @@ fn install_serve_observability() -> anyhow::Result<()> {
     use tracing_subscriber::layer::SubscriberExt;
     use tracing_subscriber::util::SubscriberInitExt;
     let _ = tracing_subscriber::registry()
-        .with(crate::logging::log_filter("info")?) // `log`'s default in `flexcore serve`
+        .with(flexcore::logging::log_filter("info")?) // `log`'s default in `flexcore serve`
         .with(
             tracing_subscriber::fmt::layer()
                 .with_writer(std::io::stderr.with_max_level(tracing::Level::ERROR)),
@@ -1138,9 +1138,8 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn every_layer_is_measured_over_a_real_server() {
-        let cli = crate::cli::Cli::parse_from([
-            "flexcore",
-            "bench",
+        let args = BenchArgs::parse_from([
+            "flexcore-bench",
             "--gateway",
             "--connections",
             "2,2,3",
@@ -1150,9 +1149,6 @@ mod tests {
             "1",
             "--json",
         ]);
-        let crate::cli::Command::Bench(args) = cli.command else {
-            panic!("not the bench command");
-        };
         let stores = Stores::new(&args.store).unwrap();
         let report = measure_all(&stores, &args).await.unwrap();
         let saturation = report.saturation.as_ref().expect("back to back by default");
@@ -1188,9 +1184,8 @@ mod tests {
 
     #[test]
     fn connections_are_only_taken_where_there_are_clients() {
-        let parse = |args: &[&str]| {
-            crate::cli::Cli::try_parse_from(["flexcore", "bench"].iter().chain(args))
-        };
+        let parse =
+            |args: &[&str]| BenchArgs::try_parse_from(["flexcore-bench"].iter().chain(args));
         for with_clients in [["--gateway"], ["--python"]] {
             let args = [with_clients[0], "--connections", "4"];
             assert!(parse(&args).is_ok(), "{args:?}");
@@ -1209,9 +1204,8 @@ mod tests {
 
     #[test]
     fn the_load_share_is_a_share() {
-        let parsed = crate::cli::Cli::try_parse_from([
-            "flexcore",
-            "bench",
+        let parsed = BenchArgs::try_parse_from([
+            "flexcore-bench",
             "--gateway",
             "--rate",
             "100",
@@ -1219,11 +1213,7 @@ mod tests {
             "0.3",
         ]);
         assert!(parsed.is_err(), "--rate and --load-share conflict");
-        let cli =
-            crate::cli::Cli::parse_from(["flexcore", "bench", "--gateway", "--load-share", "2"]);
-        let crate::cli::Command::Bench(args) = cli.command else {
-            panic!("not the bench command");
-        };
+        let args = BenchArgs::parse_from(["flexcore-bench", "--gateway", "--load-share", "2"]);
         let stores = Stores::new(&args.store).unwrap();
         let runtime = tokio::runtime::Builder::new_current_thread()
             .build()

@@ -1,4 +1,4 @@
-//! `flexcore bench --python`: `create_user` through the Python users domain
+//! `flexcore-bench --python`: `create_user` through the Python users domain
 //! (`examples/python-users/users.py`) against the built-in Rust one, in one run.
 //!
 //! Both go through the command bus exactly as `flexcore serve` wires it (retry, idempotency,
@@ -21,12 +21,12 @@ use serde_json::json;
 use tokio::task::JoinSet;
 
 use super::{BenchArgs, median};
-use crate::cli::ServeArgs;
-use crate::config::Settings;
-use crate::server::{self, open_store};
+use flexcore::cli::ServeArgs;
+use flexcore::config::Settings;
+use flexcore::server::{self, open_store};
 
 /// The example's module, built into the binary so the bench runs from anywhere.
-const USERS_PY: &str = include_str!("../../../../examples/python-users/users.py");
+const USERS_PY: &str = include_str!("../../../examples/python-users/users.py");
 
 /// The Python path's share of the Rust path's throughput that issue #5 asks for.
 pub const TARGET_RATIO: f64 = 0.25;
@@ -59,7 +59,7 @@ pub struct PythonRatio {
     pub target_met: bool,
 }
 
-/// The report of `flexcore bench --python` (printed as is with `--json`).
+/// The report of `flexcore-bench --python` (printed as is with `--json`).
 #[derive(Debug, Clone, Serialize)]
 pub struct PythonReport {
     /// Always `python`.
@@ -133,7 +133,7 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
 pub async fn measure_all(args: &BenchArgs) -> anyhow::Result<PythonReport> {
     anyhow::ensure!(
         args.store == "sqlite",
-        "flexcore bench --python runs on SQLite only (got --store {})",
+        "flexcore-bench --python runs on SQLite only (got --store {})",
         args.store
     );
     {
@@ -339,15 +339,12 @@ fn print_text(report: &PythonReport) {
 mod tests {
     use clap::Parser;
 
-    use crate::cli::{Cli, Command};
+    use crate::BenchArgs;
 
-    fn args(extra: &[&str]) -> super::BenchArgs {
-        let mut argv = vec!["flexcore", "bench", "--python"];
+    fn args(extra: &[&str]) -> BenchArgs {
+        let mut argv = vec!["flexcore-bench", "--python"];
         argv.extend_from_slice(extra);
-        match Cli::try_parse_from(argv).unwrap().command {
-            Command::Bench(args) => args,
-            other => panic!("parsed as {other:?}"),
-        }
+        BenchArgs::try_parse_from(argv).unwrap()
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -374,7 +371,7 @@ mod tests {
 
     #[test]
     fn python_excludes_the_other_modes() {
-        let parsed = Cli::try_parse_from(["flexcore", "bench", "--python", "--gateway"]);
+        let parsed = BenchArgs::try_parse_from(["flexcore-bench", "--python", "--gateway"]);
         assert!(parsed.is_err());
     }
 

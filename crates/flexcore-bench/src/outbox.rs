@@ -1,4 +1,4 @@
-//! `flexcore bench --outbox`: how fast the outbox relay empties the log into each broker.
+//! `flexcore-bench --outbox`: how fast the outbox relay empties the log into each broker.
 //!
 //! In one run: 16 writers append `--read-events` events (appends of 100) to a fresh store (the
 //! store's append rate), then, for each broker that is up, an [`OutboxRelay`] with default
@@ -28,7 +28,7 @@ use tokio::sync::watch;
 
 use super::{BenchArgs, CommitMode, median};
 
-/// The figures of `flexcore bench --outbox`.
+/// The figures of `flexcore-bench --outbox`.
 #[derive(Debug, Clone, Serialize)]
 pub struct OutboxFigures {
     /// The store.

@@ -1,4 +1,4 @@
-//! `flexcore bench`: what the event store sustains, beside its own baselines, in one run.
+//! `flexcore-bench`: what the event store sustains, beside its own baselines, in one run.
 //!
 //! * **appends**: W concurrent writers, each appending E events per append to its own streams
 //!   with an exact expected version, for a fixed time; reported as events/s and append latency.
@@ -10,7 +10,7 @@
 //! Every case gets a fresh database (SQLite file or PostgreSQL schema). The machine is shared
 //! and fsync latency moves ~10× under load: compare ratios from one run, and read `uptime`.
 //!
-//! `flexcore bench --gateway` measures `create_user` end to end over HTTP and gRPC instead,
+//! `flexcore-bench --gateway` measures `create_user` end to end over HTTP and gRPC instead,
 //! beside the same store and the command bus without a gateway (see [`gateway`]).
 
 pub mod gateway;
@@ -22,7 +22,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use clap::Args;
+use clap::Parser;
 use flexcore_app::store::{EventFilter, EventStore, ReadAll};
 use flexcore_domain::{EventMetadata, ExpectedVersion, NewEvent, RawJson, StreamId};
 use flexcore_store_postgres::{PostgresConfig, PostgresStore};
@@ -30,8 +30,9 @@ use flexcore_store_sqlite::{SqliteConfig, SqliteStore};
 use serde::Serialize;
 use serde_json::json;
 
-/// Options of `flexcore bench`.
-#[derive(Debug, Clone, Args)]
+/// Options of `flexcore-bench`.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "flexcore-bench", version, about, long_about = None)]
 pub struct BenchArgs {
     /// The backend: `sqlite` (fresh files in a temp dir) or a `postgres://` URL (fresh schemas).
     #[arg(long, default_value = "sqlite")]

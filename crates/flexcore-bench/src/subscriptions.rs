@@ -1,4 +1,4 @@
-//! `flexcore bench --subscriptions`: how fast committed events reach subscribers.
+//! `flexcore-bench --subscriptions`: how fast committed events reach subscribers.
 //!
 //! In one run, on a fresh store per repetition:
 //! * **append**: 16 writers append the history in appends of 100 events (the store's rate);
