@@ -1,0 +1,492 @@
+//! `flexcore-bench --gateway`: `create_user` end to end over HTTP and gRPC, beside the same
+//! store taking the same writes directly and the command bus without a gateway, in one run.
+//!
+//! Four cases per connection count N, each run on a fresh store (SQLite file or PostgreSQL
+//! schema) opened from a store URL exactly as `flexcore serve` opens it ([`open_store`]):
+//!
+//! | case | N concurrent tasks, each sending `create_user` back to back |
+//! |---|---|
+//! | `store` | the atomic two-stream append one `create_user` makes (`user-{id}` and its email reservation, both `no_stream`), straight into the store: the raw group-commit figure |
+//! | `bus` | `create_user` through the command bus `flexcore serve` wires ([`flexcore::server::command_bus`]: retry, idempotency, metrics, tracing, over the sample's handlers; the handler claims the address, then appends) |
+//! | `http` | `POST /v1/commands/create_user`, one keep-alive HTTP/1.1 connection per task |
+//! | `grpc` | `CommandService.Send`, one tonic channel (one HTTP/2 connection) per task |
+//!
+//! So the report separates store → bus → gateway costs. Every command uses a new address
+//! (`u{task}-{n}@bench.example`); only successful answers are counted, and any failure stops
+//! the benchmark with its cause. Runs are interleaved (repeat r runs every case before repeat
+//! r+1), so a change of machine load hits every case alike; medians over the runs are reported.
+//!
+//! **Two phases.** Back to back (each client sends as soon as it has its answer) measures
+//! throughput; with a fixed number of clients, latency there is clients / throughput, so a
+//! slower layer's p99 mostly restates its throughput. Then every layer is offered the same
+//! load (`--load-share` of the HTTP gateway's throughput, or `--rate`), open loop, for latency.
+//! The store appends the commands make are timed inside the process ([`TimedAppends`]), so a
+//! layer's p99 is also set against the p99 of its own appends in the same run: disk stalls,
+//! which move a p99 by milliseconds between runs on a shared machine, are then on both sides.
+//!
+//! **In-process server.** The gateways run in this process, through [`flexcore::server::run_with`] on
+//! `127.0.0.1` ports, the function `flexcore serve` runs. A spawned `flexcore serve` would not
+//! give the server more CPU: the clients run on the same machine either way, and they would
+//! compete for the same cores through the OS scheduler instead of the tokio scheduler, plus
+//! cross-process wake-ups. In-process keeps one build, one store configuration and real errors
+//! for every case. What it shares with the clients is reported per case as `cpu_cores` (process
+//! CPU time / wall time): when it reaches the machine's core count, the figure is CPU-bound and
+//! includes the clients' own encoding and socket work. Like `flexcore serve` with its default
+//! `log = info`, a `tracing` subscriber at `info` is installed, so spans cost what they cost
+//! there (only errors are printed), and the process-wide Prometheus recorder is installed before
+//! the first case so every case pays for its metrics alike.
+
+mod clients;
+mod load;
+mod report;
+mod server;
+mod timed_store;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use flexcore::cli::ServeArgs;
+use flexcore::config::Settings;
+use flexcore::server::open_store;
+use flexcore_app::command::CommandRouter;
+use flexcore_sample_users::commands::command_handlers;
+
+use self::clients::{BusClient, GrpcClient, HttpClient, StoreWriter};
+use self::load::{Run, measure};
+pub use self::report::{GatewayFigure, GatewayRatios, GatewayReport, TargetCheck};
+use self::report::{GatewayPhase, Layer, check_targets, cores_text, figure, print_text};
+use self::server::Server;
+use self::timed_store::TimedAppends;
+use super::{BenchArgs, percentile, tempfile_dir};
+
+/// Runs the gateway benchmark and prints the report.
+pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
+    let stores = Stores::new(&args.store)?;
+    let report = measure_all(&stores, args).await;
+    stores.cleanup().await;
+    let report = report?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print_text(&report);
+    }
+    Ok(())
+}
+
+async fn measure_all(stores: &Stores, args: &BenchArgs) -> anyhow::Result<GatewayReport> {
+    let duration = Duration::from_secs_f64(args.duration.max(0.1));
+    let repeat = args.repeat.max(1);
+    let mut connections: Vec<usize> = Vec::new();
+    for n in args.connections.iter().map(|&c| c.max(1)) {
+        if !connections.contains(&n) {
+            connections.push(n);
+        }
+    }
+    anyhow::ensure!(
+        (0.0..=1.0).contains(&args.load_share),
+        "--load-share must be between 0 and 1 (a share of the HTTP gateway's throughput), not {}",
+        args.load_share
+    );
+    install_serve_observability()?;
+    let mut phases = Phases {
+        stores,
+        duration,
+        repeat,
+        json: args.json,
+        case: 0,
+    };
+
+    let saturation = match args.rate {
+        Some(_) => None,
+        None => {
+            let back_to_back: Vec<(usize, Option<f64>)> =
+                connections.iter().map(|&n| (n, None)).collect();
+            Some(phases.measure(&back_to_back).await?)
+        }
+    };
+    let loads: Vec<(usize, Option<f64>)> = match (args.rate, &saturation) {
+        (Some(rate), _) => connections.iter().map(|&n| (n, Some(rate))).collect(),
+        (None, Some(saturation)) if args.load_share > 0.0 => connections
+            .iter()
+            .filter_map(|&n| {
+                let http = saturation.find(Layer::Http, n)?;
+                Some((n, Some((args.load_share * http.commands_per_s).max(1.0))))
+            })
+            .collect(),
+        _ => Vec::new(),
+    };
+    let equal_load = if loads.is_empty() {
+        None
+    } else {
+        Some(phases.measure(&loads).await?)
+    };
+
+    let targets = check_targets(&connections, saturation.as_ref(), equal_load.as_ref());
+    Ok(GatewayReport {
+        mode: "gateway",
+        store: stores.name(),
+        duration_s: duration.as_secs_f64(),
+        repeat,
+        saturation,
+        equal_load,
+        targets,
+    })
+}
+
+/// Runs every case of a phase, interleaved, and reduces them.
+struct Phases<'a> {
+    stores: &'a Stores,
+    duration: Duration,
+    repeat: usize,
+    json: bool,
+    /// Cases run so far: each gets a fresh store.
+    case: usize,
+}
+
+impl Phases<'_> {
+    /// Measures every layer at each (connections, offered load); repeat r runs every case
+    /// before repeat r+1, so a change of machine load hits every case alike.
+    async fn measure(&mut self, loads: &[(usize, Option<f64>)]) -> anyhow::Result<GatewayPhase> {
+        let repeat = self.repeat;
+        let mut runs: Vec<((Layer, usize), Vec<Run>)> = Vec::new();
+        for r in 1..=repeat {
+            for &(n, rate) in loads {
+                for layer in Layer::ALL {
+                    self.case += 1;
+                    let url = self.stores.fresh_url(self.case);
+                    let run = run_once(layer, n, self.duration, rate, &url, self.stores)
+                        .await
+                        .with_context(|| {
+                            format!("{} case, {n} connections, run {r}", layer.name())
+                        })?;
+                    if !self.json {
+                        eprintln!(
+                            "  run {r}/{repeat} {:<5} connections={n:<3}{} {:>8.0} commands/s  p50={:.2}ms p99={:.2}ms  appends p99={:.2}ms  cpu={}",
+                            layer.name(),
+                            rate.map_or_else(String::new, |r| format!(" offered={r:.0}/s")),
+                            run.rate,
+                            percentile(&run.latencies, 0.50),
+                            percentile(&run.latencies, 0.99),
+                            percentile(&run.appends, 0.99),
+                            cores_text(run.cpu_cores),
+                        );
+                    }
+                    match runs.iter_mut().find(|(key, _)| *key == (layer, n)) {
+                        Some((_, list)) => list.push(run),
+                        None => runs.push(((layer, n), vec![run])),
+                    }
+                }
+            }
+        }
+        let cases: Vec<GatewayFigure> = runs
+            .into_iter()
+            .map(|((layer, n), runs)| {
+                let rate = loads.iter().find(|(c, _)| *c == n).and_then(|(_, r)| *r);
+                figure(layer, n, rate, &runs)
+            })
+            .collect();
+        let connections: Vec<usize> = loads.iter().map(|&(n, _)| n).collect();
+        Ok(GatewayPhase::new(cases, &connections))
+    }
+}
+
+/// Installs what `flexcore serve` has in place before its first request: a `tracing`
+/// subscriber at its default level (printing only errors here), and, through
+/// [`flexcore::server::metrics_renderer`], the process-wide Prometheus recorder.
+fn install_serve_observability() -> anyhow::Result<()> {
+    use tracing_subscriber::fmt::writer::MakeWriterExt;
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    let _ = tracing_subscriber::registry()
+        .with(flexcore::logging::log_filter("info")?) // `log`'s default in `flexcore serve`
+        .with(
+            tracing_subscriber::fmt::layer()
+                .with_writer(std::io::stderr.with_max_level(tracing::Level::ERROR)),
+        )
+        .try_init();
+    flexcore::server::metrics_renderer()?;
+    Ok(())
+}
+
+async fn run_once(
+    layer: Layer,
+    connections: usize,
+    duration: Duration,
+    rate: Option<f64>,
+    url: &str,
+    stores: &Stores,
+) -> anyhow::Result<Run> {
+    let appends = TimedAppends::default();
+    let measured = match layer {
+        Layer::Store => {
+            let store = open_store(url).await?;
+            let clients = (0..connections)
+                .map(|_| StoreWriter(Arc::clone(&store)))
+                .collect();
+            let mut measured = measure(clients, duration, rate).await?;
+            // The commands are the appends, timed from their sending.
+            measured.appends = measured.service.clone();
+            return Ok(measured);
+        }
+        Layer::Bus => {
+            let store = appends.wrap(open_store(url).await?);
+            let mut router = CommandRouter::new();
+            for (command_type, handler) in command_handlers(flexcore::server::repository(store)) {
+                router.register(command_type, handler)?;
+            }
+            let commands = flexcore::server::command_bus(router);
+            let clients = (0..connections)
+                .map(|_| BusClient(Arc::clone(&commands)))
+                .collect();
+            measure(clients, duration, rate).await
+        }
+        Layer::Http | Layer::Grpc => {
+            let server = Server::start(url, stores, &appends).await?;
+            let measured = if layer == Layer::Http {
+                let mut clients = Vec::with_capacity(connections);
+                for _ in 0..connections {
+                    clients.push(HttpClient::connect(server.http).await?);
+                }
+                measure(clients, duration, rate).await
+            } else {
+                let mut clients = Vec::with_capacity(connections);
+                for _ in 0..connections {
+                    clients.push(GrpcClient::connect(server.grpc).await?);
+                }
+                measure(clients, duration, rate).await
+            };
+            let stopped = server.stop().await;
+            let run = measured?;
+            stopped?;
+            Ok(run)
+        }
+    };
+    let mut run = measured?;
+    run.appends = appends.take();
+    Ok(run)
+}
+
+/// Fresh stores, named by URL so the server opens them exactly as `flexcore serve` would.
+struct Stores {
+    /// Holds the settings file and the SQLite files; removed on drop.
+    dir: tempfile_dir::Dir,
+    /// An empty settings file, so a `./flexcore.toml` in the working directory is not read.
+    config: PathBuf,
+    postgres: Option<PostgresSchemas>,
+}
+
+struct PostgresSchemas {
+    url: String,
+    created: std::sync::Mutex<Vec<String>>,
+}
+
+impl Stores {
+    fn new(spec: &str) -> anyhow::Result<Self> {
+        let postgres = match spec {
+            "sqlite" => None,
+            url if url.starts_with("postgres://") || url.starts_with("postgresql://") => {
+                anyhow::ensure!(
+                    flexcore::server::split_schema(url).1.is_none(),
+                    "the bench picks its own schemas: leave schema= out of the URL"
+                );
+                Some(PostgresSchemas {
+                    url: url.to_owned(),
+                    created: Default::default(),
+                })
+            }
+            other => {
+                anyhow::bail!("unknown bench store '{other}': use sqlite or a postgres:// URL")
+            }
+        };
+        let dir = tempfile_dir::Dir::new().context("cannot create a temp dir")?;
+        let config = dir.path().join("flexcore.toml");
+        std::fs::write(&config, "").context("cannot write the bench's settings file")?;
+        Ok(Self {
+            dir,
+            config,
+            postgres,
+        })
+    }
+
+    fn name(&self) -> &'static str {
+        if self.postgres.is_some() {
+            "postgres"
+        } else {
+            "sqlite"
+        }
+    }
+
+    /// The URL of a store no case used before.
+    fn fresh_url(&self, case: usize) -> String {
+        match &self.postgres {
+            None => format!("sqlite://{}", db_path(self.dir.path(), case).display()),
+            Some(pg) => {
+                let schema = format!("fc_bench_gw_{}_{case}", std::process::id());
+                pg.created
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .push(schema.clone());
+                let separator = if pg.url.contains('?') { '&' } else { '?' };
+                format!("{}{separator}schema={schema}", pg.url)
+            }
+        }
+    }
+
+    /// The settings `flexcore serve` would resolve with these flags and no config file.
+    fn settings(
+        &self,
+        store_url: &str,
+        http: Option<SocketAddr>,
+        grpc: Option<SocketAddr>,
+    ) -> anyhow::Result<Settings> {
+        Ok(Settings::resolve(ServeArgs {
+            config: Some(self.config.clone()),
+            http_addr: http.map(|a| a.to_string()),
+            grpc_addr: grpc.map(|a| a.to_string()),
+            store_url: Some(store_url.to_owned()),
+            ..ServeArgs::default()
+        })?)
+    }
+
+    /// Drops the schemas the cases created.
+    async fn cleanup(&self) {
+        if let Some(pg) = &self.postgres {
+            let created =
+                std::mem::take(&mut *pg.created.lock().unwrap_or_else(|p| p.into_inner()));
+            for schema in created {
+                if let Err(e) = flexcore_store_postgres::drop_schema(&pg.url, &schema).await {
+                    eprintln!("cannot drop bench schema {schema}: {e}");
+                }
+            }
+        }
+    }
+}
+
+fn db_path(dir: &Path, case: usize) -> PathBuf {
+    dir.join(format!("gateway-{case}.db"))
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::clients::create_user_writes;
+    use super::load::cpu_seconds;
+    use super::*;
+
+    #[test]
+    fn the_raw_writes_are_what_create_user_appends() {
+        let writes = create_user_writes("u1-2@bench.example").unwrap();
+        assert_eq!(writes.len(), 2);
+        assert!(writes[0].stream_id.as_str().starts_with("user-"));
+        assert_eq!(writes[0].events[0].event_type, "user.created");
+        assert_eq!(writes[1].stream_id.as_str(), "email-u1-2@bench.example");
+        assert_eq!(writes[1].events[0].event_type, "email.reserved");
+        assert!(
+            writes
+                .iter()
+                .all(|w| w.expected == flexcore_domain::ExpectedVersion::NoStream)
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn every_layer_is_measured_over_a_real_server() {
+        let args = BenchArgs::parse_from([
+            "flexcore-bench",
+            "--gateway",
+            "--connections",
+            "2,2,3",
+            "--duration",
+            "0.3",
+            "--repeat",
+            "1",
+            "--json",
+        ]);
+        let stores = Stores::new(&args.store).unwrap();
+        let report = measure_all(&stores, &args).await.unwrap();
+        let saturation = report.saturation.as_ref().expect("back to back by default");
+        let equal_load = report.equal_load.as_ref().expect("then at equal load");
+        for phase in [saturation, equal_load] {
+            assert_eq!(
+                phase.cases.len(),
+                8,
+                "4 layers × 2 distinct connection counts"
+            );
+            assert_eq!(phase.ratios.len(), 2);
+            for case in &phase.cases {
+                assert!(case.commands > 0, "{case:?}");
+                assert!(case.p99_ms >= case.p50_ms, "{case:?}");
+                assert!(case.appends_p99_ms > 0.0, "appends are timed: {case:?}");
+            }
+        }
+        // Half the HTTP gateway's throughput back to back, offered to every layer.
+        for case in &equal_load.cases {
+            let http = saturation.find(Layer::Http, case.connections).unwrap();
+            assert_eq!(case.offered_rate, Some(0.5 * http.commands_per_s));
+        }
+        let store = saturation.find(Layer::Store, 2).unwrap();
+        assert_eq!(
+            store.p99_over_appends_ms, 0.0,
+            "the store's commands are its appends"
+        );
+        assert!(report.targets.is_empty(), "no 32-connection case");
+        let json = serde_json::to_value(&report).unwrap();
+        assert_eq!(json["saturation"]["cases"][2]["layer"], "http");
+        assert_eq!(json["equal_load"]["cases"][2]["layer"], "http");
+    }
+
+    #[test]
+    fn connections_are_only_taken_where_there_are_clients() {
+        let parse =
+            |args: &[&str]| BenchArgs::try_parse_from(["flexcore-bench"].iter().chain(args));
+        for with_clients in [["--gateway"], ["--python"]] {
+            let args = [with_clients[0], "--connections", "4"];
+            assert!(parse(&args).is_ok(), "{args:?}");
+        }
+        let error = parse(&["--subscriptions", "--connections", "4"]).unwrap_err();
+        assert!(error.to_string().contains("--connections"), "{error}");
+        assert!(
+            parse(&["--connections", "4"]).is_err(),
+            "the append bench has writers"
+        );
+        assert!(
+            parse(&["--subscriptions"]).is_ok(),
+            "the default is not an explicit value"
+        );
+    }
+
+    #[test]
+    fn the_load_share_is_a_share() {
+        let parsed = BenchArgs::try_parse_from([
+            "flexcore-bench",
+            "--gateway",
+            "--rate",
+            "100",
+            "--load-share",
+            "0.3",
+        ]);
+        assert!(parsed.is_err(), "--rate and --load-share conflict");
+        let args = BenchArgs::parse_from(["flexcore-bench", "--gateway", "--load-share", "2"]);
+        let stores = Stores::new(&args.store).unwrap();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let error = runtime.block_on(measure_all(&stores, &args)).unwrap_err();
+        assert!(
+            error
+                .to_string()
+                .contains("--load-share must be between 0 and 1"),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn this_process_cpu_time_is_readable_on_linux() {
+        if cfg!(target_os = "linux") {
+            assert!(cpu_seconds().is_some());
+        }
+    }
+}
