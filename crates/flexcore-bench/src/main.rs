@@ -3,7 +3,7 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use flexcore_bench::BenchArgs;
+use flexcore_bench::Cli;
 
 /// The allocator `flexcore` runs with, so the in-process server of the gateway bench allocates
 /// as it does under `flexcore serve`.
@@ -11,7 +11,7 @@ use flexcore_bench::BenchArgs;
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
-    let args = BenchArgs::parse();
+    let cli = Cli::parse();
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,
         Err(e) => {
@@ -19,7 +19,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(flexcore_bench::run(args)) {
+    match runtime.block_on(flexcore_bench::run(cli)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");

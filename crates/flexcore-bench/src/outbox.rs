@@ -1,4 +1,4 @@
-//! `flexcore-bench --outbox`: how fast the outbox relay empties the log into each broker.
+//! `flexcore-bench outbox`: how fast the outbox relay empties the log into each broker.
 //!
 //! In one run: 16 writers append `--read-events` events (appends of 100) to a fresh store (the
 //! store's append rate), then, for each broker that is up, an [`OutboxRelay`] with default
@@ -26,9 +26,9 @@ use flexcore_broker::{async_nats, lapin, redis};
 use serde::Serialize;
 use tokio::sync::watch;
 
-use super::{BenchArgs, CommitMode, median};
+use super::{CommitMode, OutboxArgs, median};
 
-/// The figures of `flexcore-bench --outbox`.
+/// The figures of `flexcore-bench outbox`.
 #[derive(Debug, Clone, Serialize)]
 pub struct OutboxFigures {
     /// The store.
@@ -56,8 +56,8 @@ pub struct RelayFigure {
 }
 
 /// Runs the outbox cases and prints a table (or JSON).
-pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
-    let backend = super::Backend::new(&args.store, args.committers)?;
+pub async fn run(args: &OutboxArgs) -> anyhow::Result<()> {
+    let backend = super::Backend::new(&args.store.store, args.committers.committers)?;
     let fresh = backend.fresh(CommitMode::GroupCommit, 2000, 16).await?;
     let store = fresh.store;
     // The log holds exactly what was written (a multiple of 16 writers' shares).
@@ -68,7 +68,7 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
     for broker in ["rabbitmq", "redis", "nats"] {
         let mut runs = Vec::new();
         let mut skipped = None;
-        for rep in 0..args.repeat.max(1) {
+        for rep in 0..args.run.repeat.max(1) {
             match relay_once(broker, &store, events, rep).await {
                 Ok(rate) => runs.push(rate),
                 Err(e) => {
@@ -93,7 +93,7 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
         append_per_s,
         relays,
     };
-    if args.json {
+    if args.run.json {
         println!("{}", serde_json::to_string_pretty(&figures)?);
         return Ok(());
     }
@@ -101,7 +101,7 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
         "outbox relay on {} ({} events, batches of 500, median of {})",
         figures.store,
         figures.events,
-        args.repeat.max(1)
+        args.run.repeat.max(1)
     );
     println!(
         "  {:<40} {:>12.0} events/s",

@@ -1,4 +1,4 @@
-//! `flexcore-bench --python`: `create_user` through the Python users domain
+//! `flexcore-bench python`: `create_user` through the Python users domain
 //! (`examples/python-users/users.py`) against the built-in Rust one, in one run.
 //!
 //! Both go through the command bus exactly as `flexcore serve` wires it (retry, idempotency,
@@ -20,7 +20,7 @@ use serde::Serialize;
 use serde_json::json;
 use tokio::task::JoinSet;
 
-use super::{BenchArgs, median};
+use super::{PythonArgs, median};
 use flexcore::cli::ServeArgs;
 use flexcore::config::Settings;
 use flexcore::server::{self, open_store};
@@ -59,7 +59,7 @@ pub struct PythonRatio {
     pub target_met: bool,
 }
 
-/// The report of `flexcore-bench --python` (printed as is with `--json`).
+/// The report of `flexcore-bench python` (printed as is with `--json`).
 #[derive(Debug, Clone, Serialize)]
 pub struct PythonReport {
     /// Always `python`.
@@ -119,9 +119,9 @@ impl Drop for Dir {
 }
 
 /// Runs the benchmark and prints the report.
-pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
+pub async fn run(args: &PythonArgs) -> anyhow::Result<()> {
     let report = measure_all(args).await?;
-    if args.json {
+    if args.run.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
         print_text(&report);
@@ -130,12 +130,7 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
 }
 
 /// Runs every case and computes the ratios.
-pub async fn measure_all(args: &BenchArgs) -> anyhow::Result<PythonReport> {
-    anyhow::ensure!(
-        args.store == "sqlite",
-        "flexcore-bench --python runs on SQLite only (got --store {})",
-        args.store
-    );
+pub async fn measure_all(args: &PythonArgs) -> anyhow::Result<PythonReport> {
     {
         // Errors only (a failed command stops the run anyway).
         use tracing_subscriber::fmt::writer::MakeWriterExt;
@@ -150,7 +145,7 @@ pub async fn measure_all(args: &BenchArgs) -> anyhow::Result<PythonReport> {
     std::fs::write(&config, "").context("cannot write the bench's settings file")?;
 
     let duration = Duration::from_secs_f64(args.duration.max(0.1));
-    let repeat = args.repeat.max(1);
+    let repeat = args.run.repeat.max(1);
     let mut connections: Vec<usize> = Vec::new();
     for n in args.connections.iter().map(|&c| c.max(1)) {
         if !connections.contains(&n) {
@@ -332,54 +327,5 @@ fn print_text(report: &PythonReport) {
             TARGET_RATIO * 100.0,
             if r.target_met { "met" } else { "NOT met" }
         );
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use clap::Parser;
-
-    use crate::BenchArgs;
-
-    fn args(extra: &[&str]) -> BenchArgs {
-        let mut argv = vec!["flexcore-bench", "--python"];
-        argv.extend_from_slice(extra);
-        BenchArgs::try_parse_from(argv).unwrap()
-    }
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn both_domains_are_measured_and_compared() {
-        let report = super::measure_all(&args(&[
-            "--connections",
-            "2",
-            "--duration",
-            "0.3",
-            "--repeat",
-            "1",
-        ]))
-        .await
-        .unwrap();
-        let domains: Vec<&str> = report.cases.iter().map(|c| c.domain).collect();
-        assert_eq!(domains, ["rust", "python"]);
-        for case in &report.cases {
-            assert!(case.commands_per_s > 0.0, "{case:?}");
-            assert_eq!(case.connections, 2);
-        }
-        assert_eq!(report.ratios.len(), 1);
-        assert!(report.ratios[0].ratio > 0.0);
-    }
-
-    #[test]
-    fn python_excludes_the_other_modes() {
-        let parsed = BenchArgs::try_parse_from(["flexcore-bench", "--python", "--gateway"]);
-        assert!(parsed.is_err());
-    }
-
-    #[tokio::test]
-    async fn only_sqlite_is_measured() {
-        let err = super::measure_all(&args(&["--store", "postgres://x@h/db"]))
-            .await
-            .unwrap_err();
-        assert!(err.to_string().contains("SQLite only"), "{err}");
     }
 }

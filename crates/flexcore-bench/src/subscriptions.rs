@@ -1,4 +1,4 @@
-//! `flexcore-bench --subscriptions`: how fast committed events reach subscribers.
+//! `flexcore-bench subscriptions`: how fast committed events reach subscribers.
 //!
 //! In one run, on a fresh store per repetition:
 //! * **append**: 16 writers append the history in appends of 100 events (the store's rate);
@@ -25,7 +25,7 @@ use flexcore_store_sqlite::SqliteReadModels;
 use serde::Serialize;
 use tokio::sync::{Notify, watch};
 
-use super::{BenchArgs, CommitMode, bench_event, median};
+use super::{CommitMode, SubscriptionsArgs, bench_event, median};
 
 /// The figures of one run of the subscription cases.
 #[derive(Debug, Clone, Serialize)]
@@ -46,12 +46,12 @@ pub struct SubscriptionFigures {
     pub live_p99_ms: f64,
 }
 
-/// Runs the cases `args.repeat` times and prints the medians.
-pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
-    let backend = super::Backend::new(&args.store, args.committers)?;
+/// Runs the cases `--repeat` times and prints the medians.
+pub async fn run(args: &SubscriptionsArgs) -> anyhow::Result<()> {
+    let backend = super::Backend::new(&args.store.store, args.committers.committers)?;
     let history = args.read_events.max(1000) as u64;
     let mut runs = Vec::new();
-    for case in 0..args.repeat.max(1) {
+    for case in 0..args.run.repeat.max(1) {
         let fresh = backend
             .fresh(CommitMode::GroupCommit, 1000 + case, 16)
             .await?;
@@ -82,7 +82,7 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
         live_p50_ms: pick(|f| f.live_p50_ms),
         live_p99_ms: pick(|f| f.live_p99_ms),
     };
-    if args.json {
+    if args.run.json {
         println!(
             "{}",
             serde_json::to_string_pretty(

@@ -1,4 +1,4 @@
-//! `flexcore-bench --gateway`: `create_user` end to end over HTTP and gRPC, beside the same
+//! `flexcore-bench gateway`: `create_user` end to end over HTTP and gRPC, beside the same
 //! store taking the same writes directly and the command bus without a gateway, in one run.
 //!
 //! Four cases per connection count N, each run on a fresh store (SQLite file or PostgreSQL
@@ -56,19 +56,18 @@ use flexcore_sample_users::commands::command_handlers;
 
 use self::clients::{BusClient, GrpcClient, HttpClient, StoreWriter};
 use self::load::{Run, measure};
-pub use self::report::{GatewayFigure, GatewayRatios, GatewayReport, TargetCheck};
-use self::report::{GatewayPhase, Layer, check_targets, cores_text, figure, print_text};
+pub use self::report::{
+    GatewayFigure, GatewayPhase, GatewayRatios, GatewayReport, Layer, TargetCheck,
+};
+use self::report::{check_targets, cores_text, figure, print_text};
 use self::server::Server;
 use self::timed_store::TimedAppends;
-use super::{BenchArgs, percentile, tempfile_dir};
+use super::{GatewayArgs, percentile, tempfile_dir};
 
 /// Runs the gateway benchmark and prints the report.
-pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
-    let stores = Stores::new(&args.store)?;
-    let report = measure_all(&stores, args).await;
-    stores.cleanup().await;
-    let report = report?;
-    if args.json {
+pub async fn run(args: &GatewayArgs) -> anyhow::Result<()> {
+    let report = measure_all(args).await?;
+    if args.run.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
         print_text(&report);
@@ -76,9 +75,17 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn measure_all(stores: &Stores, args: &BenchArgs) -> anyhow::Result<GatewayReport> {
+/// Runs every case on fresh stores (removed afterwards) and reduces them to the report.
+pub async fn measure_all(args: &GatewayArgs) -> anyhow::Result<GatewayReport> {
+    let stores = Stores::new(&args.store.store)?;
+    let report = measure_on(&stores, args).await;
+    stores.cleanup().await;
+    report
+}
+
+async fn measure_on(stores: &Stores, args: &GatewayArgs) -> anyhow::Result<GatewayReport> {
     let duration = Duration::from_secs_f64(args.duration.max(0.1));
-    let repeat = args.repeat.max(1);
+    let repeat = args.run.repeat.max(1);
     let mut connections: Vec<usize> = Vec::new();
     for n in args.connections.iter().map(|&c| c.max(1)) {
         if !connections.contains(&n) {
@@ -95,7 +102,7 @@ async fn measure_all(stores: &Stores, args: &BenchArgs) -> anyhow::Result<Gatewa
         stores,
         duration,
         repeat,
-        json: args.json,
+        json: args.run.json,
         case: 0,
     };
 
@@ -371,11 +378,8 @@ fn db_path(dir: &Path, case: usize) -> PathBuf {
 
 #[cfg(test)]
 mod tests {
-    use clap::Parser;
-
     use super::clients::create_user_writes;
     use super::load::cpu_seconds;
-    use super::*;
 
     #[test]
     fn the_raw_writes_are_what_create_user_appends() {
@@ -389,97 +393,6 @@ mod tests {
             writes
                 .iter()
                 .all(|w| w.expected == flexcore_domain::ExpectedVersion::NoStream)
-        );
-    }
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn every_layer_is_measured_over_a_real_server() {
-        let args = BenchArgs::parse_from([
-            "flexcore-bench",
-            "--gateway",
-            "--connections",
-            "2,2,3",
-            "--duration",
-            "0.3",
-            "--repeat",
-            "1",
-            "--json",
-        ]);
-        let stores = Stores::new(&args.store).unwrap();
-        let report = measure_all(&stores, &args).await.unwrap();
-        let saturation = report.saturation.as_ref().expect("back to back by default");
-        let equal_load = report.equal_load.as_ref().expect("then at equal load");
-        for phase in [saturation, equal_load] {
-            assert_eq!(
-                phase.cases.len(),
-                8,
-                "4 layers × 2 distinct connection counts"
-            );
-            assert_eq!(phase.ratios.len(), 2);
-            for case in &phase.cases {
-                assert!(case.commands > 0, "{case:?}");
-                assert!(case.p99_ms >= case.p50_ms, "{case:?}");
-                assert!(case.appends_p99_ms > 0.0, "appends are timed: {case:?}");
-            }
-        }
-        // Half the HTTP gateway's throughput back to back, offered to every layer.
-        for case in &equal_load.cases {
-            let http = saturation.find(Layer::Http, case.connections).unwrap();
-            assert_eq!(case.offered_rate, Some(0.5 * http.commands_per_s));
-        }
-        let store = saturation.find(Layer::Store, 2).unwrap();
-        assert_eq!(
-            store.p99_over_appends_ms, 0.0,
-            "the store's commands are its appends"
-        );
-        assert!(report.targets.is_empty(), "no 32-connection case");
-        let json = serde_json::to_value(&report).unwrap();
-        assert_eq!(json["saturation"]["cases"][2]["layer"], "http");
-        assert_eq!(json["equal_load"]["cases"][2]["layer"], "http");
-    }
-
-    #[test]
-    fn connections_are_only_taken_where_there_are_clients() {
-        let parse =
-            |args: &[&str]| BenchArgs::try_parse_from(["flexcore-bench"].iter().chain(args));
-        for with_clients in [["--gateway"], ["--python"]] {
-            let args = [with_clients[0], "--connections", "4"];
-            assert!(parse(&args).is_ok(), "{args:?}");
-        }
-        let error = parse(&["--subscriptions", "--connections", "4"]).unwrap_err();
-        assert!(error.to_string().contains("--connections"), "{error}");
-        assert!(
-            parse(&["--connections", "4"]).is_err(),
-            "the append bench has writers"
-        );
-        assert!(
-            parse(&["--subscriptions"]).is_ok(),
-            "the default is not an explicit value"
-        );
-    }
-
-    #[test]
-    fn the_load_share_is_a_share() {
-        let parsed = BenchArgs::try_parse_from([
-            "flexcore-bench",
-            "--gateway",
-            "--rate",
-            "100",
-            "--load-share",
-            "0.3",
-        ]);
-        assert!(parsed.is_err(), "--rate and --load-share conflict");
-        let args = BenchArgs::parse_from(["flexcore-bench", "--gateway", "--load-share", "2"]);
-        let stores = Stores::new(&args.store).unwrap();
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .build()
-            .unwrap();
-        let error = runtime.block_on(measure_all(&stores, &args)).unwrap_err();
-        assert!(
-            error
-                .to_string()
-                .contains("--load-share must be between 0 and 1"),
-            "{error}"
         );
     }
 

@@ -134,7 +134,7 @@ impl GatewayPhase {
     }
 
     /// The case of this layer at this connection count.
-    pub(super) fn find(&self, layer: Layer, connections: usize) -> Option<&GatewayFigure> {
+    pub fn find(&self, layer: Layer, connections: usize) -> Option<&GatewayFigure> {
         self.cases
             .iter()
             .find(|f| f.layer == layer && f.connections == connections)
@@ -169,7 +169,7 @@ pub struct TargetCheck {
     pub p99_added_at_saturation_ms: Option<f64>,
 }
 
-/// The whole report of `flexcore-bench --gateway` (printed as is with `--json`).
+/// The whole report of `flexcore-bench gateway` (printed as is with `--json`).
 #[derive(Debug, Clone, Serialize)]
 pub struct GatewayReport {
     /// Always `gateway`.
