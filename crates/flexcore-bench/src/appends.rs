@@ -18,7 +18,8 @@ use serde::Serialize;
 use serde_json::json;
 use std::sync::Arc;
 
-use crate::{AppendsArgs, Backend, CommitMode, RawTable, bench_event, median, percentile};
+use crate::fixture::{CommitMode, FreshStore, TempStores};
+use crate::{AppendsArgs, bench_event, median, percentile};
 
 /// One measured append case.
 #[derive(Debug, Clone, Serialize)]
@@ -99,12 +100,12 @@ async fn append_case(
 }
 
 async fn read_case(
-    backend: &Backend,
+    stores: &TempStores,
     events: usize,
     repeat: usize,
-    case: usize,
 ) -> anyhow::Result<ReadFigure> {
-    let fresh = backend.fresh(CommitMode::GroupCommit, case, 1).await?;
+    let fresh = stores.fresh();
+    let store = stores.open(&fresh, CommitMode::GroupCommit, 1).await?;
     let mut written = 0usize;
     let mut stream_no = 0;
     while written < events {
@@ -113,8 +114,7 @@ async fn read_case(
         let batch_events = (0..batch)
             .map(|i| bench_event((written + i) as u64))
             .collect();
-        fresh
-            .store
+        store
             .append(stream, ExpectedVersion::NoStream, batch_events)
             .await?;
         written += batch;
@@ -126,8 +126,7 @@ async fn read_case(
         let mut from = 0;
         let mut seen = 0usize;
         loop {
-            let page = fresh
-                .store
+            let page = store
                 .read_all(ReadAll {
                     from_position: from,
                     limit: 1000,
@@ -146,7 +145,7 @@ async fn read_case(
         );
         ours.push(seen as f64 / t.elapsed().as_secs_f64());
         let t = Instant::now();
-        let rows = raw_scan(&fresh.raw).await?;
+        let rows = raw_scan(&fresh).await?;
         anyhow::ensure!(
             rows == events,
             "the raw scan returned {rows} of {events} rows"
@@ -162,9 +161,9 @@ async fn read_case(
 
 /// Reads every row of the events table in keyset pages of 1000 with the driver alone, copying
 /// each column out (what any reader must do at least).
-async fn raw_scan(table: &RawTable) -> anyhow::Result<usize> {
-    match table {
-        RawTable::Sqlite(path) => {
+async fn raw_scan(store: &FreshStore) -> anyhow::Result<usize> {
+    match store {
+        FreshStore::Sqlite { path } => {
             let path = path.clone();
             tokio::task::spawn_blocking(move || -> anyhow::Result<usize> {
                 let conn = rusqlite::Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)?;
@@ -196,7 +195,7 @@ async fn raw_scan(table: &RawTable) -> anyhow::Result<usize> {
             })
             .await?
         }
-        RawTable::Postgres { url, schema } => {
+        FreshStore::Postgres { url, schema } => {
             let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls).await?;
             let driver = tokio::spawn(connection);
             let statement = client
@@ -234,27 +233,26 @@ async fn raw_scan(table: &RawTable) -> anyhow::Result<usize> {
 
 /// Runs every case and prints the report.
 pub async fn run(args: &AppendsArgs) -> anyhow::Result<()> {
-    let backend = Backend::new(&args.store.store, args.committers.committers)?;
-    let result = run_cases(&backend, args).await;
-    backend.cleanup().await;
+    let stores = TempStores::new(&args.store.store)?.with_committers(args.committers.committers);
+    let result = run_cases(&stores, args).await;
+    stores.close().await;
     result
 }
 
-async fn run_cases(backend: &Backend, args: &AppendsArgs) -> anyhow::Result<()> {
+async fn run_cases(stores: &TempStores, args: &AppendsArgs) -> anyhow::Result<()> {
     let duration = Duration::from_secs_f64(args.duration.max(0.1));
     let repeat = args.run.repeat.max(1);
     let mut figures = Vec::new();
-    let mut case = 0;
     for &writers in &args.writers {
         for &per_append in &args.events_per_append {
             for mode in [CommitMode::GroupCommit, CommitMode::OneTxPerAppend] {
                 let mut runs = Vec::new();
                 let mut latencies_by_run = Vec::new();
                 for _ in 0..repeat {
-                    case += 1;
-                    let fresh = backend.fresh(mode, case, writers).await?;
+                    let fresh = stores.fresh();
+                    let store = stores.open(&fresh, mode, writers).await?;
                     let (rate, mut latencies) =
-                        append_case(fresh.store, writers, per_append, duration).await?;
+                        append_case(store, writers, per_append, duration).await?;
                     latencies.sort_unstable();
                     runs.push(rate);
                     latencies_by_run.push((rate, latencies));
@@ -273,7 +271,7 @@ async fn run_cases(backend: &Backend, args: &AppendsArgs) -> anyhow::Result<()> 
                 if !args.run.json {
                     eprintln!(
                         "{:<6} {:<18} writers={:<3} events/append={:<3} {:>10.0} events/s  p50={:.2}ms p99={:.2}ms  runs={:?}",
-                        backend.name(),
+                        stores.backend_name(),
                         format!("{:?}", figure.mode),
                         writers,
                         per_append,
@@ -292,12 +290,11 @@ async fn run_cases(backend: &Backend, args: &AppendsArgs) -> anyhow::Result<()> 
         }
     }
     let read = if args.read_events > 0 {
-        case += 1;
-        let figure = read_case(backend, args.read_events, repeat, case).await?;
+        let figure = read_case(stores, args.read_events, repeat).await?;
         if !args.run.json {
             eprintln!(
                 "{:<6} read_all {} events: {:.0} events/s; raw keyset SELECT {:.0} rows/s; ratio {:.2}",
-                backend.name(),
+                stores.backend_name(),
                 figure.events,
                 figure.read_all_per_s,
                 figure.raw_select_per_s,
@@ -323,15 +320,14 @@ async fn run_cases(backend: &Backend, args: &AppendsArgs) -> anyhow::Result<()> 
             }))
         })
         .collect();
-    let report =
-        json!({ "store": backend.name(), "appends": figures, "ratios": ratios, "read_all": read });
+    let report = json!({ "store": stores.backend_name(), "appends": figures, "ratios": ratios, "read_all": read });
     if args.run.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
         for r in &ratios {
             eprintln!(
                 "{:<6} group commit / one tx per append, writers={} events/append={}: {:.2}x",
-                backend.name(),
+                stores.backend_name(),
                 r["writers"],
                 r["events_per_append"],
                 r["group_commit_over_one_tx_per_append"]

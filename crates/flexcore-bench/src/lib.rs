@@ -14,6 +14,7 @@
 //! and fsync latency moves ~10× under load: compare ratios from one run, and read `uptime`.
 
 pub mod appends;
+pub mod fixture;
 pub mod gateway;
 pub mod outbox;
 pub mod python;
@@ -26,9 +27,6 @@ use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use flexcore_app::store::EventStore;
 use flexcore_domain::{EventMetadata, ExpectedVersion, NewEvent, RawJson, StreamId};
-use flexcore_store_postgres::{PostgresConfig, PostgresStore};
-use flexcore_store_sqlite::{SqliteConfig, SqliteStore};
-use serde::Serialize;
 use serde_json::json;
 
 /// The command line of `flexcore-bench`: one subcommand per benchmark.
@@ -192,152 +190,7 @@ pub struct OutboxArgs {
     pub run: RunArgs,
 }
 
-/// How the store under test is configured.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum CommitMode {
-    /// Concurrent appends coalesced into one transaction (the default).
-    GroupCommit,
-    /// One transaction per append (the baseline).
-    OneTxPerAppend,
-}
-
-/// A backend under test that can hand out fresh, empty stores.
-enum Backend {
-    Sqlite {
-        dir: tempfile_dir::Dir,
-    },
-    Postgres {
-        url: String,
-        committers: Option<usize>,
-        schemas: std::sync::Mutex<Vec<String>>,
-    },
-}
-
-mod tempfile_dir {
-    //! A temp directory removed on drop, without another dependency.
-    use std::path::{Path, PathBuf};
-
-    pub(super) struct Dir(PathBuf);
-
-    impl Dir {
-        /// A new directory, its own even when several are open in one process.
-        pub(super) fn new() -> std::io::Result<Self> {
-            static OPENED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-            let n = OPENED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            let path =
-                std::env::temp_dir().join(format!("flexcore-bench-{}-{n}", std::process::id()));
-            std::fs::create_dir_all(&path)?;
-            Ok(Self(path))
-        }
-
-        pub(super) fn path(&self) -> &Path {
-            &self.0
-        }
-    }
-
-    impl Drop for Dir {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
-    }
-}
-
-/// A fresh store and how to read its table raw.
-struct Fresh {
-    store: Arc<dyn EventStore>,
-    raw: RawTable,
-}
-
-enum RawTable {
-    Sqlite(std::path::PathBuf),
-    Postgres { url: String, schema: String },
-}
-
-impl Backend {
-    fn new(spec: &str, committers: Option<usize>) -> anyhow::Result<Self> {
-        match spec {
-            "sqlite" => Ok(Self::Sqlite {
-                dir: tempfile_dir::Dir::new().context("cannot create a temp dir")?,
-            }),
-            url if url.starts_with("postgres://") || url.starts_with("postgresql://") => {
-                Ok(Self::Postgres {
-                    url: url.to_owned(),
-                    committers,
-                    schemas: Default::default(),
-                })
-            }
-            other => {
-                anyhow::bail!("unknown bench store '{other}': use sqlite or a postgres:// URL")
-            }
-        }
-    }
-
-    fn name(&self) -> &'static str {
-        match self {
-            Self::Sqlite { .. } => "sqlite",
-            Self::Postgres { .. } => "postgres",
-        }
-    }
-
-    /// Drops the schemas the cases created.
-    async fn cleanup(&self) {
-        if let Self::Postgres { url, schemas, .. } = self {
-            let schemas = std::mem::take(&mut *schemas.lock().unwrap_or_else(|p| p.into_inner()));
-            for schema in schemas {
-                if let Err(e) = flexcore_store_postgres::drop_schema(url, &schema).await {
-                    eprintln!("cannot drop bench schema {schema}: {e}");
-                }
-            }
-        }
-    }
-
-    async fn fresh(&self, mode: CommitMode, case: usize, writers: usize) -> anyhow::Result<Fresh> {
-        match self {
-            Self::Sqlite { dir } => {
-                let path = dir.path().join(format!("case-{case}.db"));
-                let mut config = SqliteConfig::new(&path);
-                if mode == CommitMode::OneTxPerAppend {
-                    config.group_commit = false;
-                }
-                Ok(Fresh {
-                    store: Arc::new(SqliteStore::open(config).await?),
-                    raw: RawTable::Sqlite(path),
-                })
-            }
-            Self::Postgres {
-                url,
-                schemas,
-                committers,
-            } => {
-                let schema = format!("fc_bench_{}_{case}", std::process::id());
-                schemas
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .push(schema.clone());
-                let mut config = PostgresConfig::new(url.clone()).with_schema(schema.clone());
-                if let Some(committers) = committers {
-                    config.committers = *committers;
-                    config.pool_size = config.pool_size.max(committers + 4);
-                }
-                if mode == CommitMode::OneTxPerAppend {
-                    // Every writer gets its own transaction, in parallel: the classic baseline.
-                    config.max_batch_events = 1;
-                    config.committers = writers.max(1);
-                    config.pool_size = writers.max(1) + 4;
-                }
-                Ok(Fresh {
-                    store: Arc::new(PostgresStore::connect(config).await?),
-                    raw: RawTable::Postgres {
-                        url: url.clone(),
-                        schema,
-                    },
-                })
-            }
-        }
-    }
-}
-
+/// The event every bench appends: an order of a realistic size (about 400 bytes of JSON).
 fn bench_event(n: u64) -> NewEvent {
     let data = json!({
         "seq": n,

@@ -26,7 +26,8 @@ use flexcore_broker::{async_nats, lapin, redis};
 use serde::Serialize;
 use tokio::sync::watch;
 
-use super::{CommitMode, OutboxArgs, median};
+use crate::fixture::{CommitMode, TempStores};
+use crate::{OutboxArgs, median};
 
 /// The figures of `flexcore-bench outbox`.
 #[derive(Debug, Clone, Serialize)]
@@ -57,9 +58,10 @@ pub struct RelayFigure {
 
 /// Runs the outbox cases and prints a table (or JSON).
 pub async fn run(args: &OutboxArgs) -> anyhow::Result<()> {
-    let backend = super::Backend::new(&args.store.store, args.committers.committers)?;
-    let fresh = backend.fresh(CommitMode::GroupCommit, 2000, 16).await?;
-    let store = fresh.store;
+    let stores = TempStores::new(&args.store.store)?.with_committers(args.committers.committers);
+    let store = stores
+        .open(&stores.fresh(), CommitMode::GroupCommit, 16)
+        .await?;
     // The log holds exactly what was written (a multiple of 16 writers' shares).
     let (events, append_per_s) =
         super::append_history(&store, args.read_events.max(1000) as u64).await?;
@@ -85,10 +87,11 @@ pub async fn run(args: &OutboxArgs) -> anyhow::Result<()> {
             skipped,
         });
     }
-    backend.cleanup().await;
+    let backend = stores.backend_name();
+    stores.close().await;
 
     let figures = OutboxFigures {
-        store: backend.name(),
+        store: backend,
         events,
         append_per_s,
         relays,

@@ -20,7 +20,8 @@ use serde::Serialize;
 use serde_json::json;
 use tokio::task::JoinSet;
 
-use super::{PythonArgs, median};
+use crate::fixture::TempStores;
+use crate::{PythonArgs, median};
 use flexcore::cli::ServeArgs;
 use flexcore::config::Settings;
 use flexcore::server::{self, open_store};
@@ -94,30 +95,6 @@ struct Run {
     latencies: Vec<Duration>,
 }
 
-/// A temp directory of its own (other benches in the process remove theirs), removed on drop.
-struct Dir(std::path::PathBuf);
-
-impl Dir {
-    fn new() -> std::io::Result<Self> {
-        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let path =
-            std::env::temp_dir().join(format!("flexcore-bench-python-{}-{n}", std::process::id()));
-        std::fs::create_dir_all(&path)?;
-        Ok(Self(path))
-    }
-
-    fn path(&self) -> &std::path::Path {
-        &self.0
-    }
-}
-
-impl Drop for Dir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
 /// Runs the benchmark and prints the report.
 pub async fn run(args: &PythonArgs) -> anyhow::Result<()> {
     let report = measure_all(args).await?;
@@ -138,11 +115,9 @@ pub async fn measure_all(args: &PythonArgs) -> anyhow::Result<PythonReport> {
             .with_writer(std::io::stderr.with_max_level(tracing::Level::ERROR))
             .try_init();
     }
-    let dir = Dir::new().context("cannot create a temp dir")?;
-    let module = dir.path().join("users.py");
+    let stores = TempStores::new("sqlite")?;
+    let module = stores.dir().join("users.py");
     std::fs::write(&module, USERS_PY).context("cannot write the Python module")?;
-    let config = dir.path().join("flexcore.toml");
-    std::fs::write(&config, "").context("cannot write the bench's settings file")?;
 
     let duration = Duration::from_secs_f64(args.duration.max(0.1));
     let repeat = args.run.repeat.max(1);
@@ -152,26 +127,18 @@ pub async fn measure_all(args: &PythonArgs) -> anyhow::Result<PythonReport> {
             connections.push(n);
         }
     }
-    let mut case = 0;
     let mut cases = Vec::new();
     let mut ratios = Vec::new();
     for &n in &connections {
         let mut runs = [Vec::new(), Vec::new()];
         for _ in 0..repeat {
             for (i, domain) in [Domain::Rust, Domain::Python].into_iter().enumerate() {
-                case += 1;
-                let url = format!(
-                    "sqlite://{}",
-                    dir.path().join(format!("python-{case}.db")).display()
-                );
                 let settings = Settings::resolve(ServeArgs {
-                    config: Some(config.clone()),
-                    store_url: Some(url),
                     python_modules: Some(match domain {
                         Domain::Rust => String::new(),
                         Domain::Python => module.display().to_string(),
                     }),
-                    ..ServeArgs::default()
+                    ..stores.serve_args(&stores.fresh())
                 })?;
                 runs[i].push(run_once(&settings, n, duration).await?);
             }

@@ -20,12 +20,11 @@ use flexcore_app::event_bus::EventHandler;
 use flexcore_app::store::EventStore;
 use flexcore_app::subscription::{Subscription, SubscriptionOptions};
 use flexcore_domain::{EventEnvelope, ExpectedVersion, StreamId};
-use flexcore_store_postgres::{PostgresConfig, PostgresReadModels};
-use flexcore_store_sqlite::SqliteReadModels;
 use serde::Serialize;
 use tokio::sync::{Notify, watch};
 
-use super::{CommitMode, SubscriptionsArgs, bench_event, median};
+use crate::fixture::{CommitMode, TempStores};
+use crate::{SubscriptionsArgs, bench_event, median};
 
 /// The figures of one run of the subscription cases.
 #[derive(Debug, Clone, Serialize)]
@@ -48,29 +47,19 @@ pub struct SubscriptionFigures {
 
 /// Runs the cases `--repeat` times and prints the medians.
 pub async fn run(args: &SubscriptionsArgs) -> anyhow::Result<()> {
-    let backend = super::Backend::new(&args.store.store, args.committers.committers)?;
+    let stores = TempStores::new(&args.store.store)?.with_committers(args.committers.committers);
     let history = args.read_events.max(1000) as u64;
     let mut runs = Vec::new();
-    for case in 0..args.run.repeat.max(1) {
-        let fresh = backend
-            .fresh(CommitMode::GroupCommit, 1000 + case, 16)
-            .await?;
+    for _ in 0..args.run.repeat.max(1) {
+        let fresh = stores.fresh();
+        let store = stores.open(&fresh, CommitMode::GroupCommit, 16).await?;
         // The durable consumer keeps its checkpoint where the server keeps it.
-        let state: Arc<dyn ConsumerStateStore> = match &fresh.raw {
-            super::RawTable::Sqlite(path) => {
-                Arc::new(SqliteReadModels::open(SqliteReadModels::path_for(path)).await?)
-            }
-            super::RawTable::Postgres { url, schema } => Arc::new(
-                PostgresReadModels::connect(
-                    PostgresConfig::new(url.clone()).with_schema(schema.clone()),
-                )
-                .await?,
-            ),
-        };
-        let figures = run_once(fresh.store, state, history, args.duration).await;
+        let state = fresh.open_read_models().await?;
+        let figures = run_once(store, state, history, args.duration).await;
         runs.push(figures?);
     }
-    backend.cleanup().await;
+    let backend = stores.backend_name();
+    stores.close().await;
     let pick =
         |f: fn(&SubscriptionFigures) -> f64| median(&mut runs.iter().map(f).collect::<Vec<_>>());
     let summary = SubscriptionFigures {
@@ -86,14 +75,14 @@ pub async fn run(args: &SubscriptionsArgs) -> anyhow::Result<()> {
         println!(
             "{}",
             serde_json::to_string_pretty(
-                &serde_json::json!({"store": backend.name(), "median": summary, "runs": runs})
+                &serde_json::json!({"store": backend, "median": summary, "runs": runs})
             )?
         );
         return Ok(());
     }
     println!(
         "subscriptions on {} ({} events of history, median of {})",
-        backend.name(),
+        backend,
         history,
         runs.len()
     );

@@ -42,14 +42,10 @@ mod report;
 mod server;
 mod timed_store;
 
-use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use flexcore::cli::ServeArgs;
-use flexcore::config::Settings;
 use flexcore::server::open_store;
 use flexcore_app::command::CommandRouter;
 use flexcore_sample_users::commands::command_handlers;
@@ -62,7 +58,8 @@ pub use self::report::{
 use self::report::{check_targets, cores_text, figure, print_text};
 use self::server::Server;
 use self::timed_store::TimedAppends;
-use super::{GatewayArgs, percentile, tempfile_dir};
+use crate::fixture::{FreshStore, TempStores};
+use crate::{GatewayArgs, percentile};
 
 /// Runs the gateway benchmark and prints the report.
 pub async fn run(args: &GatewayArgs) -> anyhow::Result<()> {
@@ -77,13 +74,13 @@ pub async fn run(args: &GatewayArgs) -> anyhow::Result<()> {
 
 /// Runs every case on fresh stores (removed afterwards) and reduces them to the report.
 pub async fn measure_all(args: &GatewayArgs) -> anyhow::Result<GatewayReport> {
-    let stores = Stores::new(&args.store.store)?;
+    let stores = TempStores::new(&args.store.store)?;
     let report = measure_on(&stores, args).await;
-    stores.cleanup().await;
+    stores.close().await;
     report
 }
 
-async fn measure_on(stores: &Stores, args: &GatewayArgs) -> anyhow::Result<GatewayReport> {
+async fn measure_on(stores: &TempStores, args: &GatewayArgs) -> anyhow::Result<GatewayReport> {
     let duration = Duration::from_secs_f64(args.duration.max(0.1));
     let repeat = args.run.repeat.max(1);
     let mut connections: Vec<usize> = Vec::new();
@@ -103,7 +100,6 @@ async fn measure_on(stores: &Stores, args: &GatewayArgs) -> anyhow::Result<Gatew
         duration,
         repeat,
         json: args.run.json,
-        case: 0,
     };
 
     let saturation = match args.rate {
@@ -134,7 +130,7 @@ async fn measure_on(stores: &Stores, args: &GatewayArgs) -> anyhow::Result<Gatew
     let targets = check_targets(&connections, saturation.as_ref(), equal_load.as_ref());
     Ok(GatewayReport {
         mode: "gateway",
-        store: stores.name(),
+        store: stores.backend_name(),
         duration_s: duration.as_secs_f64(),
         repeat,
         saturation,
@@ -145,12 +141,10 @@ async fn measure_on(stores: &Stores, args: &GatewayArgs) -> anyhow::Result<Gatew
 
 /// Runs every case of a phase, interleaved, and reduces them.
 struct Phases<'a> {
-    stores: &'a Stores,
+    stores: &'a TempStores,
     duration: Duration,
     repeat: usize,
     json: bool,
-    /// Cases run so far: each gets a fresh store.
-    case: usize,
 }
 
 impl Phases<'_> {
@@ -162,9 +156,8 @@ impl Phases<'_> {
         for r in 1..=repeat {
             for &(n, rate) in loads {
                 for layer in Layer::ALL {
-                    self.case += 1;
-                    let url = self.stores.fresh_url(self.case);
-                    let run = run_once(layer, n, self.duration, rate, &url, self.stores)
+                    let store = self.stores.fresh();
+                    let run = run_once(layer, n, self.duration, rate, &store, self.stores)
                         .await
                         .with_context(|| {
                             format!("{} case, {n} connections, run {r}", layer.name())
@@ -223,13 +216,14 @@ async fn run_once(
     connections: usize,
     duration: Duration,
     rate: Option<f64>,
-    url: &str,
-    stores: &Stores,
+    store: &FreshStore,
+    stores: &TempStores,
 ) -> anyhow::Result<Run> {
+    let url = store.url();
     let appends = TimedAppends::default();
     let measured = match layer {
         Layer::Store => {
-            let store = open_store(url).await?;
+            let store = open_store(&url).await?;
             let clients = (0..connections)
                 .map(|_| StoreWriter(Arc::clone(&store)))
                 .collect();
@@ -239,7 +233,7 @@ async fn run_once(
             return Ok(measured);
         }
         Layer::Bus => {
-            let store = appends.wrap(open_store(url).await?);
+            let store = appends.wrap(open_store(&url).await?);
             let mut router = CommandRouter::new();
             for (command_type, handler) in command_handlers(flexcore::server::repository(store)) {
                 router.register(command_type, handler)?;
@@ -251,7 +245,7 @@ async fn run_once(
             measure(clients, duration, rate).await
         }
         Layer::Http | Layer::Grpc => {
-            let server = Server::start(url, stores, &appends).await?;
+            let server = Server::start(stores.serve_args(store), &appends).await?;
             let measured = if layer == Layer::Http {
                 let mut clients = Vec::with_capacity(connections);
                 for _ in 0..connections {
@@ -274,106 +268,6 @@ async fn run_once(
     let mut run = measured?;
     run.appends = appends.take();
     Ok(run)
-}
-
-/// Fresh stores, named by URL so the server opens them exactly as `flexcore serve` would.
-struct Stores {
-    /// Holds the settings file and the SQLite files; removed on drop.
-    dir: tempfile_dir::Dir,
-    /// An empty settings file, so a `./flexcore.toml` in the working directory is not read.
-    config: PathBuf,
-    postgres: Option<PostgresSchemas>,
-}
-
-struct PostgresSchemas {
-    url: String,
-    created: std::sync::Mutex<Vec<String>>,
-}
-
-impl Stores {
-    fn new(spec: &str) -> anyhow::Result<Self> {
-        let postgres = match spec {
-            "sqlite" => None,
-            url if url.starts_with("postgres://") || url.starts_with("postgresql://") => {
-                anyhow::ensure!(
-                    flexcore::server::split_schema(url).1.is_none(),
-                    "the bench picks its own schemas: leave schema= out of the URL"
-                );
-                Some(PostgresSchemas {
-                    url: url.to_owned(),
-                    created: Default::default(),
-                })
-            }
-            other => {
-                anyhow::bail!("unknown bench store '{other}': use sqlite or a postgres:// URL")
-            }
-        };
-        let dir = tempfile_dir::Dir::new().context("cannot create a temp dir")?;
-        let config = dir.path().join("flexcore.toml");
-        std::fs::write(&config, "").context("cannot write the bench's settings file")?;
-        Ok(Self {
-            dir,
-            config,
-            postgres,
-        })
-    }
-
-    fn name(&self) -> &'static str {
-        if self.postgres.is_some() {
-            "postgres"
-        } else {
-            "sqlite"
-        }
-    }
-
-    /// The URL of a store no case used before.
-    fn fresh_url(&self, case: usize) -> String {
-        match &self.postgres {
-            None => format!("sqlite://{}", db_path(self.dir.path(), case).display()),
-            Some(pg) => {
-                let schema = format!("fc_bench_gw_{}_{case}", std::process::id());
-                pg.created
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .push(schema.clone());
-                let separator = if pg.url.contains('?') { '&' } else { '?' };
-                format!("{}{separator}schema={schema}", pg.url)
-            }
-        }
-    }
-
-    /// The settings `flexcore serve` would resolve with these flags and no config file.
-    fn settings(
-        &self,
-        store_url: &str,
-        http: Option<SocketAddr>,
-        grpc: Option<SocketAddr>,
-    ) -> anyhow::Result<Settings> {
-        Ok(Settings::resolve(ServeArgs {
-            config: Some(self.config.clone()),
-            http_addr: http.map(|a| a.to_string()),
-            grpc_addr: grpc.map(|a| a.to_string()),
-            store_url: Some(store_url.to_owned()),
-            ..ServeArgs::default()
-        })?)
-    }
-
-    /// Drops the schemas the cases created.
-    async fn cleanup(&self) {
-        if let Some(pg) = &self.postgres {
-            let created =
-                std::mem::take(&mut *pg.created.lock().unwrap_or_else(|p| p.into_inner()));
-            for schema in created {
-                if let Err(e) = flexcore_store_postgres::drop_schema(&pg.url, &schema).await {
-                    eprintln!("cannot drop bench schema {schema}: {e}");
-                }
-            }
-        }
-    }
-}
-
-fn db_path(dir: &Path, case: usize) -> PathBuf {
-    dir.join(format!("gateway-{case}.db"))
 }
 
 #[cfg(test)]

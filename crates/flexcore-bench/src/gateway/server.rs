@@ -4,13 +4,14 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
+use flexcore::cli::ServeArgs;
+use flexcore::config::Settings;
 use flexcore::server::{StoreLayer, run_with};
 use tokio::net::TcpListener;
 
-use super::Stores;
 use super::timed_store::TimedAppends;
 
-/// `flexcore::server::run_with` on loopback ports, over one store URL, its appends timed.
+/// `flexcore::server::run_with` on loopback ports, over one store, its appends timed.
 pub(super) struct Server {
     /// The HTTP gateway's address.
     pub(super) http: SocketAddr,
@@ -21,22 +22,23 @@ pub(super) struct Server {
 }
 
 impl Server {
-    /// Starts the server and waits until `GET /health` answers.
+    /// Starts the server `flexcore serve` would run with these flags (and loopback addresses)
+    /// and waits until `GET /health` answers.
     ///
     /// `run` binds the gRPC address itself, so a free port is picked first (bind to port 0,
     /// note it, let it go); should another process take it meanwhile, `run` fails at once and
     /// this tries another port.
-    pub(super) async fn start(
-        url: &str,
-        stores: &Stores,
-        appends: &TimedAppends,
-    ) -> anyhow::Result<Self> {
+    pub(super) async fn start(serve: ServeArgs, appends: &TimedAppends) -> anyhow::Result<Self> {
         let mut last_error = None;
         for _attempt in 0..3 {
             let listener = TcpListener::bind("127.0.0.1:0").await?;
             let http = listener.local_addr()?;
             let grpc = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
-            let settings = stores.settings(url, Some(http), Some(grpc))?;
+            let settings = Settings::resolve(ServeArgs {
+                http_addr: Some(http.to_string()),
+                grpc_addr: Some(grpc.to_string()),
+                ..serve.clone()
+            })?;
             let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
             let appends = appends.clone();
             let layer: StoreLayer = Box::new(move |store| appends.wrap(store));
