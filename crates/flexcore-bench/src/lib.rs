@@ -16,6 +16,7 @@
 pub mod appends;
 pub mod fixture;
 pub mod gateway;
+mod load;
 pub mod outbox;
 pub mod python;
 pub mod subscriptions;

@@ -9,18 +9,17 @@
 //! against issue #5's target (≥ 25%).
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::Context;
-use flexcore_app::command::{Command, CommandBus, CommandContext, CommandRouter};
+use flexcore_app::command::CommandRouter;
 use flexcore_app::event_bus::EventBus;
 use flexcore_python::{PythonConfig, PythonModule};
 use flexcore_sample_users::commands::command_handlers;
 use serde::Serialize;
-use serde_json::json;
-use tokio::task::JoinSet;
 
 use crate::fixture::TempStores;
+use crate::load::{BusClient, Run, distinct_connections, measure};
 use crate::{PythonArgs, median};
 use flexcore::cli::ServeArgs;
 use flexcore::config::Settings;
@@ -90,11 +89,6 @@ impl Domain {
     }
 }
 
-struct Run {
-    rate: f64,
-    latencies: Vec<Duration>,
-}
-
 /// Runs the benchmark and prints the report.
 pub async fn run(args: &PythonArgs) -> anyhow::Result<()> {
     let report = measure_all(args).await?;
@@ -121,12 +115,7 @@ pub async fn measure_all(args: &PythonArgs) -> anyhow::Result<PythonReport> {
 
     let duration = Duration::from_secs_f64(args.duration.max(0.1));
     let repeat = args.run.repeat.max(1);
-    let mut connections: Vec<usize> = Vec::new();
-    for n in args.connections.iter().map(|&c| c.max(1)) {
-        if !connections.contains(&n) {
-            connections.push(n);
-        }
-    }
+    let connections = distinct_connections(&args.connections);
     let mut cases = Vec::new();
     let mut ratios = Vec::new();
     for &n in &connections {
@@ -198,49 +187,12 @@ async fn run_once(
         bus.spawn(Arc::clone(&store) as Arc<_>, 0, stopped);
     }
     let commands = server::command_bus(router);
-    let measured = measure(&commands, connections, duration).await;
+    let clients = (0..connections)
+        .map(|_| BusClient(Arc::clone(&commands)))
+        .collect();
+    let measured = measure(clients, duration, None).await;
     let _ = stop.send(true);
     measured
-}
-
-async fn measure(
-    bus: &Arc<dyn CommandBus>,
-    connections: usize,
-    duration: Duration,
-) -> anyhow::Result<Run> {
-    let started = Instant::now();
-    let deadline = started + duration;
-    let mut tasks = JoinSet::new();
-    for task in 0..connections {
-        let bus = Arc::clone(bus);
-        tasks.spawn(async move {
-            let mut latencies = Vec::with_capacity(4096);
-            let mut n = 0u64;
-            while Instant::now() < deadline {
-                let command = Command {
-                    command_type: "create_user".into(),
-                    payload: json!({ "email": format!("u{task}-{n}@bench.example") }),
-                };
-                let sent = Instant::now();
-                bus.send(&CommandContext::default(), &command)
-                    .await
-                    .with_context(|| format!("client {task}, command {n}"))?;
-                latencies.push(sent.elapsed());
-                n += 1;
-            }
-            anyhow::Ok(latencies)
-        });
-    }
-    let mut latencies = Vec::new();
-    while let Some(joined) = tasks.join_next().await {
-        latencies.extend(joined.context("a client task panicked")??);
-    }
-    let elapsed = started.elapsed().as_secs_f64();
-    latencies.sort_unstable();
-    Ok(Run {
-        rate: latencies.len() as f64 / elapsed,
-        latencies,
-    })
 }
 
 fn figure_of(mut runs: Vec<Run>, connections: usize) -> PythonFigure {

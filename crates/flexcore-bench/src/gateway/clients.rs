@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use bytes::Bytes;
-use flexcore_app::command::{Command, CommandBus, CommandContext};
+use flexcore_app::command::CommandContext;
 use flexcore_app::repository::Loaded;
 use flexcore_app::store::{EventStore, StreamWrite};
 use flexcore_grpc::pb::SendCommandRequest;
@@ -16,10 +16,9 @@ use flexcore_sample_users::domain::{
     Email, EmailReservation, ReservationCommand, User, UserCommand,
 };
 use http_body_util::{BodyExt, Full};
-use serde_json::json;
 use tonic::transport::Channel;
 
-use super::load::CreateUser;
+use crate::load::CreateUser;
 
 /// The writes one `create_user` appends in one atomic append, built the way its handler builds
 /// them (same events, metadata and expectations) for a user and address never seen before.
@@ -59,20 +58,6 @@ impl CreateUser for StoreWriter {
     async fn create_user(&mut self, email: String) -> anyhow::Result<()> {
         let writes = create_user_writes(&email)?;
         self.0.append_atomic(writes).await?;
-        Ok(())
-    }
-}
-
-/// The command bus `flexcore serve` wires, without a gateway.
-pub(super) struct BusClient(pub(super) Arc<dyn CommandBus>);
-
-impl CreateUser for BusClient {
-    async fn create_user(&mut self, email: String) -> anyhow::Result<()> {
-        let command = Command {
-            command_type: "create_user".into(),
-            payload: json!({ "email": email }),
-        };
-        self.0.send(&CommandContext::default(), &command).await?;
         Ok(())
     }
 }

@@ -37,7 +37,6 @@
 //! the first case so every case pays for its metrics alike.
 
 mod clients;
-mod load;
 mod report;
 mod server;
 mod timed_store;
@@ -50,8 +49,7 @@ use flexcore::server::open_store;
 use flexcore_app::command::CommandRouter;
 use flexcore_sample_users::commands::command_handlers;
 
-use self::clients::{BusClient, GrpcClient, HttpClient, StoreWriter};
-use self::load::{Run, measure};
+use self::clients::{GrpcClient, HttpClient, StoreWriter};
 pub use self::report::{
     GatewayFigure, GatewayPhase, GatewayRatios, GatewayReport, Layer, TargetCheck,
 };
@@ -59,6 +57,7 @@ use self::report::{check_targets, cores_text, figure, print_text};
 use self::server::Server;
 use self::timed_store::TimedAppends;
 use crate::fixture::{FreshStore, TempStores};
+use crate::load::{BusClient, Run, distinct_connections, measure};
 use crate::{GatewayArgs, percentile};
 
 /// Runs the gateway benchmark and prints the report.
@@ -83,12 +82,7 @@ pub async fn measure_all(args: &GatewayArgs) -> anyhow::Result<GatewayReport> {
 async fn measure_on(stores: &TempStores, args: &GatewayArgs) -> anyhow::Result<GatewayReport> {
     let duration = Duration::from_secs_f64(args.duration.max(0.1));
     let repeat = args.run.repeat.max(1);
-    let mut connections: Vec<usize> = Vec::new();
-    for n in args.connections.iter().map(|&c| c.max(1)) {
-        if !connections.contains(&n) {
-            connections.push(n);
-        }
-    }
+    let connections = distinct_connections(&args.connections);
     anyhow::ensure!(
         (0.0..=1.0).contains(&args.load_share),
         "--load-share must be between 0 and 1 (a share of the HTTP gateway's throughput), not {}",
@@ -273,7 +267,6 @@ async fn run_once(
 #[cfg(test)]
 mod tests {
     use super::clients::create_user_writes;
-    use super::load::cpu_seconds;
 
     #[test]
     fn the_raw_writes_are_what_create_user_appends() {
@@ -288,12 +281,5 @@ mod tests {
                 .iter()
                 .all(|w| w.expected == flexcore_domain::ExpectedVersion::NoStream)
         );
-    }
-
-    #[test]
-    fn this_process_cpu_time_is_readable_on_linux() {
-        if cfg!(target_os = "linux") {
-            assert!(cpu_seconds().is_some());
-        }
     }
 }

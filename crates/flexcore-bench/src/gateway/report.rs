@@ -3,7 +3,7 @@
 
 use serde::Serialize;
 
-use super::load::Run;
+use crate::load::Run;
 use crate::{median, percentile};
 
 /// The targets of issue #3, checked at this many connections.

@@ -1,35 +1,64 @@
-//! The load loop: N clients drive `create_user`, back to back (closed loop) or on a fixed
-//! schedule (open loop), timing every command.
+//! The load loop of the gateway and Python benches: N clients drive `create_user`, back to
+//! back (closed loop) or on a fixed schedule (open loop), timing every command.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
+use flexcore_app::command::{Command, CommandBus, CommandContext};
+use serde_json::json;
 use tokio::task::JoinSet;
 
 /// One run of one case.
-pub(super) struct Run {
+pub(crate) struct Run {
     /// Commands completed per second of wall time.
-    pub(super) rate: f64,
+    pub(crate) rate: f64,
     /// From each command's scheduled time (open loop) or its sending (back to back), sorted.
-    pub(super) latencies: Vec<Duration>,
+    pub(crate) latencies: Vec<Duration>,
     /// From each command's sending, sorted.
-    pub(super) service: Vec<Duration>,
+    pub(crate) service: Vec<Duration>,
     /// The store appends the commands made, timed around the store, sorted.
-    pub(super) appends: Vec<Duration>,
+    pub(crate) appends: Vec<Duration>,
     /// Process CPU time / wall time (Linux; `None` elsewhere).
-    pub(super) cpu_cores: Option<f64>,
+    pub(crate) cpu_cores: Option<f64>,
 }
 
 /// Something that runs `create_user` for one connection.
-pub(super) trait CreateUser: Send + 'static {
+pub(crate) trait CreateUser: Send + 'static {
     /// Creates the user with this address; an error unless the answer is a success.
     fn create_user(&mut self, email: String) -> impl Future<Output = anyhow::Result<()>> + Send;
+}
+
+/// The command bus `flexcore serve` wires, without a gateway: what the Python bench measures,
+/// and the gateway bench's `bus` layer.
+pub(crate) struct BusClient(pub(crate) Arc<dyn CommandBus>);
+
+impl CreateUser for BusClient {
+    async fn create_user(&mut self, email: String) -> anyhow::Result<()> {
+        let command = Command {
+            command_type: "create_user".into(),
+            payload: json!({ "email": email }),
+        };
+        self.0.send(&CommandContext::default(), &command).await?;
+        Ok(())
+    }
+}
+
+/// The connection counts to measure, in the order given, each once and at least 1.
+pub(crate) fn distinct_connections(connections: &[usize]) -> Vec<usize> {
+    let mut distinct: Vec<usize> = Vec::new();
+    for n in connections.iter().map(|&c| c.max(1)) {
+        if !distinct.contains(&n) {
+            distinct.push(n);
+        }
+    }
+    distinct
 }
 
 /// Every client drives `create_user` until `duration` has passed, back to back or (with
 /// `rate`) on a fixed schedule; the rate is commands completed over the wall time until the
 /// last one finished. The appends are left for the caller to fill in.
-pub(super) async fn measure<C: CreateUser>(
+pub(crate) async fn measure<C: CreateUser>(
     clients: Vec<C>,
     duration: Duration,
     rate: Option<f64>,
@@ -97,7 +126,7 @@ pub(super) async fn measure<C: CreateUser>(
 }
 
 /// This process's user + system CPU time, from `/proc/self/stat` (Linux, 100 ticks/s).
-pub(super) fn cpu_seconds() -> Option<f64> {
+pub(crate) fn cpu_seconds() -> Option<f64> {
     let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
     // Fields after the command name (which may hold spaces) start at field 3 (`state`);
     // `utime` and `stime` are fields 14 and 15.
@@ -105,4 +134,21 @@ pub(super) fn cpu_seconds() -> Option<f64> {
     let fields: Vec<&str> = rest.split_whitespace().collect();
     let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
     Some(ticks as f64 / 100.0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn this_process_cpu_time_is_readable_on_linux() {
+        if cfg!(target_os = "linux") {
+            assert!(cpu_seconds().is_some());
+        }
+    }
+
+    #[test]
+    fn each_connection_count_is_measured_once() {
+        assert_eq!(distinct_connections(&[2, 2, 0, 3, 1]), [2, 1, 3]);
+    }
 }
