@@ -87,8 +87,11 @@ impl CommandHandler for CreateUser {
 }
 
 /// Appends `user.created` for a new user id together with the claim of its address, decided
-/// on `reservation`.
-async fn create(
+/// on `reservation`, in one atomic two-stream append: the write `create_user` makes.
+///
+/// Public so that `flexcore-bench gateway` can drive exactly this write straight into a store
+/// (its `store` baseline) instead of rebuilding it by hand.
+pub async fn create(
     repo: &Repository,
     user_id: Uuid,
     email: &Email,

@@ -8,56 +8,52 @@ use std::time::Duration;
 use anyhow::Context;
 use bytes::Bytes;
 use flexcore_app::command::CommandContext;
-use flexcore_app::repository::Loaded;
-use flexcore_app::store::{EventStore, StreamWrite};
+use flexcore_app::repository::{Loaded, Repository};
+use flexcore_app::store::EventStore;
 use flexcore_grpc::pb::SendCommandRequest;
 use flexcore_grpc::pb::command_service_client::CommandServiceClient;
-use flexcore_sample_users::domain::{
-    Email, EmailReservation, ReservationCommand, User, UserCommand,
-};
+use flexcore_sample_users::commands::create;
+use flexcore_sample_users::domain::{Email, EmailReservation};
 use http_body_util::{BodyExt, Full};
+use serde_json::Map;
 use tonic::transport::Channel;
+use uuid::Uuid;
 
 use crate::load::CreateUser;
-
-/// The writes one `create_user` appends in one atomic append, built the way its handler builds
-/// them (same events, metadata and expectations) for a user and address never seen before.
-pub(super) fn create_user_writes(email: &str) -> anyhow::Result<Vec<StreamWrite>> {
-    let email = Email::parse(email)?;
-    let user_id = uuid::Uuid::now_v7();
-    let metadata = CommandContext::default().event_metadata();
-    let user = Loaded::<User>::new_instance(&user_id.to_string())?;
-    let reservation = Loaded::<EmailReservation>::new_instance(email.as_str())?;
-    let (_, reserve) = reservation.decide(
-        &ReservationCommand::Reserve {
-            email: email.clone(),
-            user_id,
-        },
-        &metadata,
-    )?;
-    let (_, create) = user.decide(
-        &UserCommand::Create {
-            user_id,
-            email,
-            profile: Default::default(),
-        },
-        &metadata,
-    )?;
-    Ok(vec![create, reserve])
-}
 
 /// The body of a `create_user` command (addresses here need no JSON escaping).
 fn create_user_body(email: &str) -> String {
     format!(r#"{{"email":"{email}"}}"#)
 }
 
-/// The raw store: one atomic two-stream append per command.
-pub(super) struct StoreWriter(pub(super) Arc<dyn EventStore>);
+/// The raw store: `create_user`'s atomic two-stream append, made by the sample's own write
+/// function ([`create`]) on a repository over the store, without the bus, its retry, or the
+/// handler's payload parsing. Every address is new, so the reservation is claimed with
+/// `no_stream` unread, as the handler does first.
+pub(super) struct StoreWriter(Repository);
+
+impl StoreWriter {
+    /// A writer on `store`, through the repository `flexcore serve` gives the handlers.
+    pub(super) fn new(store: Arc<dyn EventStore>) -> Self {
+        Self(flexcore::server::repository(store))
+    }
+}
 
 impl CreateUser for StoreWriter {
     async fn create_user(&mut self, email: String) -> anyhow::Result<()> {
-        let writes = create_user_writes(&email)?;
-        self.0.append_atomic(writes).await?;
+        let email = Email::parse(&email)?;
+        let reservation = Loaded::<EmailReservation>::new_instance(email.as_str())?;
+        let metadata = CommandContext::default().event_metadata();
+        let profile = Map::new();
+        create(
+            &self.0,
+            Uuid::now_v7(),
+            &email,
+            &profile,
+            reservation,
+            &metadata,
+        )
+        .await?;
         Ok(())
     }
 }
@@ -151,5 +147,51 @@ impl CreateUser for GrpcClient {
             })
             .await?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use flexcore_app::store::{EventFilter, InMemoryStore, ReadAll};
+
+    use super::*;
+
+    #[tokio::test]
+    async fn the_store_baseline_appends_what_create_user_appends() {
+        let store: Arc<dyn EventStore> = Arc::new(InMemoryStore::new());
+        let mut writer = StoreWriter::new(Arc::clone(&store));
+        writer
+            .create_user("u1-2@bench.example".to_owned())
+            .await
+            .unwrap();
+        let all = store
+            .read_all(ReadAll {
+                from_position: 0,
+                limit: 10,
+                filter: EventFilter::default(),
+            })
+            .await
+            .unwrap();
+        let written: Vec<(&str, &str, u64)> = all
+            .events
+            .iter()
+            .map(|e| {
+                (
+                    e.stream_id.as_str(),
+                    e.event_type.as_str(),
+                    e.stream_version,
+                )
+            })
+            .collect();
+        assert_eq!(written.len(), 2, "{written:?}");
+        assert!(written[0].0.starts_with("user-"), "{written:?}");
+        assert_eq!(written[0].1, "user.created");
+        assert_eq!(written[1].0, "email-u1-2@bench.example");
+        assert_eq!(written[1].1, "email.reserved");
+        // Both streams are new (first event of each), and the address is claimed with
+        // `no_stream`: a second claim of it fails instead of appending.
+        assert!(written.iter().all(|w| w.2 == 0), "{written:?}");
+        let again = writer.create_user("u1-2@bench.example".to_owned()).await;
+        assert!(again.is_err(), "the address is taken");
     }
 }
