@@ -75,7 +75,9 @@ impl TempStores {
             "sqlite" => None,
             url if url.starts_with("postgres://") || url.starts_with("postgresql://") => {
                 anyhow::ensure!(
-                    flexcore::server::split_schema(url).1.is_none(),
+                    flexcore_app::service_url::ServiceUrl::parse(url)?
+                        .take("schema")
+                        .is_none(),
                     "the bench picks its own schemas: leave schema= out of the URL"
                 );
                 Some(PostgresSchemas {
