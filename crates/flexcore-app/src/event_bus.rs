@@ -14,6 +14,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::Result;
+use crate::follow::{Backoff, LogFollower, READ_RETRY, Shutdown};
 use crate::store::EventReader;
 use crate::subscription::{Subscription, SubscriptionOptions};
 
@@ -60,14 +61,15 @@ impl EventBus {
             if event_type != "*" && *event_type != event.event_type {
                 continue;
             }
-            let mut delay = self.base_delay;
+            // Uncapped: the attempts are few, and a delivery in progress is not cut short by
+            // shutdown, so the last wait is bounded by the attempts alone.
+            let mut backoff = Backoff::new(self.base_delay, Duration::MAX);
             for attempt in 1..=self.max_attempts {
                 match handler.handle(event).await {
                     Ok(()) => break,
                     Err(e) if attempt < self.max_attempts => {
                         tracing::warn!(event_id = %event.event_id, attempt, error = %e, "event handler failed; retrying");
-                        tokio::time::sleep(delay).await;
-                        delay = delay.saturating_mul(2);
+                        tokio::time::sleep(backoff.next_delay()).await;
                     }
                     Err(e) => {
                         tracing::error!(event_id = %event.event_id, event_type = %event.event_type, error = %e, "event handler gave up");
@@ -78,30 +80,27 @@ impl EventBus {
     }
 
     /// Follows the log from `from_position` and dispatches every event until `shutdown` turns
-    /// true.
+    /// true (or its sender is dropped). Shutdown is seen between events: a delivery in progress
+    /// ends first. A failed read of the log is retried every [`READ_RETRY`].
     pub fn spawn(
         self,
         reader: Arc<dyn EventReader>,
         from_position: u64,
-        mut shutdown: watch::Receiver<bool>,
+        shutdown: watch::Receiver<bool>,
     ) -> JoinHandle<()> {
         tokio::spawn(async move {
             let options = SubscriptionOptions {
                 name: Some("event_bus".into()),
                 ..SubscriptionOptions::default()
             };
-            let mut subscription = Subscription::new(reader, from_position, options);
-            loop {
-                tokio::select! {
-                    _ = async { shutdown.wait_for(|stop| *stop).await.map(|_| ()) } => return,
-                    next = subscription.next() => match next {
-                        Ok(event) => self.dispatch(&event).await,
-                        Err(e) => {
-                            tracing::warn!(error = %e, "event bus cannot read the log; retrying");
-                            tokio::time::sleep(Duration::from_secs(1)).await;
-                        }
-                    },
-                }
+            let mut follower = LogFollower::new(
+                "event_bus",
+                Subscription::new(reader, from_position, options),
+                Backoff::fixed(READ_RETRY),
+                Shutdown::new(shutdown),
+            );
+            while let Some(event) = follower.next().await {
+                self.dispatch(&event).await;
             }
         })
     }

@@ -6,6 +6,8 @@
 //!   [`store::SnapshotStore`], [`store::StreamAdmin`] ⇒ [`store::EventStore`]), the append
 //!   planner every backend shares, and an in-memory store for tests;
 //! * [`subscription`]: catch-up subscriptions over the global log;
+//! * [`follow`]: the loop background tasks follow the log with (read retries, backoff,
+//!   shutdown), and the restart loop of broker sessions;
 //! * [`repository`]: load aggregates (snapshot + later events), append with optimistic
 //!   concurrency, retry on conflict;
 //! * [`command`], [`query`], [`event_bus`]: the buses and their middleware decorators;
@@ -24,6 +26,7 @@ pub mod command;
 pub mod durable;
 mod error;
 pub mod event_bus;
+pub mod follow;
 pub mod idempotency;
 mod limits;
 pub mod module;

@@ -13,7 +13,8 @@
 //! 3. save the checkpoint.
 //!
 //! On any failure (broker down, confirm refused, checkpoint store unreachable) the relay backs
-//! off, doubling the delay up to a cap, and starts again from the saved checkpoint. An event is
+//! off, doubling the delay up to a cap, and starts again from the saved checkpoint (a failed
+//! read of the log is retried where it was, which is the saved checkpoint too). An event is
 //! therefore never skipped, and may be published more than once — always whole and unchanged,
 //! with its `event_id` as the broker's de-duplication id. Batches go out in global order and a
 //! publisher keeps the order within a batch, so each stream's events arrive in version order
@@ -32,6 +33,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::durable::CheckpointStore;
+use crate::follow::{Backoff, LogFollower, SessionFailed, Shutdown, restart_until_stopped};
 use crate::store::{EventFilter, EventReader};
 use crate::subscription::{BACKGROUND_LINGER, Subscription, SubscriptionOptions};
 use crate::{Error, Result};
@@ -159,61 +161,94 @@ impl OutboxRelay {
 
     /// Runs the relay until `shutdown` turns `true` (or its sender is dropped). A batch in
     /// flight at shutdown is abandoned unconfirmed and sent again by the next run.
-    pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
+    pub async fn run(self, shutdown: watch::Receiver<bool>) {
         let key = self.checkpoint_key();
-        let mut backoff = self.options.initial_backoff;
+        let shutdown = Shutdown::new(shutdown);
         tracing::info!(relay = %self.name, broker = self.publisher.name(), "outbox relay started");
-        loop {
-            let result = tokio::select! {
-                result = self.relay_from_checkpoint(&key, &mut backoff) => result,
-                _ = shutdown_requested(&mut shutdown) => break,
-            };
-            // `relay_from_checkpoint` only returns on a failure.
-            let Err(error) = result else { continue };
-            tracing::warn!(
-                relay = %self.name,
-                broker = self.publisher.name(),
-                error = %error,
-                retry_in_ms = backoff.as_millis() as u64,
-                "outbox relay failed; publishing again from the checkpoint"
-            );
-            tokio::select! {
-                _ = tokio::time::sleep(backoff) => {}
-                _ = shutdown_requested(&mut shutdown) => break,
-            }
-            backoff = (backoff * 2).min(self.options.max_backoff);
-        }
+        let (this, key) = (&self, key.as_str());
+        restart_until_stopped(
+            shutdown.clone(),
+            Backoff::new(self.options.initial_backoff, self.options.max_backoff),
+            || {
+                let mut stop = shutdown.clone();
+                let relay = this.relay_from_checkpoint(key, shutdown.clone());
+                async move { stop.unless_requested(relay).await.unwrap_or(Ok(())) }
+            },
+            |error, delay| {
+                tracing::warn!(
+                    relay = %self.name,
+                    broker = self.publisher.name(),
+                    error = %error,
+                    retry_in_ms = delay.as_millis() as u64,
+                    "outbox relay failed; publishing again from the checkpoint"
+                );
+            },
+        )
+        .await;
         tracing::info!(relay = %self.name, "outbox relay stopped");
     }
 
-    /// Loads the checkpoint and publishes from there until something fails.
-    async fn relay_from_checkpoint(&self, key: &str, backoff: &mut Duration) -> Result<()> {
+    /// Loads the checkpoint and publishes from there until something fails (or shutdown:
+    /// `Ok`). A failed read of the log is retried in place, from the same position; a failed
+    /// publish or checkpoint save ends the session, which starts again from the stored
+    /// checkpoint. Each batch confirmed (or found empty) counts as progress.
+    async fn relay_from_checkpoint(
+        &self,
+        key: &str,
+        shutdown: Shutdown,
+    ) -> Result<(), SessionFailed<Error>> {
         let mut saved = self
             .checkpoints
             .load_checkpoint(key)
-            .await?
+            .await
+            .map_err(SessionFailed::new)?
             .unwrap_or(self.options.start_position);
-        let mut subscription = Subscription::new(
-            self.reader.clone(),
-            saved,
-            SubscriptionOptions {
-                page_size: self.options.batch_size.max(1),
-                poll_interval: self.options.poll_interval,
-                filter: self.options.filter.clone(),
-                name: None,
-                linger: self.options.linger,
-            },
+        let mut follower = LogFollower::new(
+            key,
+            Subscription::new(
+                self.reader.clone(),
+                saved,
+                SubscriptionOptions {
+                    page_size: self.options.batch_size.max(1),
+                    poll_interval: self.options.poll_interval,
+                    filter: self.options.filter.clone(),
+                    name: None,
+                    linger: self.options.linger,
+                },
+            ),
+            Backoff::new(self.options.initial_backoff, self.options.max_backoff),
+            shutdown,
         );
         let head = self.reader.head();
+        let mut progressed = false;
         loop {
             self.record_lag(*head.borrow(), saved);
-            let events = subscription.next_batch().await?;
-            let next = subscription.position();
-            if !events.is_empty() {
-                tokio::time::timeout(
-                    self.options.publish_timeout,
-                    self.publisher.publish(&events),
-                )
+            let Some(events) = follower.next_batch().await else {
+                return Ok(());
+            };
+            let next = follower.subscription().position();
+            if let Err(error) = self.publish_and_save(key, &events, saved, next).await {
+                return Err(SessionFailed {
+                    error,
+                    after_progress: progressed,
+                });
+            }
+            saved = saved.max(next);
+            progressed = true;
+        }
+    }
+
+    /// Publishes one batch, then saves the checkpoint `next` (past the batch) if it moved:
+    /// an empty batch may still have moved past events the filter skipped.
+    async fn publish_and_save(
+        &self,
+        key: &str,
+        events: &[EventEnvelope],
+        saved: u64,
+        next: u64,
+    ) -> Result<()> {
+        if !events.is_empty() {
+            tokio::time::timeout(self.options.publish_timeout, self.publisher.publish(events))
                 .await
                 .map_err(|_| {
                     Error::unavailable(format!(
@@ -223,22 +258,19 @@ impl OutboxRelay {
                         self.options.publish_timeout
                     ))
                 })??;
-                metrics::counter!("flexcore_outbox_published_total", "relay" => self.name.clone())
-                    .increment(events.len() as u64);
-                tracing::debug!(
-                    relay = %self.name,
-                    events = events.len(),
-                    next_position = next,
-                    "outbox batch confirmed"
-                );
-            }
-            // An empty batch may still have moved past events the filter skipped.
-            if next > saved {
-                self.checkpoints.save_checkpoint(key, next).await?;
-                saved = next;
-            }
-            *backoff = self.options.initial_backoff;
+            metrics::counter!("flexcore_outbox_published_total", "relay" => self.name.clone())
+                .increment(events.len() as u64);
+            tracing::debug!(
+                relay = %self.name,
+                events = events.len(),
+                next_position = next,
+                "outbox batch confirmed"
+            );
         }
+        if next > saved {
+            self.checkpoints.save_checkpoint(key, next).await?;
+        }
+        Ok(())
     }
 
     fn record_lag(&self, head: u64, checkpoint: u64) {
@@ -251,11 +283,6 @@ impl OutboxRelay {
 /// The checkpoint key of the relay called `name` (see [`OutboxRelay::checkpoint_key`]).
 pub fn checkpoint_key(name: &str) -> String {
     format!("outbox:{name}")
-}
-
-async fn shutdown_requested(shutdown: &mut watch::Receiver<bool>) {
-    // A dropped sender counts as a shutdown too.
-    let _ = shutdown.wait_for(|stop| *stop).await;
 }
 
 #[cfg(test)]

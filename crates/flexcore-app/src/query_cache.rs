@@ -72,6 +72,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::Result;
+use crate::follow::{Backoff, LogFollower, READ_RETRY, Shutdown};
 use crate::query::{Query, QueryBus, QueryContext};
 use crate::store::EventReader;
 use crate::subscription::{Subscription, SubscriptionOptions};
@@ -587,47 +588,33 @@ pub fn spawn_invalidation(
     invalidator: QueryCacheInvalidator,
     reader: Arc<dyn EventReader>,
     from_position: u64,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: watch::Receiver<bool>,
 ) -> JoinHandle<()> {
     tokio::spawn(async move {
         let options = SubscriptionOptions {
             name: Some("query_cache".into()),
             ..SubscriptionOptions::default()
         };
-        let mut subscription = Subscription::new(reader, from_position, options);
-        loop {
-            let event = tokio::select! {
-                _ = stopped(&mut shutdown) => return,
-                next = subscription.next() => match next {
-                    Ok(event) => event,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "query cache invalidation cannot read the log; retrying");
-                        tokio::select! {
-                            _ = stopped(&mut shutdown) => return,
-                            _ = tokio::time::sleep(Duration::from_secs(1)) => continue,
-                        }
-                    }
-                },
-            };
-            let mut delay = Duration::from_millis(50);
+        let mut shutdown = Shutdown::new(shutdown);
+        let mut follower = LogFollower::new(
+            "query_cache",
+            Subscription::new(reader, from_position, options),
+            Backoff::fixed(READ_RETRY),
+            shutdown.clone(),
+        );
+        while let Some(event) = follower.next().await {
+            let mut backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(5));
             while invalidator
                 .invalidate(std::slice::from_ref(&event))
                 .await
                 .is_err()
             {
-                tokio::select! {
-                    _ = stopped(&mut shutdown) => return,
-                    _ = tokio::time::sleep(delay) => {}
+                if !shutdown.sleep(backoff.next_delay()).await {
+                    return;
                 }
-                delay = (delay * 2).min(Duration::from_secs(5));
             }
         }
     })
-}
-
-/// Resolves when `shutdown` turns true (or its sender is gone).
-async fn stopped(shutdown: &mut watch::Receiver<bool>) {
-    let _ = shutdown.wait_for(|stop| *stop).await;
 }
 
 #[cfg(test)]

@@ -12,6 +12,7 @@ use tokio::task::JoinHandle;
 
 use super::{ConsumerStateStore, DeadLetter, ParkReason, stream_hash};
 use crate::event_bus::EventHandler;
+use crate::follow::{Backoff, LogFollower, READ_RETRY, Shutdown};
 use crate::store::{EventFilter, EventReader, ReadAll};
 use crate::subscription::{BACKGROUND_LINGER, Subscription, SubscriptionOptions, lag};
 use crate::{Error, Result};
@@ -220,15 +221,21 @@ impl DurableConsumer {
             store: Arc::clone(&self.store),
             sender,
         };
-        let subscription = Subscription::new(
-            Arc::clone(&self.reader),
-            position,
-            SubscriptionOptions {
-                page_size: self.options.page_size,
-                filter: self.options.filter.clone(),
-                linger: self.options.linger,
-                ..SubscriptionOptions::default()
-            },
+        let shutdown = Shutdown::new(shutdown);
+        let follower = LogFollower::new(
+            consumer.clone(),
+            Subscription::new(
+                Arc::clone(&self.reader),
+                position,
+                SubscriptionOptions {
+                    page_size: self.options.page_size,
+                    filter: self.options.filter.clone(),
+                    linger: self.options.linger,
+                    ..SubscriptionOptions::default()
+                },
+            ),
+            Backoff::fixed(READ_RETRY),
+            shutdown.clone(),
         );
         let mut runner = Runner {
             blocked: parked.iter().fold(HashMap::new(), |mut blocked, l| {
@@ -246,7 +253,7 @@ impl DurableConsumer {
             options: self.options,
             group: self.group,
         };
-        let task = tokio::spawn(async move { runner.run(subscription, receiver, shutdown).await });
+        let task = tokio::spawn(async move { runner.run(follower, receiver, shutdown).await });
         Ok((control, task))
     }
 }
@@ -274,11 +281,14 @@ struct Runner {
 const IDLE_SAVE: Duration = Duration::from_millis(200);
 
 impl Runner {
+    /// Handles events until shutdown, answering the operator's requests between events, then
+    /// saves the checkpoint. While a failed read waits for its retry, requests are still
+    /// answered and shutdown still stops the consumer at once.
     async fn run(
         &mut self,
-        mut subscription: Subscription,
+        mut follower: LogFollower,
         mut control: mpsc::Receiver<Control>,
-        mut shutdown: watch::Receiver<bool>,
+        mut shutdown: Shutdown,
     ) {
         let mut interrupt = shutdown.clone();
         let mut idle = tokio::time::interval(IDLE_SAVE);
@@ -286,29 +296,24 @@ impl Runner {
         loop {
             tokio::select! {
                 biased;
-                _ = async { shutdown.wait_for(|stop| *stop).await.map(|_| ()) } => break,
+                () = shutdown.requested() => break,
                 Some(message) = control.recv() => self.steer(message).await,
                 _ = idle.tick() => {
                     // No event is in hand here: move past the ones the filter skipped, so an
                     // idle consumer's checkpoint and lag follow the log, not its last match.
-                    self.position = self.position.max(subscription.passed());
+                    self.position = self.position.max(follower.subscription().passed());
                     self.save_checkpoint().await;
                 }
-                next = subscription.next() => match next {
-                    Ok(event) => {
-                        if !self.deliver(&event, &mut interrupt).await {
-                            break;
-                        }
-                        self.position = event.global_position + 1;
-                        if self.position - self.saved >= self.options.checkpoint_every {
-                            self.save_checkpoint().await;
-                        }
+                next = follower.next() => {
+                    let Some(event) = next else { break };
+                    if !self.deliver(&event, &mut interrupt).await {
+                        break;
                     }
-                    Err(e) => {
-                        tracing::warn!(consumer = %self.consumer, error = %e, "cannot read the log; retrying");
-                        tokio::time::sleep(Duration::from_secs(1)).await;
+                    self.position = event.global_position + 1;
+                    if self.position - self.saved >= self.options.checkpoint_every {
+                        self.save_checkpoint().await;
                     }
-                },
+                }
             }
         }
         self.save_checkpoint().await;
@@ -316,11 +321,7 @@ impl Runner {
 
     /// Handles or parks one event; `false` when shutdown interrupted it (it will be
     /// delivered again after a restart).
-    async fn deliver(
-        &mut self,
-        event: &EventEnvelope,
-        shutdown: &mut watch::Receiver<bool>,
-    ) -> bool {
+    async fn deliver(&mut self, event: &EventEnvelope, shutdown: &mut Shutdown) -> bool {
         if self.group.is_some_and(|g| !g.owns(&event.stream_id)) {
             return true;
         }
@@ -345,9 +346,9 @@ impl Runner {
     async fn handle_with_retries(
         &self,
         event: &EventEnvelope,
-        shutdown: &mut watch::Receiver<bool>,
+        shutdown: &mut Shutdown,
     ) -> Delivery {
-        let mut delay = self.options.base_delay;
+        let mut backoff = Backoff::new(self.options.base_delay, self.options.max_delay);
         let mut attempt = 1;
         loop {
             match self.handler.handle(event).await {
@@ -362,11 +363,9 @@ impl Runner {
                 Err(e) => {
                     tracing::warn!(consumer = %self.consumer, event_id = %event.event_id, attempt, error = %e, "event handler failed; retrying");
                     metrics::counter!("flexcore_subscription_retries_total", "subscription" => self.consumer.clone()).increment(1);
-                    tokio::select! {
-                        _ = async { shutdown.wait_for(|stop| *stop).await.map(|_| ()) } => return Delivery::Interrupted,
-                        _ = tokio::time::sleep(delay) => {}
+                    if !shutdown.sleep(backoff.next_delay()).await {
+                        return Delivery::Interrupted;
                     }
-                    delay = delay.saturating_mul(2).min(self.options.max_delay);
                     attempt += 1;
                 }
             }
@@ -380,7 +379,7 @@ impl Runner {
         &mut self,
         event: &EventEnvelope,
         reason: ParkReason,
-        shutdown: &mut watch::Receiver<bool>,
+        shutdown: &mut Shutdown,
     ) -> bool {
         let letter = DeadLetter {
             consumer: self.consumer.clone(),
@@ -391,18 +390,16 @@ impl Runner {
             reason,
             parked_at: OffsetDateTime::now_utc(),
         };
-        let mut delay = self.options.base_delay;
+        let mut backoff = Backoff::new(self.options.base_delay, self.options.max_delay);
         while let Err(e) = self
             .consumer_state
             .park(std::slice::from_ref(&letter))
             .await
         {
             tracing::warn!(consumer = %self.consumer, error = %e, "cannot park an event; retrying");
-            tokio::select! {
-                _ = async { shutdown.wait_for(|stop| *stop).await.map(|_| ()) } => return false,
-                _ = tokio::time::sleep(delay) => {}
+            if !shutdown.sleep(backoff.next_delay()).await {
+                return false;
             }
-            delay = delay.saturating_mul(2).min(self.options.max_delay);
         }
         block(&mut self.blocked, &event.stream_id, event.global_position);
         self.parked += 1;
