@@ -21,6 +21,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use flexcore_app::command::{Command, CommandBus, CommandContext, CommandOutcome};
+use flexcore_app::follow::Backoff;
 use flexcore_app::{Error, ErrorKind};
 use flexcore_domain::DomainError;
 use serde::Deserialize;
@@ -279,9 +280,14 @@ fn title(status: u16) -> &'static str {
     }
 }
 
-/// The next delay of a capped exponential backoff.
-pub(crate) fn next_backoff(current: Duration, max: Duration) -> Duration {
-    (current * 2).min(max).max(Duration::from_millis(50))
+/// The wait between reconnection attempts of both consumers: 100 ms, doubling up to
+/// `max_backoff` (at least 50 ms). It is not reset by a session that ran well, so a broker
+/// that keeps failing is not hammered whatever lies between the failures.
+pub(crate) fn reconnect_backoff(max_backoff: Duration) -> Backoff {
+    Backoff::new(
+        Duration::from_millis(100),
+        max_backoff.max(Duration::from_millis(50)),
+    )
 }
 
 #[cfg(test)]

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use flexcore_app::command::CommandBus;
+use flexcore_app::follow::{SessionFailed, Shutdown, restart_until_stopped};
 use flexcore_app::outbox::EventPublisher;
 use flexcore_domain::EventEnvelope;
 use futures_util::StreamExt;
@@ -256,35 +257,36 @@ impl RabbitCommandConsumer {
 
     /// Consumes until `shutdown` turns `true` (or its sender is dropped), reconnecting with a
     /// capped backoff after broker failures.
-    pub async fn run(self, bus: Arc<dyn CommandBus>, mut shutdown: watch::Receiver<bool>) {
-        let mut backoff = Duration::from_millis(100);
-        loop {
-            match self.session(&bus, &mut shutdown).await {
-                Ok(()) => break,
-                Err(error) => {
-                    tracing::warn!(
-                        queue = %self.queue,
-                        error = %error,
-                        retry_in_ms = backoff.as_millis() as u64,
-                        "rabbitmq command consumer failed; reconnecting"
-                    );
+    pub async fn run(self, bus: Arc<dyn CommandBus>, shutdown: watch::Receiver<bool>) {
+        let shutdown = Shutdown::new(shutdown);
+        let (this, bus) = (&self, &bus);
+        restart_until_stopped(
+            shutdown.clone(),
+            inbound::reconnect_backoff(self.options.max_backoff),
+            || {
+                // The session sees the shutdown itself, to let in-flight messages finish.
+                let mut shutdown = shutdown.clone();
+                async move {
+                    this.session(bus, &mut shutdown)
+                        .await
+                        .map_err(SessionFailed::new)
                 }
-            }
-            tokio::select! {
-                _ = tokio::time::sleep(backoff) => {}
-                _ = stopped(&mut shutdown) => break,
-            }
-            backoff = inbound::next_backoff(backoff, self.options.max_backoff);
-        }
+            },
+            |error, delay| {
+                tracing::warn!(
+                    queue = %self.queue,
+                    error = %error,
+                    retry_in_ms = delay.as_millis() as u64,
+                    "rabbitmq command consumer failed; reconnecting"
+                );
+            },
+        )
+        .await;
         tracing::info!(queue = %self.queue, "rabbitmq command consumer stopped");
     }
 
     /// One connection's life: `Ok` at shutdown, `Err` when the broker failed.
-    async fn session(
-        &self,
-        bus: &Arc<dyn CommandBus>,
-        shutdown: &mut watch::Receiver<bool>,
-    ) -> Result<()> {
+    async fn session(&self, bus: &Arc<dyn CommandBus>, shutdown: &mut Shutdown) -> Result<()> {
         let connection = connect(&self.uri).await?;
         let result = self.consume(&connection, bus, shutdown).await;
         let _ = connection.close(200, "bye".into()).await;
@@ -295,7 +297,7 @@ impl RabbitCommandConsumer {
         &self,
         connection: &Connection,
         bus: &Arc<dyn CommandBus>,
-        shutdown: &mut watch::Receiver<bool>,
+        shutdown: &mut Shutdown,
     ) -> Result<()> {
         let consume_channel = connection.create_channel().await?;
         let publish_channel = connection.create_channel().await?;
@@ -333,7 +335,7 @@ impl RabbitCommandConsumer {
         let mut handlers = JoinSet::new();
         let result = loop {
             tokio::select! {
-                _ = stopped(shutdown) => break Ok(()),
+                () = shutdown.requested() => break Ok(()),
                 Some(done) = handlers.join_next(), if !handlers.is_empty() => {
                     match done {
                         Ok(Err(error)) => break Err(error),
@@ -523,8 +525,4 @@ fn header_string(properties: &BasicProperties, key: &str) -> Option<String> {
             AMQPValue::ShortString(s) => Some(s.as_str().to_owned()),
             _ => None,
         })
-}
-
-async fn stopped(shutdown: &mut watch::Receiver<bool>) {
-    let _ = shutdown.wait_for(|stop| *stop).await;
 }

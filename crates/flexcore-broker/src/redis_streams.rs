@@ -1,11 +1,13 @@
 //! Redis Streams: the outbox publisher and the inbound command consumer (consumer group).
 
 use std::collections::HashMap;
+use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use flexcore_app::command::CommandBus;
+use flexcore_app::follow::{SessionFailed, Shutdown, restart_until_stopped};
 use flexcore_app::outbox::EventPublisher;
 use flexcore_domain::EventEnvelope;
 use redis::aio::MultiplexedConnection;
@@ -251,32 +253,36 @@ impl RedisCommandConsumer {
     /// capped backoff after failures. Entries in flight at shutdown are abandoned unacknowledged:
     /// they stay pending and a member of the group takes them over after
     /// [`InboundOptions::claim_idle`] (at least once: see the inbound module on idempotency).
-    pub async fn run(self, bus: Arc<dyn CommandBus>, mut shutdown: watch::Receiver<bool>) {
-        let mut backoff = Duration::from_millis(100);
-        loop {
-            let session = tokio::select! {
-                result = self.session(&bus) => result,
-                _ = stopped(&mut shutdown) => break,
-            };
-            if let Err(error) = session {
+    pub async fn run(self, bus: Arc<dyn CommandBus>, shutdown: watch::Receiver<bool>) {
+        let shutdown = Shutdown::new(shutdown);
+        let (this, bus) = (&self, &bus);
+        restart_until_stopped(
+            shutdown.clone(),
+            inbound::reconnect_backoff(self.options.max_backoff),
+            || {
+                let mut shutdown = shutdown.clone();
+                async move {
+                    match shutdown.unless_requested(this.session(bus)).await {
+                        None => Ok(()),
+                        Some(Err(error)) => Err(SessionFailed::new(error)),
+                    }
+                }
+            },
+            |error, delay| {
                 tracing::warn!(
                     stream = %self.stream,
                     error = %error,
-                    retry_in_ms = backoff.as_millis() as u64,
+                    retry_in_ms = delay.as_millis() as u64,
                     "redis command consumer failed; reconnecting"
                 );
-            }
-            tokio::select! {
-                _ = tokio::time::sleep(backoff) => {}
-                _ = stopped(&mut shutdown) => break,
-            }
-            backoff = inbound::next_backoff(backoff, self.options.max_backoff);
-        }
+            },
+        )
+        .await;
         tracing::info!(stream = %self.stream, "redis command consumer stopped");
     }
 
     /// One connection's life; only returns on a failure (shutdown drops it).
-    async fn session(&self, bus: &Arc<dyn CommandBus>) -> Result<()> {
+    async fn session(&self, bus: &Arc<dyn CommandBus>) -> Result<Infallible> {
         let client = open_client(&self.url)?;
         let mut conn = connect(&client, RESPONSE_TIMEOUT).await?;
         // Blocking reads get their own connection, so they never hold up acks and replies.
@@ -507,8 +513,4 @@ enum Handled {
     Acknowledged,
     /// Left pending for another attempt.
     Retry(String),
-}
-
-async fn stopped(shutdown: &mut watch::Receiver<bool>) {
-    let _ = shutdown.wait_for(|stop| *stop).await;
 }
