@@ -314,7 +314,7 @@ mod tests {
             let left = self.failures.load(Ordering::SeqCst);
             if left > 0 {
                 self.failures.store(left - 1, Ordering::SeqCst);
-                return Err(Error::Unavailable("store down".into()));
+                return Err(Error::unavailable("store down".into()));
             }
             self.store.read_all(request).await
         }
