@@ -155,6 +155,14 @@ impl LogFollower {
 
     /// The next event, waiting for one to be committed; `None` at shutdown.
     pub async fn next(&mut self) -> Option<EventEnvelope> {
+        // The delivery path: an event of the page in hand needs no read and no wait, only
+        // the shutdown check, done without setting up a `select!` per event.
+        if self.shutdown.is_requested() {
+            return None;
+        }
+        if let Some(event) = self.subscription.next_buffered() {
+            return Some(event);
+        }
         loop {
             self.wait_for_retry().await?;
             let read = tokio::select! {

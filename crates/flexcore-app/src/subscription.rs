@@ -95,6 +95,11 @@ impl Subscription {
             .map_or(self.position, |event| event.global_position)
     }
 
+    /// The next event of the page already read, if any: never reads nor waits.
+    pub fn next_buffered(&mut self) -> Option<EventEnvelope> {
+        self.buffer.pop_front()
+    }
+
     /// The next event, waiting for one to be committed if the subscription has caught up.
     pub async fn next(&mut self) -> Result<EventEnvelope> {
         loop {
