@@ -60,7 +60,7 @@ impl Failure {
                     "python handler '{handler}' did not finish within {after:?}"
                 ))
             }
-            Self::Stopped => Error::unavailable("the Python thread has stopped".into()),
+            Self::Stopped => Error::unavailable("the Python thread has stopped"),
         }
     }
 }

@@ -124,8 +124,8 @@ impl Worker {
             .map_err(|e| Error::internal(format!("cannot start the Python thread: {e}")))?;
         let started = ready_rx
             .await
-            .map_err(|_| Error::internal("the Python thread stopped while loading".into()))?
-            .map_err(Error::Internal)?;
+            .map_err(|_| Error::internal("the Python thread stopped while loading"))?
+            .map_err(Error::internal)?;
         let worker = Self {
             jobs: Mutex::new(jobs),
             timeout,
