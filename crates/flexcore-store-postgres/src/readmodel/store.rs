@@ -230,11 +230,11 @@ fn statement_error(sql: &str, source: tokio_postgres::Error) -> PostgresError {
     }
 }
 
+/// Whether a statement failed on a plan cached before its table changed ("cached plan must not
+/// change result type"). Classified by SQLSTATE alone (0A000, feature not supported): another
+/// error of that class fails again when the statement is retried once, and is reported then.
 fn is_stale_plan(error: &tokio_postgres::Error) -> bool {
     error.code() == Some(&SqlState::FEATURE_NOT_SUPPORTED)
-        && error
-            .as_db_error()
-            .is_some_and(|db| db.message().contains("cached plan"))
 }
 
 #[async_trait]
