@@ -68,11 +68,11 @@ impl EventBus {
                 match handler.handle(event).await {
                     Ok(()) => break,
                     Err(e) if attempt < self.max_attempts => {
-                        tracing::warn!(event_id = %event.event_id, attempt, error = %e, "event handler failed; retrying");
+                        tracing::warn!(event_id = %event.event_id, attempt, error = %e.chain(), "event handler failed; retrying");
                         tokio::time::sleep(backoff.next_delay()).await;
                     }
                     Err(e) => {
-                        tracing::error!(event_id = %event.event_id, event_type = %event.event_type, error = %e, "event handler gave up");
+                        tracing::error!(event_id = %event.event_id, event_type = %event.event_type, error = %e.chain(), "event handler gave up");
                     }
                 }
             }

@@ -215,7 +215,7 @@ impl LogFollower {
         let delay = self.read_backoff.next_delay();
         tracing::warn!(
             follower = %self.name,
-            error = %error,
+            error = %error.chain(),
             retry_in_ms = delay.as_millis() as u64,
             "cannot read the log; retrying"
         );
@@ -322,7 +322,7 @@ mod tests {
             let left = self.failures.load(Ordering::SeqCst);
             if left > 0 {
                 self.failures.store(left - 1, Ordering::SeqCst);
-                return Err(Error::unavailable("store down".into()));
+                return Err(Error::unavailable("store down"));
             }
             self.store.read_all(request).await
         }

@@ -178,7 +178,7 @@ impl OutboxRelay {
                 tracing::warn!(
                     relay = %self.name,
                     broker = self.publisher.name(),
-                    error = %error,
+                    error = %error.chain(),
                     retry_in_ms = delay.as_millis() as u64,
                     "outbox relay failed; publishing again from the checkpoint"
                 );

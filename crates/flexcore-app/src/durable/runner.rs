@@ -354,14 +354,14 @@ impl Runner {
             match self.handler.handle(event).await {
                 Ok(()) => return Delivery::Handled,
                 Err(e) if attempt >= self.options.max_attempts => {
-                    tracing::error!(consumer = %self.consumer, event_id = %event.event_id, position = event.global_position, attempts = attempt, error = %e, "event parked as a dead letter");
+                    tracing::error!(consumer = %self.consumer, event_id = %event.event_id, position = event.global_position, attempts = attempt, error = %e.chain(), "event parked as a dead letter");
                     return Delivery::Failed {
                         attempts: attempt,
                         error: e.to_string(),
                     };
                 }
                 Err(e) => {
-                    tracing::warn!(consumer = %self.consumer, event_id = %event.event_id, attempt, error = %e, "event handler failed; retrying");
+                    tracing::warn!(consumer = %self.consumer, event_id = %event.event_id, attempt, error = %e.chain(), "event handler failed; retrying");
                     metrics::counter!("flexcore_subscription_retries_total", "subscription" => self.consumer.clone()).increment(1);
                     if !shutdown.sleep(backoff.next_delay()).await {
                         return Delivery::Interrupted;
@@ -396,7 +396,7 @@ impl Runner {
             .park(std::slice::from_ref(&letter))
             .await
         {
-            tracing::warn!(consumer = %self.consumer, error = %e, "cannot park an event; retrying");
+            tracing::warn!(consumer = %self.consumer, error = %e.chain(), "cannot park an event; retrying");
             if !shutdown.sleep(backoff.next_delay()).await {
                 return false;
             }
@@ -424,7 +424,7 @@ impl Runner {
             Ok(()) => self.saved = self.position,
             // Not fatal: a later save covers it; a crash meanwhile only re-delivers.
             Err(e) => {
-                tracing::warn!(consumer = %self.consumer, error = %e, "cannot save the checkpoint")
+                tracing::warn!(consumer = %self.consumer, error = %e.chain(), "cannot save the checkpoint")
             }
         }
     }
