@@ -841,34 +841,10 @@ async fn the_openapi_document_covers_every_route_and_validates() {
     assert!(doc["components"]["schemas"]["Envelope"].is_object());
 
     // The OpenAPI 3 validator, when the machine has it (CI installs it).
-    let file = std::env::temp_dir().join(format!("flexcore-openapi-{}.json", uuid::Uuid::new_v4()));
-    std::fs::write(&file, doc.to_string()).unwrap();
-    let check = std::process::Command::new("python3")
-        .args(["-c", "import sys; from openapi_spec_validator import validate; from openapi_spec_validator.readers import read_from_filename; validate(read_from_filename(sys.argv[1])[0]); print('valid')"])
-        .arg(&file)
-        .output();
-    let _ = std::fs::remove_file(&file);
-    match check {
-        Ok(out) if out.status.success() => {
-            assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "valid")
-        }
-        Ok(out) if String::from_utf8_lossy(&out.stderr).contains("No module named") => {
-            assert!(
-                !flexcore_test_support::services::services_required(),
-                "openapi-spec-validator is required in CI"
-            );
-            eprintln!("SKIPPED: python3 has no openapi-spec-validator; the structural checks ran");
-        }
-        Ok(out) => panic!(
-            "the OpenAPI document is invalid: {}",
-            String::from_utf8_lossy(&out.stderr)
-        ),
-        Err(e) => {
-            assert!(
-                !flexcore_test_support::services::services_required(),
-                "python3 is required: {e}"
-            );
-            eprintln!("SKIPPED: no python3 ({e})");
-        }
-    }
+    flexcore_test_support::python_check::check_json(
+        "import sys; from openapi_spec_validator import validate; from openapi_spec_validator.readers import read_from_filename; validate(read_from_filename(sys.argv[1])[0]); print('valid')",
+        &doc,
+        "openapi-spec-validator",
+        "the OpenAPI document is invalid",
+    );
 }

@@ -301,37 +301,12 @@ for case in data["cases"]:
     Draft202012Validator(schema).validate(case["body"])
 print("valid")
 "##;
-    let file =
-        std::env::temp_dir().join(format!("flexcore-problems-{}.json", uuid::Uuid::new_v4()));
-    std::fs::write(&file, json!({"doc": doc, "cases": cases}).to_string()).unwrap();
-    let check = std::process::Command::new("python3")
-        .args(["-c", SCRIPT])
-        .arg(&file)
-        .output();
-    let _ = std::fs::remove_file(&file);
-    match check {
-        Ok(out) if out.status.success() => {
-            assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "valid")
-        }
-        Ok(out) if String::from_utf8_lossy(&out.stderr).contains("No module named") => {
-            assert!(
-                !flexcore_test_support::services::services_required(),
-                "jsonschema (with openapi-spec-validator) is required in CI"
-            );
-            eprintln!("SKIPPED: python3 has no jsonschema; the field checks ran");
-        }
-        Ok(out) => panic!(
-            "an error answer does not match its documented schema: {}",
-            String::from_utf8_lossy(&out.stderr)
-        ),
-        Err(e) => {
-            assert!(
-                !flexcore_test_support::services::services_required(),
-                "python3 is required: {e}"
-            );
-            eprintln!("SKIPPED: no python3 ({e})");
-        }
-    }
+    flexcore_test_support::python_check::check_json(
+        SCRIPT,
+        &json!({"doc": doc, "cases": cases}),
+        "jsonschema (with openapi-spec-validator)",
+        "an error answer does not match its documented schema",
+    );
 }
 
 #[tokio::test]

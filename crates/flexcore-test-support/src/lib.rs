@@ -7,6 +7,7 @@
 //! * [`projection_conformance`]: the sample's `users` read model end to end (queries,
 //!   read-your-writes, restart, blue-green rebuilds, two nodes); each backend runs it with
 //!   [`projection_conformance_suite!`].
+//! * [`python_check`]: checks run in the machine's `python3` (schema validators).
 //! * [`readmodel_conformance`]: the read-model store conformance suite (checkpoints, fenced
 //!   commits, portable SQL, dead letters); each backend runs it with
 //!   [`readmodel_conformance_suite!`].
@@ -20,6 +21,7 @@ pub mod cache_conformance;
 pub mod conformance;
 mod probed;
 pub mod projection_conformance;
+pub mod python_check;
 pub mod readmodel_conformance;
 mod sample;
 pub mod services;
