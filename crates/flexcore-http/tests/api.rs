@@ -1,5 +1,7 @@
 //! The HTTP contract of SPEC 7, driven through the router without a socket.
 
+mod common;
+
 use std::sync::Arc;
 
 use axum::Router;
@@ -54,25 +56,9 @@ impl TestApp {
         content_type: Option<&str>,
         body: impl Into<Body>,
     ) -> (StatusCode, Value, String) {
-        let mut request = Request::builder().method(method).uri(uri);
-        if let Some(ct) = content_type {
-            request = request.header(header::CONTENT_TYPE, ct);
-        }
-        let response = self
-            .router
-            .clone()
-            .oneshot(request.body(body.into()).unwrap())
-            .await
-            .unwrap();
-        let status = response.status();
-        let media = response
-            .headers()
-            .get(header::CONTENT_TYPE)
-            .map(|v| v.to_str().unwrap().to_owned())
-            .unwrap_or_default();
-        let bytes = response.into_body().collect().await.unwrap().to_bytes();
-        let json = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
-        (status, json, media)
+        let answer = common::call(&self.router, method, uri, content_type, body).await;
+        let media = answer.media_type();
+        (answer.status, answer.json, media)
     }
 
     async fn post(&self, uri: &str, body: Value) -> (StatusCode, Value) {

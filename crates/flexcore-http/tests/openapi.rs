@@ -2,12 +2,14 @@
 //! the codes the gateway can answer with, and real error answers validate against the schemas
 //! it documents for them.
 
+mod common;
+
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use axum::Router;
 use axum::body::Body;
-use axum::http::{Method, Request, StatusCode, header};
+use axum::http::{Method, StatusCode};
 use flexcore_app::RequestLimits;
 use flexcore_app::command::AsyncCommands;
 use flexcore_app::store::{EventStore, InMemoryStore};
@@ -17,7 +19,6 @@ use flexcore_http::{ApiError, AppState, router};
 use flexcore_test_support::ProbedStore;
 use http_body_util::BodyExt;
 use serde_json::{Value, json};
-use tower::ServiceExt;
 
 /// Every error kind; [`an_error_of`] matches them exhaustively, so a new kind fails to compile
 /// here until it is listed (and its code documented).
@@ -85,22 +86,8 @@ impl TestApp {
         content_type: Option<&str>,
         body: impl Into<Body>,
     ) -> (StatusCode, Value) {
-        let mut request = Request::builder().method(method).uri(uri);
-        if let Some(ct) = content_type {
-            request = request.header(header::CONTENT_TYPE, ct);
-        }
-        let response = self
-            .router
-            .clone()
-            .oneshot(request.body(body.into()).unwrap())
-            .await
-            .unwrap();
-        let status = response.status();
-        let bytes = response.into_body().collect().await.unwrap().to_bytes();
-        (
-            status,
-            serde_json::from_slice(&bytes).unwrap_or(Value::Null),
-        )
+        let answer = common::call(&self.router, method, uri, content_type, body).await;
+        (answer.status, answer.json)
     }
 
     async fn post_json(&self, uri: &str, body: &str) -> (StatusCode, Value) {
