@@ -289,7 +289,7 @@ pub enum CommandStatus {
     },
     /// Rejected or failed.
     Failed {
-        /// The stable code of the error's kind ([`ErrorKind::code`]), as every gateway answers.
+        /// The stable code of the error's kind ([`crate::ErrorKind::code`]), as every gateway answers.
         code: &'static str,
         /// What a client may be told ([`Error::client_message`]): no internal details.
         message: String,

@@ -9,7 +9,7 @@
 //! * [`welcome`]: the welcome notifier, a durable consumer of `user.created`.
 //!
 //! [`UsersModule`] plugs all of it into the engine through the
-//! [`DomainModule`](flexcore_app::module::DomainModule) contract, like any other domain.
+//! [`DomainModule`] contract, like any other domain.
 
 pub mod commands;
 pub mod domain;

@@ -87,7 +87,7 @@ impl PostgresError {
 }
 
 impl From<PostgresError> for Error {
-    /// Like [`PostgresError::to_app_error`], keeping the PostgreSQL error as the cause (the
+    /// The same classification as `to_app_error`, keeping the PostgreSQL error as the cause (the
     /// logs show the whole chain) for the kinds that carry one.
     fn from(error: PostgresError) -> Self {
         match error.to_app_error().kind() {

@@ -33,7 +33,7 @@ use std::time::Duration;
 
 use flexcore_app::store::EventStore;
 pub use probed::ProbedStore;
-pub use sample::sample_buses;
+pub use sample::{module_buses, sample_buses};
 
 /// A store under test and whatever keeps its resources alive (a temp dir, a schema to drop).
 pub struct StoreFixture {

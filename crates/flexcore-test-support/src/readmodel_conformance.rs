@@ -325,7 +325,7 @@ pub async fn a_failing_statement_applies_nothing(store: Arc<dyn ReadModelStore>)
     assert_eq!(count(&*store, "rm_items_1").await, 2);
 }
 
-/// A commit whose `from` is not the stored checkpoint applies nothing and is a conflict.
+/// A commit whose `from` is not the stored checkpoint applies nothing and is contended.
 pub async fn commit_is_fenced_by_the_expected_checkpoint(store: Arc<dyn ReadModelStore>) {
     create(&*store, &["CREATE TABLE rm_log_1 (n BIGINT NOT NULL)"]).await;
     let insert = |n: i64| statement("INSERT INTO rm_log_1 (n) VALUES ($1)", vec![n.into()]);

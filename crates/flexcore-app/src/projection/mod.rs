@@ -189,7 +189,7 @@ pub trait ReadModelStore: ConsumerStateStore {
 
     /// In one transaction: runs `statements` and moves `checkpoint` from `from` (`None`: no
     /// checkpoint yet) to `to`. When the stored checkpoint is not `from` (another runner moved
-    /// it), nothing is applied and a conflict is returned.
+    /// it), nothing is applied and [`crate::Error::Contended`] is returned.
     async fn commit(
         &self,
         checkpoint: &str,

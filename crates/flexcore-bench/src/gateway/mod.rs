@@ -20,7 +20,7 @@
 //! throughput; with a fixed number of clients, latency there is clients / throughput, so a
 //! slower layer's p99 mostly restates its throughput. Then every layer is offered the same
 //! load (`--load-share` of the HTTP gateway's throughput, or `--rate`), open loop, for latency.
-//! The store appends the commands make are timed inside the process ([`TimedAppends`]), so a
+//! The store appends the commands make are timed inside the process (`TimedAppends`), so a
 //! layer's p99 is also set against the p99 of its own appends in the same run: disk stalls,
 //! which move a p99 by milliseconds between runs on a shared machine, are then on both sides.
 //!
