@@ -17,6 +17,7 @@ use tracing::Instrument;
 use uuid::Uuid;
 
 use crate::repository::{RetryPolicy, retry_on_conflict};
+use crate::security::Principal;
 use crate::store::{AppendedEvent, StreamWriteResult};
 use crate::{Error, Result};
 
@@ -36,8 +37,8 @@ pub struct CommandContext {
     pub command_id: Uuid,
     /// Groups everything caused by one original request.
     pub correlation_id: Option<String>,
-    /// The authenticated principal, if any.
-    pub actor: Option<String>,
+    /// The authenticated principal (`None` when authentication is off).
+    pub principal: Option<Arc<Principal>>,
     /// The tenant, if any.
     pub tenant: Option<String>,
     /// The caller's W3C `traceparent`.
@@ -53,7 +54,7 @@ impl Default for CommandContext {
         Self {
             command_id: Uuid::now_v7(),
             correlation_id: None,
-            actor: None,
+            principal: None,
             tenant: None,
             traceparent: None,
             tracestate: None,
@@ -72,7 +73,7 @@ impl CommandContext {
                     .unwrap_or_else(|| self.command_id.to_string()),
             ),
             causation_id: Some(self.command_id.to_string()),
-            actor: self.actor.clone(),
+            actor: self.principal.as_deref().map(Principal::actor),
             tenant: self.tenant.clone(),
             traceparent: self.traceparent.clone(),
             tracestate: self.tracestate.clone(),

@@ -19,6 +19,7 @@
 //! * [`RequestLimits`]: the request limits every gateway applies;
 //! * [`service_url`]: the URLs of the services FlexCore connects to, with FlexCore's own
 //!   query parameters taken out;
+//! * [`security`]: principals and what they may do;
 //! * [`module`]: the domain-module contract through which every domain (the Rust sample,
 //!   Python modules, plugins) plugs into the engine.
 
@@ -35,6 +36,7 @@ pub mod projection;
 pub mod query;
 pub mod query_cache;
 pub mod repository;
+pub mod security;
 pub mod service_url;
 pub mod store;
 pub mod subscription;

@@ -29,8 +29,8 @@ pub const READ_YOUR_WRITES_TIMEOUT: std::time::Duration = std::time::Duration::f
 /// Who asks.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct QueryContext {
-    /// The authenticated principal, if any.
-    pub actor: Option<String>,
+    /// The authenticated principal (`None` when authentication is off).
+    pub principal: Option<Arc<crate::security::Principal>>,
     /// The tenant, if any.
     pub tenant: Option<String>,
     /// Read-your-writes: answer only from read models that have applied the event at this

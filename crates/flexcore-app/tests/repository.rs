@@ -20,7 +20,7 @@ async fn execute_loads_decides_and_appends() {
     let repo = Repository::new(Arc::clone(&store));
     let id = Uuid::now_v7();
     let meta = EventMetadata {
-        actor: Some("ann".into()),
+        actor: Some(flexcore_domain::Actor::subject("ann")),
         ..EventMetadata::default()
     };
     let create = UserCommand::Create {

@@ -203,7 +203,10 @@ fn bench_event(n: u64) -> NewEvent {
     let metadata = EventMetadata {
         correlation_id: Some("c0a8012e-7f00-4b1a-9c3d-2e4f6a8b0c1d".into()),
         causation_id: Some("c0a8012e-7f00-4b1a-9c3d-2e4f6a8b0c1e".into()),
-        actor: Some("u-42".into()),
+        actor: Some(flexcore_domain::Actor {
+            sub: "u-42".into(),
+            roles: vec!["writer".into()],
+        }),
         ..EventMetadata::default()
     };
     NewEvent::new("order.placed", RawJson::from_value(&data))

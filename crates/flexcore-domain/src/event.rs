@@ -183,7 +183,7 @@ pub struct EventMetadata {
     pub causation_id: Option<String>,
     /// The principal on whose behalf the event was written.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub actor: Option<String>,
+    pub actor: Option<Actor>,
     /// The tenant the event belongs to.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tenant: Option<String>,
@@ -196,6 +196,58 @@ pub struct EventMetadata {
     /// Any other keys the writer supplied, kept as they came.
     #[serde(flatten)]
     pub extra: Map<String, Value>,
+}
+
+/// The principal on whose behalf an event was written (`metadata.actor`): the event log is
+/// the audit trail of who changed what.
+///
+/// Stored as `{"sub": …, "roles": […]}`; a bare string (written before principals had roles)
+/// reads as a subject with no roles.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, Serialize)]
+pub struct Actor {
+    /// The principal's subject (a token's `sub`, an API key's name).
+    pub sub: String,
+    /// The principal's roles when it wrote.
+    pub roles: Vec<String>,
+}
+
+impl<'de> Deserialize<'de> for Actor {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct Full {
+            sub: String,
+            #[serde(default)]
+            roles: Vec<String>,
+        }
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Either {
+            Subject(String),
+            Full(Full),
+        }
+        match Either::deserialize(deserializer).map_err(|_| {
+            serde::de::Error::custom(
+                "actor must be {\"sub\": string, \"roles\": [string]} or a subject string",
+            )
+        })? {
+            Either::Subject(sub) => Ok(Self {
+                sub,
+                roles: Vec::new(),
+            }),
+            Either::Full(Full { sub, roles }) => Ok(Self { sub, roles }),
+        }
+    }
+}
+
+impl Actor {
+    /// An actor with `sub` and no roles.
+    pub fn subject(sub: impl Into<String>) -> Self {
+        Self {
+            sub: sub.into(),
+            roles: Vec::new(),
+        }
+    }
 }
 
 /// A metadata key, read without allocating unless it is not one of the known fields.
@@ -252,9 +304,12 @@ impl<'de> Deserialize<'de> for EventMetadata {
                 let mut metadata = EventMetadata::default();
                 while let Some(key) = map.next_key::<MetadataKey>()? {
                     let slot = match key {
+                        MetadataKey::Actor => {
+                            metadata.actor = map.next_value()?;
+                            continue;
+                        }
                         MetadataKey::CorrelationId => &mut metadata.correlation_id,
                         MetadataKey::CausationId => &mut metadata.causation_id,
-                        MetadataKey::Actor => &mut metadata.actor,
                         MetadataKey::Tenant => &mut metadata.tenant,
                         MetadataKey::Traceparent => &mut metadata.traceparent,
                         MetadataKey::Tracestate => &mut metadata.tracestate,
@@ -474,12 +529,40 @@ mod tests {
     fn metadata_keeps_unknown_keys() {
         let m: EventMetadata =
             serde_json::from_str(r#"{"actor":"ann","source":"import"}"#).unwrap();
-        assert_eq!(m.actor.as_deref(), Some("ann"));
+        assert_eq!(
+            m.actor,
+            Some(Actor::subject("ann")),
+            "a legacy string actor"
+        );
         assert_eq!(m.extra["source"], "import");
         assert_eq!(
             serde_json::to_string(&m).unwrap(),
-            r#"{"actor":"ann","source":"import"}"#
+            r#"{"actor":{"sub":"ann","roles":[]},"source":"import"}"#
         );
         assert!(EventMetadata::default().is_empty());
+    }
+
+    #[test]
+    fn actor_reads_subject_and_roles() {
+        let m: EventMetadata =
+            serde_json::from_str(r#"{"actor":{"sub":"bob","roles":["ops"]}}"#).unwrap();
+        assert_eq!(
+            m.actor,
+            Some(Actor {
+                sub: "bob".into(),
+                roles: vec!["ops".into()],
+            })
+        );
+        for bad in [
+            r#"{"actor":7}"#,
+            r#"{"actor":{"roles":[]}}"#,
+            r#"{"actor":{"sub":"a","x":1}}"#,
+        ] {
+            let error = serde_json::from_str::<EventMetadata>(bad).unwrap_err();
+            assert!(
+                error.to_string().contains("actor must be"),
+                "{bad}: {error}"
+            );
+        }
     }
 }

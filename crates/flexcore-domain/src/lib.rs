@@ -17,7 +17,7 @@ pub mod test_kit;
 pub use aggregate::Aggregate;
 pub use error::{DomainError, ErrorKind};
 pub use event::{
-    DomainEvent, EventEnvelope, EventId, EventMetadata, MAX_EVENT_TYPE_LEN, NewEvent, RawJson,
-    json_nesting_depth,
+    Actor, DomainEvent, EventEnvelope, EventId, EventMetadata, MAX_EVENT_TYPE_LEN, NewEvent,
+    RawJson, json_nesting_depth,
 };
 pub use stream::{ExpectedVersion, MAX_STREAM_ID_LEN, StreamId};

@@ -396,7 +396,9 @@ async fn append_checks_expectations() {
     // Re-sending the same event ids answers as the first time and writes nothing.
     let with_id = NewEvent {
         event_id: Some(uuid::Uuid::now_v7().to_string()),
-        metadata_json: Some(json!({"actor": "ann", "source": "import"}).to_string()),
+        metadata_json: Some(
+            json!({"actor": {"sub": "ann", "roles": ["importer"]}, "source": "import"}).to_string(),
+        ),
         schema_version: Some(3),
         ..placed()
     };
@@ -425,7 +427,10 @@ async fn append_checks_expectations() {
     assert_eq!(stream.events.len(), 1);
     assert_eq!(stream.events[0].schema_version, 3);
     let metadata: Value = serde_json::from_str(&stream.events[0].metadata_json).unwrap();
-    assert_eq!(metadata, json!({"actor": "ann", "source": "import"}));
+    assert_eq!(
+        metadata,
+        json!({"actor": {"sub": "ann", "roles": ["importer"]}, "source": "import"})
+    );
 }
 
 #[tokio::test]
@@ -520,7 +525,7 @@ async fn bad_input_gets_invalid_argument_and_writes_nothing() {
             ),
         ),
         (
-            "metadata with a non-string actor",
+            "metadata with an ill-formed actor",
             append(
                 "s-1",
                 None,

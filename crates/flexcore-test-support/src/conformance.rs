@@ -825,7 +825,7 @@ pub async fn stream_ids_and_data_are_stored_literally(store: Arc<dyn EventStore>
     });
     let metadata = EventMetadata {
         correlation_id: Some("corr-1".into()),
-        actor: Some("ann".into()),
+        actor: Some(flexcore_domain::Actor::subject("ann")),
         traceparent: Some("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".into()),
         ..EventMetadata::default()
     };
