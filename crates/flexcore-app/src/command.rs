@@ -265,6 +265,14 @@ pub trait CommandBusExt: CommandBus + Sized {
         Metered { inner: self }
     }
 
+    /// Sends only the commands the caller's roles allow under `policy`.
+    fn with_authorization(
+        self,
+        policy: Arc<crate::security::Policy>,
+    ) -> crate::security::AuthorizedCommands<Self> {
+        crate::security::AuthorizedCommands::new(self, policy)
+    }
+
     /// Honours idempotency keys for `ttl`, remembering at most `capacity` keys.
     fn with_idempotency(
         self,

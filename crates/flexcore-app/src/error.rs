@@ -34,6 +34,14 @@ pub enum Error {
     /// a checkpoint another runner moved).
     #[error("contended: {0}")]
     Contended(String),
+    /// The caller's rate limit for this route class is spent.
+    #[error("rate limited: too many {} requests; retry in {}s", .class.as_str(), retry_after_secs(*.retry_after))]
+    RateLimited {
+        /// The route class whose bucket is empty.
+        class: crate::security::RouteClass,
+        /// How long until one more request is admitted.
+        retry_after: std::time::Duration,
+    },
     /// The engine was configured or assembled wrongly (e.g. two modules claim one command
     /// type); reported at start.
     #[error("invalid configuration: {0}")]
@@ -49,6 +57,11 @@ pub enum Error {
     },
 }
 
+/// Whole seconds to wait, rounded up (the `Retry-After` value; at least 1).
+pub fn retry_after_secs(wait: std::time::Duration) -> u64 {
+    (wait.as_secs() + u64::from(wait.subsec_nanos() > 0)).max(1)
+}
+
 /// The application layer's result type.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
@@ -60,6 +73,7 @@ impl Error {
             Self::UnknownCommand(_) | Self::UnknownQuery(_) => ErrorKind::NotFound,
             Self::Unavailable { .. } => ErrorKind::Unavailable,
             Self::Contended(_) => ErrorKind::Contended,
+            Self::RateLimited { .. } => ErrorKind::RateLimited,
             Self::Configuration(_) | Self::Internal { .. } => ErrorKind::Internal,
         }
     }

@@ -92,7 +92,7 @@ fn rebuild(kind: ErrorKind, message: &str) -> Error {
         ErrorKind::NotFound => D::NotFound(message.to_owned()).into(),
         ErrorKind::Unauthorized => D::Unauthorized(message.to_owned()).into(),
         ErrorKind::Forbidden => D::Forbidden(message.to_owned()).into(),
-        ErrorKind::Unavailable => Error::unavailable(message.to_owned()),
+        ErrorKind::Unavailable | ErrorKind::RateLimited => Error::unavailable(message.to_owned()),
         ErrorKind::Internal => Error::internal(message.to_owned()),
     }
 }
@@ -116,6 +116,11 @@ impl<B: CommandBus> CommandBus for Idempotent<B> {
                 "an idempotency key is 1 to {MAX_KEY_LEN} printable characters"
             )));
         }
+        // Keys are per principal: one client's key never answers with another's outcome.
+        let slot_key = match ctx.principal.as_deref() {
+            Some(principal) => format!("{}\n{key}", principal.subject),
+            None => key.to_owned(),
+        };
         let fingerprint = fingerprint(command);
         let publish = {
             let mut table = self.lock();
@@ -129,7 +134,7 @@ impl<B: CommandBus> CommandBus for Idempotent<B> {
                     table.slots.remove(&oldest);
                 }
             }
-            match table.slots.get(key) {
+            match table.slots.get(&slot_key) {
                 Some(slot) if slot.fingerprint != fingerprint => {
                     return Err(Error::validation(format!(
                         "idempotency key '{key}' was already used with a different command; \
@@ -147,14 +152,14 @@ impl<B: CommandBus> CommandBus for Idempotent<B> {
                 None => {
                     let (sender, receiver) = watch::channel(None);
                     table.slots.insert(
-                        key.to_owned(),
+                        slot_key.clone(),
                         Slot {
                             fingerprint,
                             entry: Entry::Running(receiver),
                             at: now,
                         },
                     );
-                    table.order.push_back((key.to_owned(), now));
+                    table.order.push_back((slot_key.clone(), now));
                     Ok(sender)
                 }
             }
@@ -182,11 +187,11 @@ impl<B: CommandBus> CommandBus for Idempotent<B> {
         {
             let mut table = self.lock();
             if is_final(&result) {
-                if let Some(slot) = table.slots.get_mut(key) {
+                if let Some(slot) = table.slots.get_mut(&slot_key) {
                     slot.entry = Entry::Done(answer.clone());
                 }
             } else {
-                table.slots.remove(key);
+                table.slots.remove(&slot_key);
             }
         }
         // Waiters get this answer either way (they asked at the same time as this attempt).

@@ -41,7 +41,7 @@ pub mod service_url;
 pub mod store;
 pub mod subscription;
 
-pub use error::{Cause, Error, ErrorChain, ErrorKind, Result};
+pub use error::{Cause, Error, ErrorChain, ErrorKind, Result, retry_after_secs};
 pub use limits::RequestLimits;
 
 /// FNV-1a, 64 bits: a fixed hash, the same on every node, in every run and every release, for

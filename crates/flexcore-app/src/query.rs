@@ -151,6 +151,14 @@ pub trait QueryBusExt: QueryBus + Sized {
         TracedQueries { inner: self }
     }
 
+    /// Answers only the queries the caller's roles allow under `policy`.
+    fn with_authorization(
+        self,
+        policy: Arc<crate::security::Policy>,
+    ) -> crate::security::AuthorizedQueries<Self> {
+        crate::security::AuthorizedQueries::new(self, policy)
+    }
+
     /// Answers cacheable queries from `backend`, as `policy` says (see [`crate::query_cache`]).
     fn with_cache(
         self,

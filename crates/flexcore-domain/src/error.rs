@@ -21,6 +21,9 @@ pub enum ErrorKind {
     Unauthorized,
     /// The caller may not do this (HTTP 403, gRPC `PERMISSION_DENIED`).
     Forbidden,
+    /// The caller sent too many requests; it may retry after a while (HTTP 429 with
+    /// `Retry-After`, gRPC `RESOURCE_EXHAUSTED`).
+    RateLimited,
     /// A backend cannot be reached or is overloaded; retrying later may succeed (HTTP 503,
     /// gRPC `UNAVAILABLE`).
     Unavailable,
@@ -38,6 +41,7 @@ impl ErrorKind {
             Self::NotFound => "not_found",
             Self::Unauthorized => "unauthorized",
             Self::Forbidden => "forbidden",
+            Self::RateLimited => "rate_limited",
             Self::Unavailable => "unavailable",
             Self::Internal => "internal",
         }
@@ -51,6 +55,7 @@ impl ErrorKind {
             Self::NotFound => 404,
             Self::Unauthorized => 401,
             Self::Forbidden => 403,
+            Self::RateLimited => 429,
             Self::Unavailable => 503,
             Self::Internal => 500,
         }

@@ -11,6 +11,7 @@
 //! | not found, unknown command or query type | `NOT_FOUND` | `not_found` |
 //! | unauthorized | `UNAUTHENTICATED` | `unauthorized` |
 //! | forbidden | `PERMISSION_DENIED` | `forbidden` |
+//! | rate limited | `RESOURCE_EXHAUSTED` (+ `retry-after` seconds) | `rate_limited` |
 //! | unavailable, server shutting down | `UNAVAILABLE` | `unavailable` |
 //! | internal | `INTERNAL`, generic message (the cause is logged) | `internal` |
 
@@ -33,6 +34,8 @@ pub enum GrpcError {
 
 /// The metadata key of the stable, HTTP-compatible error code.
 pub const ERROR_CODE_KEY: &str = "x-error-code";
+/// The metadata key of the seconds to wait after a `RESOURCE_EXHAUSTED` (rate limited).
+pub const RETRY_AFTER_KEY: &str = "retry-after";
 /// The metadata key of a stream's current version in a wrong-expected-version error: a
 /// number, or `null` when the stream does not exist.
 pub const CURRENT_VERSION_KEY: &str = "x-current-version";
@@ -105,6 +108,19 @@ pub(crate) fn from_app(error: Error) -> Status {
         (_, ErrorKind::Forbidden) => status(
             Code::PermissionDenied,
             ErrorKind::Forbidden,
+            error.to_string(),
+        ),
+        (Error::RateLimited { retry_after, .. }, kind) => {
+            let mut status = status(Code::ResourceExhausted, kind, error.to_string());
+            status.metadata_mut().insert(
+                RETRY_AFTER_KEY,
+                MetadataValue::from(flexcore_app::retry_after_secs(*retry_after)),
+            );
+            status
+        }
+        (_, ErrorKind::RateLimited) => status(
+            Code::ResourceExhausted,
+            ErrorKind::RateLimited,
             error.to_string(),
         ),
         (_, ErrorKind::Unavailable) => {

@@ -13,12 +13,14 @@ pub struct ApiError {
     code: &'static str,
     detail: String,
     extra: Map<String, Value>,
+    /// `Retry-After`, in seconds (429 answers).
+    retry_after: Option<u64>,
 }
 
 impl ApiError {
     /// Every `code` an answer of this gateway can carry: the error kinds' codes
     /// ([`ErrorKind::code`]) and the gateway's own. The OpenAPI document lists exactly these.
-    pub const CODES: [&'static str; 11] = [
+    pub const CODES: [&'static str; 12] = [
         "bad_request",
         "validation_failed",
         "not_found",
@@ -26,6 +28,7 @@ impl ApiError {
         "conflict",
         "unauthorized",
         "forbidden",
+        "rate_limited",
         "payload_too_large",
         "unsupported_media_type",
         "unavailable",
@@ -38,6 +41,7 @@ impl ApiError {
             code,
             detail: detail.into(),
             extra: Map::new(),
+            retry_after: None,
         }
     }
 
@@ -124,6 +128,11 @@ impl From<Error> for ApiError {
             _ => {}
         }
         let mut answer = Self::new(status, kind.code(), error.client_message());
+        if let Error::RateLimited { retry_after, .. } = &error {
+            let seconds = flexcore_app::retry_after_secs(*retry_after);
+            answer.retry_after = Some(seconds);
+            answer.extra.insert("retry_after".into(), json!(seconds));
+        }
         if let Error::Domain(DomainError::WrongExpectedVersion {
             current, expected, ..
         }) = &error
@@ -156,6 +165,18 @@ impl IntoResponse for ApiError {
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/problem+json"),
         );
+        if let Some(seconds) = self.retry_after {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+        }
+        if self.status == StatusCode::UNAUTHORIZED {
+            // RFC 6750: the scheme the client must use.
+            response.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer realm=\"flexcore\""),
+            );
+        }
         response
     }
 }

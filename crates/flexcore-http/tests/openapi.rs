@@ -22,13 +22,14 @@ use serde_json::{Value, json};
 
 /// Every error kind; [`an_error_of`] matches them exhaustively, so a new kind fails to compile
 /// here until it is listed (and its code documented).
-const EVERY_KIND: [ErrorKind; 8] = [
+const EVERY_KIND: [ErrorKind; 9] = [
     ErrorKind::Validation,
     ErrorKind::Conflict,
     ErrorKind::Contended,
     ErrorKind::NotFound,
     ErrorKind::Unauthorized,
     ErrorKind::Forbidden,
+    ErrorKind::RateLimited,
     ErrorKind::Unavailable,
     ErrorKind::Internal,
 ];
@@ -41,6 +42,10 @@ fn an_error_of(kind: ErrorKind) -> Error {
         ErrorKind::NotFound => Error::UnknownCommand("nope".into()),
         ErrorKind::Unauthorized => DomainError::Unauthorized("who".into()).into(),
         ErrorKind::Forbidden => DomainError::Forbidden("no".into()).into(),
+        ErrorKind::RateLimited => Error::RateLimited {
+            class: flexcore_app::security::RouteClass::Commands,
+            retry_after: std::time::Duration::from_millis(1500),
+        },
         ErrorKind::Unavailable => Error::unavailable("down"),
         ErrorKind::Internal => Error::internal("bug"),
     }

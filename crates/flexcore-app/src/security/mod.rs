@@ -3,7 +3,13 @@
 //!
 //! * [`Principal`]: an authenticated caller (subject, roles, tenant), made by a gateway from a
 //!   credential and carried in the command and query contexts; every event written on its
-//!   behalf names it in `metadata.actor`.
+//!   behalf names it in `metadata.actor`;
+//! * [`Policy`]: roles → allowed commands, queries, stream patterns and operator actions,
+//!   applied as middleware on the buses ([`AuthorizedCommands`], [`AuthorizedQueries`]) and the
+//!   store ports ([`AuthorizedStore`]);
+//! * [`Gatekeeper`]: authenticates a request's credential through an [`Authenticator`] (an
+//!   adapter: JWT, API keys), admits it under the rate limits of an [`Admission`], and audits
+//!   every refusal ([`audit`]).
 //!
 //! Gateways hand a principal to the rest of a request through their request extensions
 //! (`Arc<Principal>`): a TLS client certificate, a bearer token or an API key all end there.
@@ -75,3 +81,15 @@ impl fmt::Display for Principal {
         write!(f, "{} ({})", self.subject, self.method.as_str())
     }
 }
+
+pub mod audit;
+mod authorize;
+mod gate;
+mod policy;
+
+pub use authorize::{AuthorizedCommands, AuthorizedQueries, AuthorizedStore};
+pub use gate::{
+    Admission, AuthFailure, Authenticator, Credential, Gatekeeper, Presented, RouteClass,
+    TICKET_TTL, Ticket, bearer_token,
+};
+pub use policy::{Action, Pattern, Patterns, Policy, RolePermissions};
