@@ -82,6 +82,13 @@ pub trait QueryBus: Send + Sync {
     async fn ask(&self, ctx: &QueryContext, query: &Query) -> Result<Value>;
 }
 
+#[async_trait]
+impl<B: QueryBus + ?Sized> QueryBus for Arc<B> {
+    async fn ask(&self, ctx: &QueryContext, query: &Query) -> Result<Value> {
+        (**self).ask(ctx, query).await
+    }
+}
+
 /// The innermost query bus: a table from query type to handler. It takes
 /// [`MIN_POSITION_PARAM`] out of the parameters into the context, so handlers see only their
 /// own parameters.

@@ -186,7 +186,7 @@ async fn run_once(
         bus.subscribe("*", python.live().event_handler());
         bus.spawn(Arc::clone(&store) as Arc<_>, 0, stopped);
     }
-    let commands = server::command_bus(router);
+    let commands = server::command_bus(router, None);
     let clients = (0..connections)
         .map(|_| BusClient(Arc::clone(&commands)))
         .collect();

@@ -1,6 +1,7 @@
 //! `flexcore.v1.CommandService`.
 
 use flexcore_app::command::Command;
+use flexcore_app::security::RouteClass;
 use tonic::{Request, Response, Status};
 
 use crate::pb::command_service_server::CommandService;
@@ -13,7 +14,10 @@ impl CommandService for Gateway {
         &self,
         request: Request<SendCommandRequest>,
     ) -> Result<Response<CommandOutcome>, Status> {
+        let principal = self.admit(&request, RouteClass::Commands, "CommandService/Send")?;
         let mut ctx = convert::command_context(request.metadata());
+        ctx.tenant = principal.as_ref().and_then(|p| p.tenant.clone());
+        ctx.principal = principal;
         let request = request.into_inner();
         let payload =
             convert::command_payload(&request.payload_json, self.state.limits.max_json_depth)?;

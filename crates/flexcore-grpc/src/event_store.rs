@@ -2,6 +2,7 @@
 
 use std::sync::Arc;
 
+use flexcore_app::security::RouteClass;
 use flexcore_app::store::{EventReader, ReadAll, ReadStream};
 use flexcore_app::subscription::{Subscription, SubscriptionOptions};
 use tokio::sync::mpsc;
@@ -24,13 +25,19 @@ impl EventStore for Gateway {
         &self,
         request: Request<AppendRequest>,
     ) -> Result<Response<AppendResponse>, Status> {
+        let principal = self.admit(&request, RouteClass::Commands, "EventStore/Append")?;
         let request = request.into_inner();
         let stream_id = convert::stream_id(request.stream_id)?;
         let expected = convert::expected_version(request.expected_version);
-        let events = convert::new_events(request.events, self.state.limits.max_json_depth)?;
+        let mut events = convert::new_events(request.events, self.state.limits.max_json_depth)?;
+        if let Some(principal) = &principal {
+            // Written on the principal's behalf: a client cannot claim another actor.
+            for event in &mut events {
+                event.metadata.actor = Some(principal.actor());
+            }
+        }
         let result = self
-            .state
-            .store
+            .store_for(principal.as_ref())?
             .append(stream_id, expected, events)
             .await
             .map_err(error::from_app)?;
@@ -56,12 +63,12 @@ impl EventStore for Gateway {
         &self,
         request: Request<ReadStreamRequest>,
     ) -> Result<Response<ReadStreamResponse>, Status> {
+        let principal = self.admit(&request, RouteClass::Reads, "EventStore/ReadStream")?;
         let request = request.into_inner();
         let stream_id = convert::stream_id(request.stream_id)?;
         let direction = convert::direction(request.direction)?;
         let slice = self
-            .state
-            .store
+            .store_for(principal.as_ref())?
             .read_stream(ReadStream {
                 stream_id,
                 from_version: request.from_version,
@@ -87,10 +94,10 @@ impl EventStore for Gateway {
         &self,
         request: Request<ReadAllRequest>,
     ) -> Result<Response<ReadAllResponse>, Status> {
+        let principal = self.admit(&request, RouteClass::Reads, "EventStore/ReadAll")?;
         let request = request.into_inner();
         let slice = self
-            .state
-            .store
+            .store_for(principal.as_ref())?
             .read_all(ReadAll {
                 from_position: request.from_position,
                 limit: convert::page_size(request.limit),
@@ -110,8 +117,9 @@ impl EventStore for Gateway {
         &self,
         request: Request<SubscribeAllRequest>,
     ) -> Result<Response<Self::SubscribeAllStream>, Status> {
+        let principal = self.admit(&request, RouteClass::Live, "EventStore/SubscribeAll")?;
         let request = request.into_inner();
-        let reader: Arc<dyn EventReader> = self.state.store.clone();
+        let reader: Arc<dyn EventReader> = self.store_for(principal.as_ref())?;
         let subscription = Subscription::new(
             reader,
             request.from_position,

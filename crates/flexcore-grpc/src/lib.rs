@@ -18,6 +18,10 @@
 //! mapping to gRPC status codes (see the `error` module's table), the same semantics as
 //! `flexcore-http`.
 //!
+//! Every call of FlexCore's services passes the [`GrpcState::gate`] first: a bearer token in
+//! `authorization` or an API key in `x-api-key` metadata (or a verified client certificate),
+//! then the rate limit of its class; the buses and the store apply the same policy as HTTP.
+//!
 //! The `.proto` files are compiled by `build.rs` with `protox` (no system `protoc`); [`pb`]
 //! holds the generated messages, servers and clients.
 
@@ -33,6 +37,9 @@ use std::sync::Arc;
 use flexcore_app::RequestLimits;
 use flexcore_app::command::CommandBus;
 use flexcore_app::query::QueryBus;
+use flexcore_app::security::{
+    Credential, Gatekeeper, Presented, Principal, RouteClass, bearer_token,
+};
 use flexcore_app::store::EventStore;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -64,6 +71,9 @@ pub struct GrpcState {
     pub store: Arc<dyn EventStore>,
     /// Request limits (the message size and JSON depth), the HTTP gateway's.
     pub limits: RequestLimits,
+    /// Authenticates and rate-limits every call of FlexCore's services, as for HTTP (health
+    /// and reflection stay open).
+    pub gate: Arc<Gatekeeper>,
 }
 
 impl GrpcState {
@@ -78,9 +88,20 @@ impl GrpcState {
             queries,
             store,
             limits: RequestLimits::default(),
+            gate: Arc::default(),
         }
     }
 }
+
+/// Streams one connection may have open at once.
+pub const MAX_CONCURRENT_STREAMS: u32 = 256;
+/// The largest header block (metadata) of a call, in bytes.
+pub const MAX_HEADER_LIST_BYTES: u32 = 16 * 1024;
+/// Streams a client may reset before the server has accepted them (the "rapid reset" flood).
+const MAX_PENDING_RESETS: usize = 32;
+
+/// The metadata key service clients send their API key in.
+pub const API_KEY_KEY: &str = "x-api-key";
 
 /// The names of FlexCore's own services, as health checks and reflection know them.
 pub const SERVICE_NAMES: [&str; 3] = [
@@ -123,6 +144,12 @@ pub async fn serve(
         let _ = close.send(true);
     };
     tonic::transport::Server::builder()
+        // HTTP/2 limits: a client cannot hold unbounded streams, headers or reset floods.
+        .max_concurrent_streams(MAX_CONCURRENT_STREAMS)
+        .http2_max_header_list_size(MAX_HEADER_LIST_BYTES)
+        .http2_max_pending_accept_reset_streams(Some(MAX_PENDING_RESETS))
+        .http2_keepalive_interval(Some(std::time::Duration::from_secs(30)))
+        .http2_keepalive_timeout(Some(std::time::Duration::from_secs(10)))
         .trace_fn(|request| tracing::info_span!("grpc", method = %request.uri().path()))
         .add_routes(routes)
         .serve_with_incoming_shutdown(
@@ -167,6 +194,53 @@ async fn build(state: GrpcState, closing: Closing) -> Result<(Routes, HealthRepo
 struct Gateway {
     state: GrpcState,
     closing: Closing,
+}
+
+impl Gateway {
+    /// Authenticates a call and admits it under its rate limit: the principal it acts for
+    /// (`None` when authentication is off).
+    fn admit<T>(
+        &self,
+        request: &tonic::Request<T>,
+        class: RouteClass,
+        action: &str,
+    ) -> Result<Option<Arc<Principal>>, tonic::Status> {
+        let metadata = request.metadata();
+        let authorization = metadata.get("authorization");
+        let bearer = authorization
+            .and_then(|value| value.to_str().ok())
+            .and_then(bearer_token);
+        let api_key = metadata
+            .get(API_KEY_KEY)
+            .and_then(|value| value.to_str().ok());
+        let client = request.remote_addr().map(|addr| addr.ip().to_string());
+        let presented = Presented {
+            principal: request.extensions().get::<Arc<Principal>>(),
+            credential: bearer
+                .map(Credential::Bearer)
+                .or(api_key.map(Credential::ApiKey)),
+            ticket: None,
+            malformed_authorization: authorization.is_some() && bearer.is_none(),
+            client: client.as_deref(),
+            action,
+        };
+        let gate = &self.state.gate;
+        let principal = gate.authenticate(&presented).map_err(error::from_app)?;
+        gate.admit(class, principal.as_deref(), client.as_deref())
+            .map_err(error::from_app)?;
+        Ok(principal)
+    }
+
+    /// The event store as `principal` may use it.
+    fn store_for(
+        &self,
+        principal: Option<&Arc<Principal>>,
+    ) -> Result<Arc<dyn EventStore>, tonic::Status> {
+        self.state
+            .gate
+            .store_for(&self.state.store, principal)
+            .map_err(error::from_app)
+    }
 }
 
 /// Resolves when the server shuts down (never, for routes mounted by the caller).

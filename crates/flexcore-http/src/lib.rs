@@ -2,7 +2,9 @@
 //!
 //! [`router`] builds the whole API as an axum `Router`, so tests drive it without a socket;
 //! [`serve`] runs it on a listener until a shutdown future resolves. Every error leaves through
-//! one type, [`ApiError`], as `application/problem+json` with a stable `code`.
+//! one type, [`ApiError`], as `application/problem+json` with a stable `code`. Every `/v1/`
+//! request passes the [`AppState::gate`] first (credential, rate limit); the handlers act for
+//! its principal, through the buses and a store guarded by the same policy.
 //!
 //! | route | does |
 //! |---|---|
@@ -13,12 +15,14 @@
 //! | `GET /v1/streams/{stream_id}` | read a stream (paged, both directions) |
 //! | `GET /v1/events` | read the global log (paged, filtered) |
 //! | `GET /v1/events/live` | the global log as Server-Sent Events, resumable with `Last-Event-ID` |
+//! | `POST /v1/events/live/ticket` | a one-use ticket that opens the live route without a header |
 //! | `GET /v1/projections[/{name}]`, `POST /v1/projections/{name}/rebuild` | projection status, blue-green rebuild |
 //! | `GET /v1/subscriptions`, `…/{name}/dead-letters`, `POST …/dead-letters/{position}/retry\|skip` | durable consumers and their parked events |
 //! | `GET /health`, `GET /ready` | liveness, readiness |
 //! | `GET /metrics` | Prometheus text |
 //! | `GET /openapi.json` | the OpenAPI 3 document of all of the above |
 
+mod auth;
 mod body;
 mod error;
 mod live;
@@ -32,10 +36,12 @@ use std::sync::Arc;
 use flexcore_app::RequestLimits;
 use flexcore_app::command::{AsyncCommands, CommandBus};
 use flexcore_app::query::QueryBus;
+use flexcore_app::security::Gatekeeper;
 use flexcore_app::store::EventStore;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
+pub use auth::API_KEY_HEADER;
 /// Request headers, as the [`AppState::trace_parent`] hook receives them.
 pub use axum::http::HeaderMap;
 pub use error::ApiError;
@@ -67,6 +73,9 @@ pub struct AppState {
     pub health_details: Option<HealthDetails>,
     /// Projections and durable consumers for the operator routes (default: none).
     pub operations: Operations,
+    /// Authenticates, rate-limits and authorizes every `/v1/` request
+    /// ([`Gatekeeper::open`]: nobody is asked for a credential).
+    pub gate: Arc<Gatekeeper>,
     /// Turns true when the server shuts down: live streams end so connections can drain.
     /// [`serve`] wires it; a state built elsewhere may use [`never_shut_down`].
     pub shutdown: watch::Receiver<bool>,
@@ -98,7 +107,8 @@ pub async fn serve(
             tracing::debug!(error = %e, "cannot set TCP_NODELAY");
         }
     });
-    axum::serve(listener, router(state))
+    let app = router(state).into_make_service_with_connect_info::<std::net::SocketAddr>();
+    axum::serve(listener, app)
         .with_graceful_shutdown(async move {
             shutdown.await;
             let _ = stopping.send(true);

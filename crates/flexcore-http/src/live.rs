@@ -26,6 +26,9 @@ pub(crate) struct LiveParams {
     from_position: Option<u64>,
     type_prefix: Option<String>,
     category: Option<String>,
+    /// A one-use ticket from `POST /v1/events/live/ticket` (the gate redeems it).
+    #[allow(dead_code)]
+    ticket: Option<String>,
 }
 
 /// Resolves when the server shuts down; never, if no shutdown signal is wired (tests).
@@ -37,11 +40,13 @@ async fn shut_down(mut shutdown: watch::Receiver<bool>) {
 
 #[utoipa::path(get, path = "/v1/events/live", tag = "events",
     params(("from_position" = Option<u64>, Query), ("type_prefix" = Option<String>, Query), ("category" = Option<String>, Query),
+           ("ticket" = Option<String>, Query, description = "A one-use ticket from POST /v1/events/live/ticket, for clients that cannot send an Authorization header"),
            ("Last-Event-ID" = Option<u64>, Header, description = "Resume after this global position")),
     responses((status = 200, description = "Server-Sent Events: id = global position, event = event type, data = the envelope", content_type = "text/event-stream"),
         (status = 400, description = "Bad parameters", body = crate::openapi::Problem, content_type = "application/problem+json")))]
 pub(crate) async fn live(
     State(state): State<AppState>,
+    caller: crate::auth::Caller,
     headers: HeaderMap,
     params: Result<Query<LiveParams>, QueryRejection>,
 ) -> Result<impl axum::response::IntoResponse, ApiError> {
@@ -68,7 +73,7 @@ pub(crate) async fn live(
         },
         ..SubscriptionOptions::default()
     };
-    let reader: Arc<dyn EventReader> = state.store.clone();
+    let reader: Arc<dyn EventReader> = caller.store(&state)?;
     let (sender, receiver) = mpsc::channel::<Result<Event, Infallible>>(256);
     let shutdown = state.shutdown.clone();
     tokio::spawn(async move {

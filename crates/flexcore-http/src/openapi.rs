@@ -256,6 +256,7 @@ fn store_not_ready_reasons() -> utoipa::openapi::Object {
         crate::routes::read_stream,
         crate::routes::read_all,
         crate::live::live,
+        crate::auth::live_ticket_route,
         crate::routes::health,
         crate::routes::ready,
         crate::routes::metrics,
@@ -282,9 +283,36 @@ fn store_not_ready_reasons() -> utoipa::openapi::Object {
         Problem,
         NotReady,
         StoreReadiness
-    ))
+    )),
+    modifiers(&SecuritySchemes),
+    security(("bearer" = []), ("api_key" = []))
 )]
 struct ApiDoc;
+
+/// The credentials `/v1/` accepts when authentication is on: a JWT bearer token or an API key.
+struct SecuritySchemes;
+
+impl utoipa::Modify for SecuritySchemes {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{
+            ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme,
+        };
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .bearer_format("JWT")
+                    .build(),
+            ),
+        );
+        components.add_security_scheme(
+            "api_key",
+            SecurityScheme::ApiKey(ApiKey::Header(ApiKeyValue::new(crate::API_KEY_HEADER))),
+        );
+    }
+}
 
 /// The OpenAPI document.
 #[utoipa::path(get, path = "/openapi.json", tag = "meta",

@@ -12,6 +12,7 @@ use flexcore_app::durable::{DeadLetter, SubscriptionControl, SubscriptionStatus}
 use flexcore_app::projection::{ProjectionStatus, ProjectionsHandle};
 use serde_json::{Value, json};
 
+use crate::auth::Caller;
 use crate::{ApiError, AppState};
 
 /// What operators can steer: the projections and the durable consumers of this server.
@@ -67,8 +68,10 @@ pub(crate) async fn projection(
         (status = 409, description = "A rebuild is already running", body = crate::openapi::Problem, content_type = "application/problem+json")))]
 pub(crate) async fn rebuild_projection(
     State(state): State<AppState>,
+    caller: Caller,
     Path(name): Path<String>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
+    caller.check_admin(&state, "rebuild_projection")?;
     let generation = state.operations.projections()?.rebuild(&name).await?;
     Ok((
         StatusCode::ACCEPTED,
@@ -111,8 +114,10 @@ pub(crate) async fn dead_letters(
         (status = 422, description = "The event waits behind an earlier one of its stream", body = crate::openapi::Problem, content_type = "application/problem+json")))]
 pub(crate) async fn retry_dead_letter(
     State(state): State<AppState>,
+    caller: Caller,
     target: Result<Path<(String, u64)>, PathRejection>,
 ) -> Result<Json<Value>, ApiError> {
+    caller.check_admin(&state, "retry_dead_letter")?;
     let (name, position) = parked_event(target)?;
     state.operations.consumer(&name)?.retry(position).await?;
     Ok(Json(json!({ "retried": position })))
@@ -126,8 +131,10 @@ pub(crate) async fn retry_dead_letter(
         (status = 422, description = "The event waits behind an earlier one of its stream", body = crate::openapi::Problem, content_type = "application/problem+json")))]
 pub(crate) async fn skip_dead_letter(
     State(state): State<AppState>,
+    caller: Caller,
     target: Result<Path<(String, u64)>, PathRejection>,
 ) -> Result<Json<Value>, ApiError> {
+    caller.check_admin(&state, "skip_dead_letter")?;
     let (name, position) = parked_event(target)?;
     state.operations.consumer(&name)?.skip(position).await?;
     Ok(Json(json!({ "skipped": position })))

@@ -18,6 +18,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 use uuid::Uuid;
 
+use crate::auth::Caller;
 use crate::body::JsonBody;
 use crate::{ApiError, AppState};
 
@@ -39,6 +40,10 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/streams/{stream_id}", post(append).get(read_stream))
         .route("/v1/events", get(read_all))
         .route("/v1/events/live", get(crate::live::live))
+        .route(
+            "/v1/events/live/ticket",
+            post(crate::auth::live_ticket_route),
+        )
         .route("/metrics", get(metrics))
         .route("/v1/projections", get(ops::list_projections))
         .route("/v1/projections/{name}", get(ops::projection))
@@ -62,6 +67,10 @@ pub fn router(state: AppState) -> Router {
         .route("/openapi.json", get(crate::openapi::openapi_json))
         .fallback(|| async { ApiError::not_found("no such route") })
         .method_not_allowed_fallback(|| async { ApiError::method_not_allowed() })
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            crate::auth::guard,
+        ))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             count_requests,
@@ -169,8 +178,8 @@ impl StoreNotReady {
     }
 }
 
-/// Reads the trace and correlation headers into a command context.
-fn command_context(headers: &HeaderMap) -> CommandContext {
+/// The caller and the trace and correlation headers, as a command context.
+fn command_context(caller: &Caller, headers: &HeaderMap) -> CommandContext {
     let header = |name: &str| {
         headers
             .get(name)
@@ -185,6 +194,8 @@ fn command_context(headers: &HeaderMap) -> CommandContext {
         idempotency_key: headers
             .get("idempotency-key")
             .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned()),
+        tenant: caller.tenant(),
+        principal: caller.0.clone(),
         ..CommandContext::default()
     }
 }
@@ -208,6 +219,7 @@ fn command_context(headers: &HeaderMap) -> CommandContext {
 pub(crate) async fn send_command(
     State(state): State<AppState>,
     Path(command_type): Path<String>,
+    caller: Caller,
     params: Result<QueryParams<SendParams>, QueryRejection>,
     headers: HeaderMap,
     JsonBody(payload): JsonBody<Value>,
@@ -216,7 +228,7 @@ pub(crate) async fn send_command(
     if !payload.is_object() {
         return Err(ApiError::validation("a command body must be a JSON object"));
     }
-    let ctx = command_context(&headers);
+    let ctx = command_context(&caller, &headers);
     let command = Command {
         command_type,
         payload,
@@ -280,6 +292,7 @@ pub(crate) struct StatusAnswer {
 pub(crate) async fn ask_get(
     State(state): State<AppState>,
     Path(query_type): Path<String>,
+    caller: Caller,
     headers: HeaderMap,
     params: Result<QueryParams<HashMap<String, String>>, QueryRejection>,
 ) -> Result<Json<Value>, ApiError> {
@@ -298,7 +311,7 @@ pub(crate) async fn ask_get(
             (k, value)
         })
         .collect();
-    ask(&state, &headers, query_type, Value::Object(params)).await
+    ask(&state, &caller, &headers, query_type, Value::Object(params)).await
 }
 
 #[utoipa::path(post, path = "/v1/queries/{query_type}", tag = "queries",
@@ -311,10 +324,11 @@ pub(crate) async fn ask_get(
 pub(crate) async fn ask_post(
     State(state): State<AppState>,
     Path(query_type): Path<String>,
+    caller: Caller,
     headers: HeaderMap,
     JsonBody(params): JsonBody<Value>,
 ) -> Result<Json<Value>, ApiError> {
-    ask(&state, &headers, query_type, params).await
+    ask(&state, &caller, &headers, query_type, params).await
 }
 
 /// Read-your-writes: the query waits until read models have applied the event at this
@@ -323,6 +337,7 @@ pub const MIN_POSITION_HEADER: &str = "flexcore-min-position";
 
 async fn ask(
     state: &AppState,
+    caller: &Caller,
     headers: &HeaderMap,
     query_type: String,
     params: Value,
@@ -342,8 +357,9 @@ async fn ask(
         ),
     };
     let ctx = QueryContext {
+        principal: caller.0.clone(),
+        tenant: caller.tenant(),
         min_position,
-        ..QueryContext::default()
     };
     let answer = state
         .queries
@@ -389,6 +405,7 @@ fn stream_id(raw: String) -> Result<StreamId, ApiError> {
 pub(crate) async fn append(
     State(state): State<AppState>,
     Path(raw_stream_id): Path<String>,
+    caller: Caller,
     JsonBody(body): JsonBody<AppendBody>,
 ) -> Result<Json<Value>, ApiError> {
     let stream_id = stream_id(raw_stream_id)?;
@@ -417,11 +434,16 @@ pub(crate) async fn append(
             if let Some(version) = e.schema_version {
                 event.schema_version = version;
             }
-            Ok(event.with_metadata(e.metadata.unwrap_or_default()))
+            let mut metadata = e.metadata.unwrap_or_default();
+            if let Some(principal) = caller.principal() {
+                // Written on the principal's behalf: a client cannot claim another actor.
+                metadata.actor = Some(principal.actor());
+            }
+            Ok(event.with_metadata(metadata))
         })
         .collect::<Result<Vec<_>, ApiError>>()?;
-    let result = state
-        .store
+    let result = caller
+        .store(&state)?
         .append(stream_id, body.expected_version, events)
         .await?;
     Ok(Json(json!({
@@ -451,12 +473,13 @@ pub(crate) struct StreamParams {
 pub(crate) async fn read_stream(
     State(state): State<AppState>,
     Path(raw_stream_id): Path<String>,
+    caller: Caller,
     params: Result<QueryParams<StreamParams>, QueryRejection>,
 ) -> Result<Response, ApiError> {
     let stream_id = stream_id(raw_stream_id)?;
     let QueryParams(params) = params.map_err(|e| ApiError::bad_request(e.body_text()))?;
-    let slice = state
-        .store
+    let slice = caller
+        .store(&state)?
         .read_stream(ReadStream {
             stream_id,
             from_version: params.from_version,
@@ -512,11 +535,12 @@ pub(crate) struct AllParams {
         (status = 422, description = "Invalid input", body = crate::openapi::Problem, content_type = "application/problem+json")))]
 pub(crate) async fn read_all(
     State(state): State<AppState>,
+    caller: Caller,
     params: Result<QueryParams<AllParams>, QueryRejection>,
 ) -> Result<Response, ApiError> {
     let QueryParams(params) = params.map_err(|e| ApiError::bad_request(e.body_text()))?;
-    let slice = state
-        .store
+    let slice = caller
+        .store(&state)?
         .read_all(ReadAll {
             from_position: params.from_position,
             limit: params.limit.unwrap_or(DEFAULT_PAGE),

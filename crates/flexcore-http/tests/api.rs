@@ -40,6 +40,7 @@ fn app() -> TestApp {
             details
         })),
         operations: flexcore_http::Operations::default(),
+        gate: Default::default(),
         shutdown: flexcore_http::never_shut_down(),
     };
     TestApp {

@@ -40,6 +40,7 @@ fn app_over(
         trace_parent: None,
         health_details: None,
         operations: flexcore_http::Operations::default(),
+        gate: Default::default(),
         shutdown: flexcore_http::never_shut_down(),
     })
 }

@@ -31,6 +31,7 @@ fn state(store: Arc<dyn EventStore>) -> AppState {
         trace_parent: None,
         health_details: None,
         operations: flexcore_http::Operations::default(),
+        gate: Default::default(),
         shutdown: flexcore_http::never_shut_down(),
     }
 }

@@ -11,6 +11,7 @@
 //! * [`readmodel_conformance`]: the read-model store conformance suite (checkpoints, fenced
 //!   commits, portable SQL, dead letters); each backend runs it with
 //!   [`readmodel_conformance_suite!`].
+//! * [`security`]: a test gate (tokens, API keys, roles) shared by every gateway's tests.
 //! * [`ProbedStore`]: a store decorator that counts what stream reads return and can make the
 //!   backend look unreachable.
 //! * [`services`]: access to the machine's real PostgreSQL (and later brokers): tests skip with
@@ -24,6 +25,7 @@ pub mod projection_conformance;
 pub mod python_check;
 pub mod readmodel_conformance;
 mod sample;
+pub mod security;
 pub mod services;
 
 use std::any::Any;

@@ -44,6 +44,9 @@ pub enum Command {
     /// Durable subscriptions of a running server: status, dead letters, retry, skip.
     #[command(subcommand)]
     Subscriptions(crate::operations::SubscriptionsCommand),
+    /// Make credentials: development JWTs, API keys.
+    #[command(subcommand)]
+    Token(crate::security::TokenCommand),
 }
 
 /// `flexcore config …`.
@@ -117,4 +120,7 @@ pub struct ServeArgs {
     /// How long one Python handler call may run, in ms [default: 5000].
     #[arg(long, env = "FLEXCORE_PYTHON_TIMEOUT_MS")]
     pub python_timeout_ms: Option<u64>,
+    /// Authentication (the rest of the security settings are in the file).
+    #[command(flatten)]
+    pub auth: crate::security::AuthArgs,
 }

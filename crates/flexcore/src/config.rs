@@ -75,7 +75,7 @@ pub enum LogFormat {
 }
 
 /// The effective settings of `flexcore serve`.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Settings {
     /// Where HTTP listens.
     pub http_addr: SocketAddr,
@@ -104,6 +104,9 @@ pub struct Settings {
     pub outbox_url: Option<String>,
     /// Where commands are consumed from (`amqp://` queue, `redis://` stream; `None`: none).
     pub inbound_url: Option<String>,
+    /// Authentication, roles and rate limits (`[auth]`, `[api_keys]`, `[roles]`,
+    /// `[rate_limit]`).
+    pub security: crate::security::SecuritySettings,
 }
 
 /// The files of the `python` domain module; they reload when they change. When any are
@@ -150,6 +153,10 @@ struct FileSettings {
     cache_url: Option<String>,
     outbox_url: Option<String>,
     inbound_url: Option<String>,
+    auth: Option<crate::security::AuthFile>,
+    api_keys: Option<std::collections::BTreeMap<String, crate::security::ApiKeyFile>>,
+    roles: Option<std::collections::BTreeMap<String, crate::security::RoleFile>>,
+    rate_limit: Option<crate::security::RateLimitFile>,
 }
 
 impl Settings {
@@ -169,6 +176,16 @@ impl Settings {
             file_dir.as_deref(),
         )?;
         let modules = module_settings(args.modules, file.modules, &python)?;
+        let security = crate::security::resolve(
+            args.auth,
+            crate::security::SecurityFile {
+                auth: file.auth,
+                api_keys: file.api_keys,
+                roles: file.roles,
+                rate_limit: file.rate_limit,
+            },
+            file_dir.as_deref(),
+        )?;
         let pick = |flag: Option<String>, file: Option<String>, default: &str| {
             flag.or(file).unwrap_or_else(|| default.to_owned())
         };
@@ -251,6 +268,7 @@ impl Settings {
             "an amqp:// (queue) or redis:// (stream) URL to consume commands from",
         )?;
         Ok(Self {
+            security,
             modules,
             python,
             cache_url,
@@ -346,6 +364,7 @@ impl Settings {
                     "timeout_ms": self.python.timeout_ms,
                 }),
             ),
+            ("auth", self.security.effective()),
         ]
     }
 
@@ -365,6 +384,9 @@ impl Settings {
         for (table, value) in tables {
             text.push_str(&format!("\n[{table}]\n"));
             for (key, value) in value.as_object().into_iter().flatten() {
+                if value.is_null() {
+                    continue;
+                }
                 text.push_str(&format!("{key} = {value}\n"));
             }
         }

@@ -23,6 +23,7 @@ pub mod logging;
 pub mod modules;
 pub mod operations;
 pub mod readside;
+pub mod security;
 pub mod server;
 pub mod store_url;
 pub mod telemetry;

@@ -11,6 +11,7 @@ use flexcore_app::event_bus::EventBus;
 use flexcore_app::module::{ModuleContext, Modules};
 use flexcore_app::query::{QueryBus, QueryBusExt, QueryRouter};
 use flexcore_app::repository::{Repository, RetryPolicy};
+use flexcore_app::security::Policy;
 use flexcore_app::store::EventStore;
 use flexcore_http::AppState;
 use tokio::net::TcpListener;
@@ -39,30 +40,39 @@ pub fn repository(store: Arc<dyn EventStore>) -> Repository {
 }
 
 /// The command bus `flexcore serve` runs: `router` behind retry on conflict, idempotency keys,
-/// metrics and tracing.
-pub fn command_bus(router: CommandRouter) -> Arc<dyn CommandBus> {
-    Arc::new(
-        router
-            .with_retry(RetryPolicy::default())
-            .with_idempotency(IDEMPOTENCY_TTL, IDEMPOTENCY_KEYS)
-            .with_metrics()
-            .with_tracing(),
-    )
+/// authorization (when there is a `policy`), metrics and tracing.
+pub fn command_bus(router: CommandRouter, policy: Option<Arc<Policy>>) -> Arc<dyn CommandBus> {
+    let idempotent = router
+        .with_retry(RetryPolicy::default())
+        .with_idempotency(IDEMPOTENCY_TTL, IDEMPOTENCY_KEYS);
+    // Authorization runs before idempotency: a replayed answer is an answer too.
+    match policy {
+        Some(policy) => Arc::new(
+            idempotent
+                .with_authorization(policy)
+                .with_metrics()
+                .with_tracing(),
+        ),
+        None => Arc::new(idempotent.with_metrics().with_tracing()),
+    }
 }
 
-/// The query bus `flexcore serve` runs: `router` behind the query cache (when there is one)
-/// and tracing.
+/// The query bus `flexcore serve` runs: `router` behind the query cache (when there is one),
+/// authorization (when there is a `policy`, in front of the cache) and tracing.
 pub fn query_bus(
     router: QueryRouter,
     cache: Option<&crate::readside::QueryCache>,
+    policy: Option<Arc<Policy>>,
 ) -> Arc<dyn QueryBus> {
-    match cache {
-        Some(cache) => Arc::new(
-            router
-                .with_cache(Arc::clone(&cache.backend), Arc::clone(&cache.policy))
-                .with_tracing(),
-        ),
-        None => Arc::new(router.with_tracing()),
+    let cached: Arc<dyn QueryBus> = match cache {
+        Some(cache) => {
+            Arc::new(router.with_cache(Arc::clone(&cache.backend), Arc::clone(&cache.policy)))
+        }
+        None => Arc::new(router),
+    };
+    match policy {
+        Some(policy) => Arc::new(cached.with_authorization(policy).with_tracing()),
+        None => Arc::new(cached.with_tracing()),
     }
 }
 
@@ -82,6 +92,7 @@ pub struct Engine {
 /// followers; everything stops when `shutdown` turns true.
 pub async fn assemble(
     settings: &Settings,
+    security: &crate::security::Security,
     store: Arc<dyn EventStore>,
     modules: &Modules,
     shutdown: watch::Receiver<bool>,
@@ -127,14 +138,19 @@ pub async fn assemble(
         background.push(bus.spawn(Arc::clone(&store) as Arc<_>, 0, shutdown));
     }
     let health = modules.clone();
-    let commands = command_bus(registrations.commands);
+    let commands = command_bus(registrations.commands, security.policy.clone());
     let state = AppState {
         async_commands: Arc::new(flexcore_app::command::AsyncCommands::new(
             Arc::clone(&commands),
             flexcore_app::command::AsyncCommands::DEFAULT_CAPACITY,
         )),
         commands,
-        queries: query_bus(registrations.queries, read_side.cache.as_ref()),
+        queries: query_bus(
+            registrations.queries,
+            read_side.cache.as_ref(),
+            security.policy.clone(),
+        ),
+        gate: Arc::clone(&security.gate),
         store,
         limits: flexcore_app::RequestLimits {
             max_request_bytes: settings.max_body_bytes,
@@ -213,6 +229,11 @@ pub async fn run_with(
                 .with_context(|| format!("invalid inbound_url '{}'", mask_password(url)))
         })
         .transpose()?;
+    crate::security::check_exposure(
+        &settings.security,
+        &[listener.local_addr()?, settings.grpc_addr],
+    )?;
+    let security = crate::security::build(&settings.security)?;
     let grpc_listener = TcpListener::bind(settings.grpc_addr)
         .await
         .with_context(|| format!("cannot listen on {} (gRPC)", settings.grpc_addr))?;
@@ -227,6 +248,7 @@ pub async fn run_with(
         mut background,
     } = assemble(
         &settings,
+        &security,
         Arc::clone(&store),
         &modules,
         stopping_seen.clone(),
@@ -237,8 +259,8 @@ pub async fn run_with(
         queries: Arc::clone(&state.queries),
         store: Arc::clone(&state.store),
         limits: state.limits,
+        gate: Arc::clone(&state.gate),
     };
-    tracing::warn!("authentication is OFF: every client may send any command (embedded default)");
     tracing::info!(
         http = %listener.local_addr()?,
         grpc = %grpc_listener.local_addr()?,

@@ -232,7 +232,7 @@ async fn run_once(
             for (command_type, handler) in command_handlers(flexcore::server::repository(store)) {
                 router.register(command_type, handler)?;
             }
-            let commands = flexcore::server::command_bus(router);
+            let commands = flexcore::server::command_bus(router, None);
             let clients = (0..connections)
                 .map(|_| BusClient(Arc::clone(&commands)))
                 .collect();

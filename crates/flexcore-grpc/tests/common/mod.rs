@@ -57,6 +57,33 @@ pub async fn start_with(
         limits,
         ..GrpcState::new(commands, queries, Arc::clone(&store))
     };
+    serve_state(state, store, guard).await
+}
+
+/// A server over an in-memory store with the shared test gate (authentication, the test roles
+/// on both buses and the store, and `rate_limit` for every route class).
+pub async fn start_secured(rate_limit: Option<flexcore_auth::Bucket>) -> TestServer {
+    use flexcore_app::command::CommandBusExt;
+    use flexcore_app::query::QueryBusExt;
+    let store: Arc<dyn EventStore> = Arc::new(InMemoryStore::new());
+    let (gate, policy) = flexcore_test_support::security::test_gate(rate_limit);
+    let (commands, queries) = flexcore_test_support::sample_buses(Arc::clone(&store));
+    let state = GrpcState {
+        gate,
+        ..GrpcState::new(
+            Arc::new(commands.with_authorization(Arc::clone(&policy))),
+            Arc::new(queries.with_authorization(policy)),
+            Arc::clone(&store),
+        )
+    };
+    serve_state(state, store, None).await
+}
+
+async fn serve_state(
+    state: GrpcState,
+    store: Arc<dyn EventStore>,
+    guard: Option<tempfile::TempDir>,
+) -> TestServer {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let (stop, stopped) = oneshot::channel::<()>();
