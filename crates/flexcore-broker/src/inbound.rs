@@ -22,6 +22,7 @@ use std::time::Duration;
 
 use flexcore_app::command::{Command, CommandBus, CommandContext, CommandOutcome};
 use flexcore_app::follow::Backoff;
+use flexcore_app::security::{Credential, Gatekeeper, Presented, bearer_token};
 use flexcore_app::{Error, ErrorKind};
 use flexcore_domain::DomainError;
 use serde::Deserialize;
@@ -54,6 +55,24 @@ pub struct CommandMessage {
     /// Echoed in the reply, and the correlation id of the events the command produces.
     #[serde(default)]
     pub correlation_id: Option<String>,
+    /// `Bearer <token>`, when authentication is on (also from the `authorization` header or
+    /// field).
+    #[serde(default)]
+    pub authorization: Option<MessageSecret>,
+    /// An API key, when authentication is on (also from the `x-api-key` header or field).
+    #[serde(default)]
+    pub api_key: Option<MessageSecret>,
+}
+
+/// A credential a message carries: kept out of `Debug` output (and so out of logs).
+#[derive(Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(transparent)]
+pub struct MessageSecret(pub String);
+
+impl std::fmt::Debug for MessageSecret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("***")
+    }
 }
 
 fn empty_object() -> Value {
@@ -98,6 +117,8 @@ pub struct InboundOptions {
     pub shutdown_grace: Duration,
     /// The longest wait between reconnection attempts after a broker failure.
     pub max_backoff: Duration,
+    /// Authenticates each message's credential (open by default: no credential needed).
+    pub gate: Arc<Gatekeeper>,
 }
 
 impl Default for InboundOptions {
@@ -109,6 +130,7 @@ impl Default for InboundOptions {
             concurrency: 16,
             shutdown_grace: Duration::from_secs(10),
             max_backoff: Duration::from_secs(10),
+            gate: Arc::default(),
         }
     }
 }
@@ -148,16 +170,39 @@ pub(crate) async fn execute(
     let Some(command_type) = message.command_type.filter(|t| !t.is_empty()) else {
         return malformed("the message names no command_type", None);
     };
+    let correlation_id = message.correlation_id.as_deref();
+    let authorization = message.authorization.as_ref().map(|s| s.0.as_str());
+    let bearer = authorization.and_then(bearer_token);
+    let action = format!("inbound {command_type}");
+    let presented = Presented {
+        credential: bearer.map(Credential::Bearer).or(message
+            .api_key
+            .as_ref()
+            .map(|key| Credential::ApiKey(&key.0))),
+        malformed_authorization: authorization.is_some() && bearer.is_none(),
+        action: &action,
+        ..Presented::default()
+    };
+    // A refused credential is a definitive answer: replied, acknowledged, not retried.
+    let principal = match options.gate.authenticate(&presented) {
+        Ok(principal) => principal,
+        Err(error) => {
+            return Disposition::Done {
+                reply: reply_error(&error, correlation_id),
+            };
+        }
+    };
     let ctx = CommandContext {
         correlation_id: message.correlation_id.clone(),
         idempotency_key: message.idempotency_key.or(idempotency_key),
+        tenant: principal.as_ref().and_then(|p| p.tenant.clone()),
+        principal,
         ..CommandContext::default()
     };
     let command = Command {
         command_type,
         payload: message.payload,
     };
-    let correlation_id = message.correlation_id.as_deref();
     match bus.send(&ctx, &command).await {
         Ok(outcome) => Disposition::Done {
             reply: reply_ok(&outcome, correlation_id),
@@ -272,6 +317,7 @@ fn title(status: u16) -> &'static str {
         400 => "Bad Request",
         401 => "Unauthorized",
         403 => "Forbidden",
+        429 => "Too Many Requests",
         404 => "Not Found",
         409 => "Conflict",
         422 => "Unprocessable Entity",

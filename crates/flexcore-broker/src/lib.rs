@@ -59,6 +59,11 @@
 //!   `idempotency_key`, `reply_to`, `correlation_id`, `message_id`. Without an
 //!   `idempotency_key` the key is the `message_id` field, else `redis:<stream>:<entry id>`.
 //!
+//! With authentication on, a message proves its sender like an HTTP request: `authorization`
+//! (`Bearer <token>`) or `api_key` in the body, or the header (RabbitMQ) / field (Redis)
+//! `authorization` or `x-api-key`. A missing or refused credential is replied `unauthorized`
+//! and acknowledged; the command bus applies the roles (`forbidden`).
+//!
 //! The reply is JSON: `{"ok": true, "result": {command_id, stream_id, version, events}}` or
 //! `{"ok": false, "error": {type, title, status, code, detail}}` with the HTTP gateway's stable
 //! codes (`validation_failed`, `conflict`, `not_found`, `unauthorized`, `forbidden`,
@@ -188,6 +193,14 @@ impl InboundConfig {
             other => Err(BrokerError::InvalidUrl(format!(
                 "unsupported inbound broker '{other}' (amqp or redis)"
             ))),
+        }
+    }
+
+    /// Authenticates each message's credential (`authorization` / `x-api-key`) with `gate`.
+    pub fn with_gate(self, gate: Arc<flexcore_app::security::Gatekeeper>) -> Self {
+        match self {
+            Self::RabbitMq(consumer) => Self::RabbitMq(consumer.with_gate(gate)),
+            Self::Redis(consumer) => Self::Redis(consumer.with_gate(gate)),
         }
     }
 }

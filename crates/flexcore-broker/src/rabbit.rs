@@ -19,7 +19,7 @@ use tokio::sync::{Mutex, watch};
 use tokio::task::{JoinHandle, JoinSet};
 
 use crate::error::{BrokerError, Result};
-use crate::inbound::{self, CommandMessage, Disposition, InboundOptions};
+use crate::inbound::{self, CommandMessage, Disposition, InboundOptions, MessageSecret};
 use crate::url::{BrokerUrl, InboundParams};
 
 /// The exchange the outbox publishes to unless the URL names one.
@@ -224,6 +224,12 @@ impl RabbitCommandConsumer {
         Ok(consumer)
     }
 
+    /// Authenticates each message's credential with `gate`.
+    pub fn with_gate(mut self, gate: Arc<flexcore_app::security::Gatekeeper>) -> Self {
+        self.options.gate = gate;
+        self
+    }
+
     /// Replaces the options.
     pub fn with_options(mut self, options: InboundOptions) -> Self {
         self.options = options;
@@ -400,6 +406,12 @@ impl RabbitCommandConsumer {
                 }
                 message.reply_to = message.reply_to.or(reply_to);
                 message.correlation_id = message.correlation_id.or(correlation);
+                message.authorization = message
+                    .authorization
+                    .or_else(|| header_string(properties, "authorization").map(MessageSecret));
+                message.api_key = message
+                    .api_key
+                    .or_else(|| header_string(properties, "x-api-key").map(MessageSecret));
                 let reply_to = message.reply_to.clone();
                 let correlation = message.correlation_id.clone();
                 let key = properties

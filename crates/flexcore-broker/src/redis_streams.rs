@@ -19,7 +19,7 @@ use tokio::sync::{Mutex, watch};
 use tokio::task::JoinHandle;
 
 use crate::error::{BrokerError, Result};
-use crate::inbound::{self, CommandMessage, Disposition, InboundOptions};
+use crate::inbound::{self, CommandMessage, Disposition, InboundOptions, MessageSecret};
 use crate::url::{BrokerUrl, InboundParams};
 
 /// The stream the outbox appends to unless the URL names one.
@@ -209,6 +209,12 @@ impl RedisCommandConsumer {
     /// Replaces the options.
     pub fn with_options(mut self, options: InboundOptions) -> Self {
         self.options = options;
+        self
+    }
+
+    /// Authenticates each message's credential with `gate`.
+    pub fn with_gate(mut self, gate: Arc<flexcore_app::security::Gatekeeper>) -> Self {
+        self.options.gate = gate;
         self
     }
 
@@ -437,6 +443,12 @@ impl RedisCommandConsumer {
                 message.idempotency_key =
                     message.idempotency_key.or_else(|| field("idempotency_key"));
                 message.reply_to = message.reply_to.or_else(|| field("reply_to"));
+                message.authorization = message
+                    .authorization
+                    .or_else(|| field("authorization").map(MessageSecret));
+                message.api_key = message
+                    .api_key
+                    .or_else(|| field("x-api-key").map(MessageSecret));
                 message.correlation_id = message
                     .correlation_id
                     .or_else(|| field("correlation_id"))

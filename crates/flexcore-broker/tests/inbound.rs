@@ -34,6 +34,7 @@ fn options() -> InboundOptions {
         concurrency: 4,
         shutdown_grace: Duration::from_millis(200),
         max_backoff: Duration::from_millis(500),
+        ..InboundOptions::default()
     }
 }
 
@@ -94,20 +95,31 @@ impl Rabbit {
     }
 
     fn start(&self, bus: Arc<dyn CommandBus>) -> Running {
+        self.start_with(bus, options())
+    }
+
+    fn start_with(&self, bus: Arc<dyn CommandBus>, options: InboundOptions) -> Running {
         let (stop, shutdown) = watch::channel(false);
         let task = RabbitCommandConsumer::new(self.url.clone(), self.queue.clone())
-            .with_options(options())
+            .with_options(options)
             .spawn(bus, shutdown);
         Running { stop, task }
     }
 
     /// Sends a command message with a message id, asking for a reply.
     async fn send(&self, body: Value, correlation_id: &str) {
+        self.send_with_headers(body, correlation_id, FieldTable::default())
+            .await;
+    }
+
+    /// [`Rabbit::send`], with these message headers.
+    async fn send_with_headers(&self, body: Value, correlation_id: &str, headers: FieldTable) {
         let properties = BasicProperties::default()
             .with_message_id(uuid::Uuid::new_v4().to_string().into())
             .with_correlation_id(correlation_id.into())
             .with_reply_to(self.replies.as_str().into())
-            .with_content_type("application/json".into());
+            .with_content_type("application/json".into())
+            .with_headers(headers);
         self.channel
             .basic_publish(
                 "".into(),
@@ -309,6 +321,37 @@ async fn rabbitmq_message_redelivered_after_a_crash_before_ack_does_not_run_twic
     assert_eq!(reply["ok"], json!(true), "{reply}");
     assert_eq!(users_created(store.as_ref()).await, 1, "not appended twice");
     assert_eq!(queued, 0, "acknowledged the second time");
+}
+
+#[tokio::test]
+async fn rabbitmq_commands_are_authenticated_from_message_headers() {
+    use flexcore_app::command::CommandBusExt;
+    use flexcore_test_support::security::{test_gate, token};
+    let Some(url) = rabbitmq_url() else { return };
+    let rabbit = Rabbit::new(url).await;
+    let store = Arc::new(InMemoryStore::new());
+    let (bus, _) = test_bus(store.clone());
+    let (gate, policy) = test_gate(None);
+    let bus: Arc<dyn CommandBus> = Arc::new(bus.with_authorization(policy));
+    let running = rabbit.start_with(bus, InboundOptions { gate, ..options() });
+    let create = json!({"command_type": "create_user", "payload": {"email": unique_email()}});
+    rabbit.send(create.clone(), "anonymous").await;
+    let mut headers = FieldTable::default();
+    headers.insert(
+        "authorization".into(),
+        AMQPValue::LongString(format!("Bearer {}", token("ann", &["writer"])).into()),
+    );
+    rabbit.send_with_headers(create, "ann", headers).await;
+    let mut replies = HashMap::new();
+    for _ in 0..2 {
+        let (correlation, body) = rabbit.reply().await;
+        replies.insert(correlation, body);
+    }
+    running.stop().await;
+    rabbit.cleanup().await;
+    assert_eq!(replies["anonymous"]["error"]["code"], json!("unauthorized"));
+    assert_eq!(replies["ann"]["ok"], json!(true), "{}", replies["ann"]);
+    assert_eq!(users_created(store.as_ref()).await, 1);
 }
 
 // --- Redis Streams ---------------------------------------------------------------------------
@@ -623,4 +666,58 @@ async fn redis_slow_command_is_not_taken_over_by_another_member_while_it_runs() 
     assert_eq!(replies[0]["ok"], "true", "{:?}", replies[0]);
     assert_eq!(pending, 0);
     assert_eq!(users_created(store.as_ref()).await, 1);
+}
+
+#[tokio::test]
+async fn redis_commands_need_a_credential_when_authentication_is_on() {
+    use flexcore_app::command::CommandBusExt;
+    use flexcore_test_support::security::{TEST_API_KEY, test_gate, token};
+    let Some(url) = redis_url() else { return };
+    let redis = Redis::new(url).await;
+    let store = Arc::new(InMemoryStore::new());
+    let (bus, _) = test_bus(store.clone());
+    let (gate, policy) = test_gate(None);
+    let bus: Arc<dyn CommandBus> = Arc::new(bus.with_authorization(policy));
+    let running = redis.start_with(bus, "c1", InboundOptions { gate, ..options() });
+
+    let create = |email: &str| json!({"email": email}).to_string();
+    let writer = format!("Bearer {}", token("ann", &["writer"]));
+    let reader = format!("Bearer {}", token("rob", &["reader"]));
+    let sends: [(&str, Vec<(&str, String)>); 5] = [
+        ("none", vec![]),
+        ("forged", vec![("authorization", "Bearer x.y.z".into())]),
+        ("reader", vec![("authorization", reader)]),
+        ("writer", vec![("authorization", writer)]),
+        ("key", vec![("x-api-key", TEST_API_KEY.into())]),
+    ];
+    for (i, (name, credential)) in sends.iter().enumerate() {
+        let mut fields = vec![
+            ("command_type", "create_user".to_owned()),
+            ("payload", create(&format!("u{i}-{}", unique_email()))),
+            ("reply_to", redis.replies.clone()),
+            ("correlation_id", (*name).to_owned()),
+        ];
+        fields.extend(credential.iter().cloned());
+        redis.send(&fields).await;
+    }
+    let replies = redis.replies(sends.len()).await;
+    let pending = redis.pending().await;
+    running.stop().await;
+    redis.cleanup().await;
+
+    let code = |name: &str| {
+        let entry = replies
+            .iter()
+            .find(|r| r["correlation_id"] == name)
+            .unwrap();
+        let body = reply_body(entry);
+        body["error"]["code"].as_str().unwrap_or("ok").to_owned()
+    };
+    assert_eq!(code("none"), "unauthorized");
+    assert_eq!(code("forged"), "unauthorized");
+    assert_eq!(code("reader"), "forbidden");
+    assert_eq!(code("writer"), "ok");
+    assert_eq!(code("key"), "ok");
+    assert_eq!(pending, 0, "refusals are acknowledged, not retried");
+    assert_eq!(users_created(store.as_ref()).await, 2);
 }

@@ -280,7 +280,7 @@ pub async fn run_with(
     if let (Some(inbound), Some(url)) = (inbound, &settings.inbound_url) {
         tracing::info!(url = %mask_password(url), "consuming commands from the broker");
         background.push(flexcore_broker::spawn_inbound(
-            inbound,
+            inbound.with_gate(Arc::clone(&state.gate)),
             Arc::clone(&state.commands),
             stopping_seen.clone(),
         ));
