@@ -44,6 +44,8 @@ pub enum Command {
     /// Durable subscriptions of a running server: status, dead letters, retry, skip.
     #[command(subcommand)]
     Subscriptions(crate::operations::SubscriptionsCommand),
+    /// Who changed a stream: each event's version, time, type and actor.
+    Audit(crate::audit::AuditArgs),
     /// Make credentials: development JWTs, API keys.
     #[command(subcommand)]
     Token(crate::security::TokenCommand),

@@ -16,6 +16,7 @@
 //! The benchmarks live in their own crate and binary, `flexcore-bench`, which drives this
 //! library (the server, the store URLs, the buses) as `flexcore serve` does.
 
+pub mod audit;
 pub mod cli;
 pub mod client;
 pub mod config;

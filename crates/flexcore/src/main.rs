@@ -33,6 +33,7 @@ fn main() -> ExitCode {
             Command::Subscriptions(command) => {
                 Ok(flexcore::operations::subscriptions(command).await)
             }
+            Command::Audit(args) => Ok(flexcore::audit::audit(args).await),
             Command::Token(command) => Err(flexcore::security::run_token(command)),
         }
     });
