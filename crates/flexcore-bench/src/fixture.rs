@@ -31,12 +31,28 @@ pub enum CommitMode {
 /// `--store postgres://…` (one schema per store in that database).
 ///
 /// Call [`close`](Self::close) at the end to drop the schemas; should a bench stop early
+/// The HS256 secret of the bench's secured server (a bench fixture, never a deployment's).
+pub const BENCH_JWT_SECRET: &str = "flexcore-bench secret, 32 bytes or more";
+
+/// A token for the bench's secured server: subject `bench`, role `writer`, valid for a day.
+pub fn bench_token() -> anyhow::Result<String> {
+    Ok(flexcore_auth::mint_hs256(
+        BENCH_JWT_SECRET.as_bytes(),
+        "bench",
+        &["writer".to_owned()],
+        std::time::Duration::from_secs(24 * 3600),
+        serde_json::Map::new(),
+    )?)
+}
+
 /// (an error, a panic), dropping the fixture drops them too.
 pub struct TempStores {
     /// Holds the SQLite files and the empty settings file; removed on drop.
     dir: tempfile::TempDir,
     /// An empty settings file, so a `./flexcore.toml` in the working directory is not read.
     settings_file: PathBuf,
+    /// A settings file with authentication (JWT HS256) and one role that may `create_user`.
+    secured_settings_file: PathBuf,
     postgres: Option<PostgresSchemas>,
     /// PostgreSQL only: parallel group-commit transactions of the stores opened directly.
     committers: Option<usize>,
@@ -95,9 +111,19 @@ impl TempStores {
             .context("cannot create a temp dir")?;
         let settings_file = dir.path().join("flexcore.toml");
         std::fs::write(&settings_file, "").context("cannot write the bench's settings file")?;
+        let secured_settings_file = dir.path().join("flexcore-secured.toml");
+        std::fs::write(
+            &secured_settings_file,
+            format!(
+                "[auth]\njwt_hs256_secret = \"{BENCH_JWT_SECRET}\"\n\n\
+                 [roles.writer]\ncommands = [\"create_user\"]\nstreams_append = [\"user-*\"]\n"
+            ),
+        )
+        .context("cannot write the bench's secured settings file")?;
         Ok(Self {
             dir,
             settings_file,
+            secured_settings_file,
             postgres,
             committers: None,
             handed_out: AtomicUsize::new(0),
@@ -184,6 +210,15 @@ impl TempStores {
             config: Some(self.settings_file.clone()),
             store_url: Some(store.url()),
             ..ServeArgs::default()
+        }
+    }
+
+    /// [`serve_args`](Self::serve_args) with authentication on: tokens signed with
+    /// [`BENCH_JWT_SECRET`], and a `writer` role that may send `create_user`.
+    pub fn secured_serve_args(&self, store: &FreshStore) -> ServeArgs {
+        ServeArgs {
+            config: Some(self.secured_settings_file.clone()),
+            ..self.serve_args(store)
         }
     }
 

@@ -135,6 +135,11 @@ pub struct GatewayArgs {
     /// that phase.
     #[arg(long, conflicts_with = "rate", default_value_t = 0.5)]
     pub load_share: f64,
+    /// Also run the HTTP and gRPC cases with JWT authentication and RBAC on (`http+auth`,
+    /// `grpc+auth`), interleaved with the others, and report their throughput over the
+    /// unsecured gateways'.
+    #[arg(long)]
+    pub auth: bool,
     /// Runs and output.
     #[command(flatten)]
     pub run: RunArgs,

@@ -64,12 +64,14 @@ pub(super) struct HttpClient {
     sender: hyper::client::conn::http1::SendRequest<Full<Bytes>>,
     uri: hyper::Uri,
     host: String,
+    /// `Bearer <token>`, when the server requires authentication.
+    authorization: Option<String>,
 }
 
 impl HttpClient {
     /// Opens the connection now (and checks `GET /health`) so the measured requests find it
     /// ready.
-    pub(super) async fn connect(addr: SocketAddr) -> anyhow::Result<Self> {
+    pub(super) async fn connect(addr: SocketAddr, token: Option<String>) -> anyhow::Result<Self> {
         let stream = tokio::net::TcpStream::connect(addr).await?;
         stream.set_nodelay(true)?;
         let (sender, connection) =
@@ -83,6 +85,7 @@ impl HttpClient {
             sender,
             uri: format!("http://{addr}/v1/commands/create_user").parse()?,
             host: addr.to_string(),
+            authorization: token.map(|token| format!("Bearer {token}")),
         };
         let health = hyper::Request::get(format!("http://{addr}/health"))
             .header(hyper::header::HOST, &client.host)
@@ -107,10 +110,13 @@ impl HttpClient {
 
 impl CreateUser for HttpClient {
     async fn create_user(&mut self, email: String) -> anyhow::Result<()> {
-        let request = hyper::Request::post(self.uri.clone())
+        let mut request = hyper::Request::post(self.uri.clone())
             .header(hyper::header::HOST, &self.host)
-            .header(hyper::header::CONTENT_TYPE, "application/json")
-            .body(Full::new(Bytes::from(create_user_body(&email))))?;
+            .header(hyper::header::CONTENT_TYPE, "application/json");
+        if let Some(authorization) = &self.authorization {
+            request = request.header(hyper::header::AUTHORIZATION, authorization);
+        }
+        let request = request.body(Full::new(Bytes::from(create_user_body(&email))))?;
         let (status, body) = self.send(request).await?;
         anyhow::ensure!(
             status.is_success(),
@@ -121,31 +127,41 @@ impl CreateUser for HttpClient {
     }
 }
 
-/// One tonic channel: one HTTP/2 connection.
-pub(super) struct GrpcClient(CommandServiceClient<Channel>);
+/// One tonic channel: one HTTP/2 connection, and the `authorization` metadata to send.
+pub(super) struct GrpcClient(
+    CommandServiceClient<Channel>,
+    Option<tonic::metadata::AsciiMetadataValue>,
+);
 
 impl GrpcClient {
     /// Connects now, so the measured commands find the connection ready.
-    pub(super) async fn connect(addr: SocketAddr) -> anyhow::Result<Self> {
+    pub(super) async fn connect(addr: SocketAddr, token: Option<String>) -> anyhow::Result<Self> {
+        let authorization = token
+            .map(|token| format!("Bearer {token}").parse())
+            .transpose()?;
         let channel = Channel::from_shared(format!("http://{addr}"))?
             .connect_timeout(Duration::from_secs(5))
             .tcp_nodelay(true)
             .connect()
             .await
             .with_context(|| format!("cannot connect to the gRPC gateway at {addr}"))?;
-        Ok(Self(CommandServiceClient::new(channel)))
+        Ok(Self(CommandServiceClient::new(channel), authorization))
     }
 }
 
 impl CreateUser for GrpcClient {
     async fn create_user(&mut self, email: String) -> anyhow::Result<()> {
-        self.0
-            .send(SendCommandRequest {
-                command_type: "create_user".into(),
-                payload_json: create_user_body(&email),
-                idempotency_key: None,
-            })
-            .await?;
+        let mut request = tonic::Request::new(SendCommandRequest {
+            command_type: "create_user".into(),
+            payload_json: create_user_body(&email),
+            idempotency_key: None,
+        });
+        if let Some(authorization) = &self.1 {
+            request
+                .metadata_mut()
+                .insert("authorization", authorization.clone());
+        }
+        self.0.send(request).await?;
         Ok(())
     }
 }

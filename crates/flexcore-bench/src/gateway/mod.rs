@@ -11,6 +11,10 @@
 //! | `http` | `POST /v1/commands/create_user`, one keep-alive HTTP/1.1 connection per task |
 //! | `grpc` | `CommandService.Send`, one tonic channel (one HTTP/2 connection) per task |
 //!
+//! With `--auth`, `http+auth` and `grpc+auth` run the gateways again with JWT authentication
+//! and RBAC on (an HS256 token per client, a `writer` role allowed `create_user`), and the
+//! report gives their throughput over the unsecured gateways'.
+//!
 //! So the report separates store → bus → gateway costs. Every command uses a new address
 //! (`u{task}-{n}@bench.example`); only successful answers are counted, and any failure stops
 //! the benchmark with its cause. Runs are interleaved (repeat r runs every case before repeat
@@ -89,11 +93,16 @@ async fn measure_on(stores: &TempStores, args: &GatewayArgs) -> anyhow::Result<G
         args.load_share
     );
     install_serve_observability()?;
+    let mut layers = Layer::ALL.to_vec();
+    if args.auth {
+        layers.extend(Layer::SECURED);
+    }
     let mut phases = Phases {
         stores,
         duration,
         repeat,
         json: args.run.json,
+        layers,
     };
 
     let saturation = match args.rate {
@@ -139,6 +148,8 @@ struct Phases<'a> {
     duration: Duration,
     repeat: usize,
     json: bool,
+    /// The layers measured, in order.
+    layers: Vec<Layer>,
 }
 
 impl Phases<'_> {
@@ -149,7 +160,7 @@ impl Phases<'_> {
         let mut runs: Vec<((Layer, usize), Vec<Run>)> = Vec::new();
         for r in 1..=repeat {
             for &(n, rate) in loads {
-                for layer in Layer::ALL {
+                for &layer in &self.layers {
                     let store = self.stores.fresh();
                     let run = run_once(layer, n, self.duration, rate, &store, self.stores)
                         .await
@@ -238,18 +249,27 @@ async fn run_once(
                 .collect();
             measure(clients, duration, rate).await
         }
-        Layer::Http | Layer::Grpc => {
-            let server = Server::start(stores.serve_args(store), &appends).await?;
-            let measured = if layer == Layer::Http {
+        Layer::Http | Layer::Grpc | Layer::HttpAuth | Layer::GrpcAuth => {
+            let secured = matches!(layer, Layer::HttpAuth | Layer::GrpcAuth);
+            let (serve, token) = if secured {
+                (
+                    stores.secured_serve_args(store),
+                    Some(crate::fixture::bench_token()?),
+                )
+            } else {
+                (stores.serve_args(store), None)
+            };
+            let server = Server::start(serve, &appends).await?;
+            let measured = if matches!(layer, Layer::Http | Layer::HttpAuth) {
                 let mut clients = Vec::with_capacity(connections);
                 for _ in 0..connections {
-                    clients.push(HttpClient::connect(server.http).await?);
+                    clients.push(HttpClient::connect(server.http, token.clone()).await?);
                 }
                 measure(clients, duration, rate).await
             } else {
                 let mut clients = Vec::with_capacity(connections);
                 for _ in 0..connections {
-                    clients.push(GrpcClient::connect(server.grpc).await?);
+                    clients.push(GrpcClient::connect(server.grpc, token.clone()).await?);
                 }
                 measure(clients, duration, rate).await
             };

@@ -25,11 +25,17 @@ pub enum Layer {
     Http,
     /// The gRPC gateway.
     Grpc,
+    /// The HTTP gateway with authentication (JWT) and RBAC on.
+    HttpAuth,
+    /// The gRPC gateway with authentication (JWT) and RBAC on.
+    GrpcAuth,
 }
 
 impl Layer {
     /// Every layer, in the order the cases run and are reported.
     pub(super) const ALL: [Self; 4] = [Self::Store, Self::Bus, Self::Http, Self::Grpc];
+    /// The layers `--auth` adds: each gateway again with authentication and RBAC on.
+    pub(super) const SECURED: [Self; 2] = [Self::HttpAuth, Self::GrpcAuth];
 
     /// The layer's name in the text report.
     pub(super) fn name(self) -> &'static str {
@@ -38,6 +44,8 @@ impl Layer {
             Self::Bus => "bus",
             Self::Http => "http",
             Self::Grpc => "grpc",
+            Self::HttpAuth => "http+auth",
+            Self::GrpcAuth => "grpc+auth",
         }
     }
 }
@@ -93,6 +101,11 @@ pub struct GatewayRatios {
     pub http_p99_over_bus_ms: f64,
     /// gRPC p99 − bus p99, ms: the gRPC gateway alone.
     pub grpc_p99_over_bus_ms: f64,
+    /// With `--auth`: HTTP throughput with authentication and RBAC / without (the cost of
+    /// security is 1 − this).
+    pub http_auth_over_http: Option<f64>,
+    /// With `--auth`: gRPC throughput with authentication and RBAC / without.
+    pub grpc_auth_over_grpc: Option<f64>,
 }
 
 /// The cases of one way of loading the layers.
@@ -127,6 +140,12 @@ impl GatewayPhase {
                     grpc_p99_added_ms: grpc.p99_ms - store.p99_ms,
                     http_p99_over_bus_ms: http.p99_ms - bus.p99_ms,
                     grpc_p99_over_bus_ms: grpc.p99_ms - bus.p99_ms,
+                    http_auth_over_http: phase
+                        .find(Layer::HttpAuth, n)
+                        .map(|secured| secured.commands_per_s / http.commands_per_s),
+                    grpc_auth_over_grpc: phase
+                        .find(Layer::GrpcAuth, n)
+                        .map(|secured| secured.commands_per_s / grpc.commands_per_s),
                 })
             })
             .collect();
@@ -230,6 +249,17 @@ pub(super) fn print_text(report: &GatewayReport) {
                 r.http_p99_over_bus_ms,
                 r.grpc_p99_over_bus_ms,
             );
+            if let (Some(http), Some(grpc)) = (r.http_auth_over_http, r.grpc_auth_over_grpc) {
+                eprintln!(
+                    "{store:<6} connections={}: with authentication + RBAC / without: http {:.3} \
+                     ({:+.1}%), grpc {:.3} ({:+.1}%)",
+                    r.connections,
+                    http,
+                    (http - 1.0) * 100.0,
+                    grpc,
+                    (grpc - 1.0) * 100.0,
+                );
+            }
         }
     }
     for t in &report.targets {
