@@ -12,7 +12,7 @@ import sys
 import threading
 import traceback
 
-__all__ = ["FlexCore", "ValidationError", "Event", "Record"]
+__all__ = ["FlexCore", "ValidationError", "Event", "Record", "principal"]
 
 
 class ValidationError(Exception):
@@ -302,7 +302,41 @@ def _load(paths):
         _loading = None
 
 
-def _run_command(registry, command_type, payload_json, events_json):
+_principal = None
+
+
+def principal():
+    """The caller the running command or query acts for, or ``None`` when authentication is off.
+
+    A Record with ``sub`` (the subject), ``roles`` (a list of role names) and ``tenant`` (or
+    ``None``). Events the command returns carry it as ``metadata.actor`` without the handler's
+    help.
+    """
+    return _principal
+
+
+class _ActingFor:
+    """Sets ``principal()`` for the duration of one handler call."""
+
+    def __init__(self, principal_json):
+        self.principal = None if principal_json is None else Record(json.loads(principal_json), "principal")
+
+    def __enter__(self):
+        global _principal
+        _principal = self.principal
+
+    def __exit__(self, *exc):
+        global _principal
+        _principal = None
+        return False
+
+
+def _run_command(registry, command_type, payload_json, events_json, principal_json=None):
+    with _ActingFor(principal_json):
+        return _decide(registry, command_type, payload_json, events_json)
+
+
+def _decide(registry, command_type, payload_json, events_json):
     func, agg, wants_state, _ = registry.commands[command_type]
     cmd = _wrap(json.loads(payload_json), "command")
     if wants_state:
@@ -326,8 +360,9 @@ def _run_command(registry, command_type, payload_json, events_json):
     return out
 
 
-def _run_query(registry, query_type, params_json):
-    return registry.queries[query_type](_wrap(json.loads(params_json), "query"))
+def _run_query(registry, query_type, params_json, principal_json=None):
+    with _ActingFor(principal_json):
+        return registry.queries[query_type](_wrap(json.loads(params_json), "query"))
 
 
 def _run_durable(registry, name, event_json):

@@ -8,6 +8,7 @@ use flexcore_app::command::{CommandContext, CommandHandler};
 use flexcore_app::event_bus::EventHandler;
 use flexcore_app::query::{QueryContext, QueryHandler};
 use flexcore_app::repository::{RetryPolicy, retry_on_conflict};
+use flexcore_app::security::Principal;
 use flexcore_app::store::{EventStore, MAX_READ_LIMIT, ReadStream, StreamWriteResult};
 use flexcore_app::{Error, Result};
 use flexcore_domain::{EventEnvelope, ExpectedVersion, NewEvent, RawJson, StreamId};
@@ -71,9 +72,10 @@ impl PythonCommandHandler {
         };
         let payload = payload.to_string();
         let command_type = self.command_type.clone();
+        let principal = principal_json(ctx.principal.as_deref());
         let decided = self
             .worker
-            .call(move |ctx| decide(ctx, &command_type, payload, history))
+            .call(move |ctx| decide(ctx, &command_type, payload, history, principal))
             .await
             .map_err(|f| f.into_error(&self.command_type))?;
         if decided.is_empty() {
@@ -106,16 +108,24 @@ impl PythonCommandHandler {
     }
 }
 
+/// The principal as Python's `flexcore.principal()` receives it: `{sub, roles, tenant}` JSON.
+fn principal_json(principal: Option<&Principal>) -> Option<String> {
+    principal.map(|p| {
+        serde_json::json!({"sub": p.subject, "roles": p.roles, "tenant": p.tenant}).to_string()
+    })
+}
+
 /// Runs a command handler and checks what it returned: `(event type, data as JSON)` pairs.
 fn decide(
     ctx: &Ctx<'_>,
     command_type: &str,
     payload: String,
     history: String,
+    principal: Option<String>,
 ) -> Result<Vec<(String, String)>, Failure> {
     let returned = ctx.call(
         "_run_command",
-        (&ctx.registry, command_type, payload, history),
+        (&ctx.registry, command_type, payload, history, principal),
     )?;
     let items = returned
         .cast_into::<PyList>()
@@ -197,13 +207,15 @@ pub(crate) struct PythonQueryHandler {
 
 #[async_trait]
 impl QueryHandler for PythonQueryHandler {
-    async fn handle(&self, _ctx: &QueryContext, params: &Value) -> Result<Value> {
+    async fn handle(&self, ctx: &QueryContext, params: &Value) -> Result<Value> {
         let params = params.to_string();
         let query_type = self.query_type.clone();
+        let principal = principal_json(ctx.principal.as_deref());
         let json = self
             .worker
             .call(move |ctx| {
-                let result = ctx.call("_run_query", (&ctx.registry, query_type, params))?;
+                let result =
+                    ctx.call("_run_query", (&ctx.registry, query_type, params, principal))?;
                 ctx.to_json(&result).map_err(|e| {
                     Failure::Invalid(format!("the result must be JSON-serialisable: {e}"))
                 })

@@ -587,3 +587,74 @@ async fn the_sqlite_store_gets_the_same_guarantees() {
     versions.sort_unstable();
     assert_eq!(versions, (0..6).collect::<Vec<_>>());
 }
+
+#[tokio::test]
+async fn handlers_read_the_principal_they_act_for() {
+    use flexcore_app::security::{AuthMethod, Principal};
+    let setup = setup(PythonConfig::new([module("principals.py")])).await;
+    let ann = Arc::new(Principal {
+        tenant: Some("acme".into()),
+        ..Principal::new("ann", vec!["writer".into()], AuthMethod::Token)
+    });
+    let command = Command {
+        command_type: "write_note".into(),
+        payload: json!({}),
+    };
+    let ctx = CommandContext {
+        principal: Some(Arc::clone(&ann)),
+        ..CommandContext::default()
+    };
+    let outcome = setup.commands.send(&ctx, &command).await.unwrap();
+    let slice = setup
+        .store
+        .read_stream(ReadStream::forward(outcome.stream_id.clone()))
+        .await
+        .unwrap();
+    let event = &slice.events[0];
+    assert_eq!(
+        serde_json::from_str::<Value>(event.data.get()).unwrap(),
+        json!({"by": "ann"})
+    );
+    let metadata: Value = serde_json::from_str(event.metadata.get()).unwrap();
+    assert_eq!(
+        metadata["actor"],
+        json!({"sub": "ann", "roles": ["writer"]})
+    );
+    let anonymous = setup
+        .commands
+        .send(&CommandContext::default(), &command)
+        .await
+        .unwrap();
+    let slice = setup
+        .store
+        .read_stream(ReadStream::forward(anonymous.stream_id))
+        .await
+        .unwrap();
+    assert_eq!(
+        serde_json::from_str::<Value>(slice.events[0].data.get()).unwrap(),
+        json!({"by": null}),
+        "no principal leaks from the previous call"
+    );
+
+    let mut queries = QueryRouter::new();
+    setup.python.register_queries(&mut queries).unwrap();
+    let whoami = Query {
+        query_type: "whoami".into(),
+        params: json!({}),
+    };
+    let ctx = QueryContext {
+        principal: Some(ann),
+        ..QueryContext::default()
+    };
+    assert_eq!(
+        queries.ask(&ctx, &whoami).await.unwrap(),
+        json!({"sub": "ann", "roles": ["writer"], "tenant": "acme"})
+    );
+    assert_eq!(
+        queries
+            .ask(&QueryContext::default(), &whoami)
+            .await
+            .unwrap(),
+        Value::Null
+    );
+}
