@@ -8,6 +8,10 @@ use serde::de::DeserializeOwned;
 
 use crate::{ApiError, AppState};
 
+/// How far over the limit a declared body is still read (and dropped) before the 413, so the
+/// client gets the answer rather than a reset connection.
+const DRAIN_ALLOWANCE: usize = 1024 * 1024;
+
 /// A JSON request body, checked and decoded into `T`.
 pub(crate) struct JsonBody<T>(pub T);
 
@@ -33,7 +37,13 @@ impl<T: DeserializeOwned> FromRequest<AppState> for JsonBody<T> {
             .get(header::CONTENT_LENGTH)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse::<usize>().ok());
-        if declared.is_some_and(|n| n > limits.max_request_bytes) {
+        if let Some(declared) = declared.filter(|n| *n > limits.max_request_bytes) {
+            // Read a moderately oversized body before answering: a client still sending it
+            // would otherwise see the connection reset instead of the 413. Far larger ones
+            // are answered at once and the connection closes.
+            if declared <= limits.max_request_bytes.saturating_add(DRAIN_ALLOWANCE) {
+                let _ = axum::body::to_bytes(request.into_body(), declared).await;
+            }
             return Err(ApiError::payload_too_large(limits.max_request_bytes));
         }
         let body: Body = request.into_body();
