@@ -29,8 +29,8 @@ mod live;
 mod openapi;
 mod operations;
 mod routes;
+mod serve;
 
-use std::future::Future;
 use std::sync::Arc;
 
 use flexcore_app::RequestLimits;
@@ -38,7 +38,6 @@ use flexcore_app::command::{AsyncCommands, CommandBus};
 use flexcore_app::query::QueryBus;
 use flexcore_app::security::Gatekeeper;
 use flexcore_app::store::EventStore;
-use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 pub use auth::API_KEY_HEADER;
@@ -47,6 +46,7 @@ pub use axum::http::HeaderMap;
 pub use error::ApiError;
 pub use operations::Operations;
 pub use routes::router;
+pub use serve::{ConnectionLimits, serve, serve_with};
 
 /// What the handlers need.
 #[derive(Clone)]
@@ -90,28 +90,4 @@ pub type TraceParentHook = Arc<dyn Fn(&HeaderMap, &tracing::Span) + Send + Sync>
 /// A shutdown signal that never fires (for routers driven without [`serve`], e.g. in tests).
 pub fn never_shut_down() -> watch::Receiver<bool> {
     watch::channel(false).1
-}
-
-/// Serves the API on `listener` until `shutdown` resolves, then lets in-flight requests finish.
-pub async fn serve(
-    listener: TcpListener,
-    mut state: AppState,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> std::io::Result<()> {
-    let (stopping, stop_signal) = watch::channel(false);
-    state.shutdown = stop_signal;
-    use axum::serve::ListenerExt;
-    // Answers leave at once: no Nagle delay on small responses.
-    let listener = listener.tap_io(|tcp| {
-        if let Err(e) = tcp.set_nodelay(true) {
-            tracing::debug!(error = %e, "cannot set TCP_NODELAY");
-        }
-    });
-    let app = router(state).into_make_service_with_connect_info::<std::net::SocketAddr>();
-    axum::serve(listener, app)
-        .with_graceful_shutdown(async move {
-            shutdown.await;
-            let _ = stopping.send(true);
-        })
-        .await
 }

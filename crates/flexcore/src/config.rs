@@ -89,6 +89,10 @@ pub struct Settings {
     pub log_format: LogFormat,
     /// The largest request body accepted.
     pub max_body_bytes: usize,
+    /// HTTP connections open at once (more are closed at accept).
+    pub max_connections: usize,
+    /// How long an HTTP client may take to send a request's head, in ms (slowloris).
+    pub header_read_timeout_ms: u64,
     /// Fields whose values are masked in logs (and, with `email`, email addresses anywhere).
     pub log_mask: Vec<String>,
     /// Where to export traces over OTLP/gRPC (`None`: no export).
@@ -146,6 +150,8 @@ struct FileSettings {
     log: Option<String>,
     log_format: Option<String>,
     max_body_bytes: Option<usize>,
+    max_connections: Option<usize>,
+    header_read_timeout_ms: Option<u64>,
     log_mask: Option<Vec<String>>,
     otlp_endpoint: Option<String>,
     modules: Option<Vec<String>>,
@@ -231,6 +237,26 @@ impl Settings {
                 expected: "a positive number of bytes",
             });
         }
+        let connection_defaults = flexcore_http::ConnectionLimits::default();
+        let max_connections = args
+            .max_connections
+            .or(file.max_connections)
+            .unwrap_or(connection_defaults.max_connections);
+        let header_read_timeout_ms = args
+            .header_read_timeout_ms
+            .or(file.header_read_timeout_ms)
+            .unwrap_or(connection_defaults.header_read_timeout.as_millis() as u64);
+        if max_connections == 0 || header_read_timeout_ms == 0 {
+            return Err(ConfigError::Invalid {
+                key: if max_connections == 0 {
+                    "max_connections"
+                } else {
+                    "header_read_timeout_ms"
+                },
+                value: "0".into(),
+                expected: "a positive number",
+            });
+        }
         let log_mask = args
             .log_mask
             .map(|list| list.split(',').map(|f| f.trim().to_owned()).collect())
@@ -288,6 +314,8 @@ impl Settings {
             log: pick(args.log, file.log, "info"),
             log_format,
             max_body_bytes,
+            max_connections,
+            header_read_timeout_ms,
         })
     }
 }
@@ -330,6 +358,8 @@ impl Settings {
                 }),
             ),
             ("max_body_bytes", json!(self.max_body_bytes)),
+            ("max_connections", json!(self.max_connections)),
+            ("header_read_timeout_ms", json!(self.header_read_timeout_ms)),
             ("log_mask", json!(self.log_mask)),
             ("otlp_endpoint", json!(self.otlp_endpoint)),
             (

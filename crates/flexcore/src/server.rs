@@ -254,6 +254,11 @@ pub async fn run_with(
         stopping_seen.clone(),
     )
     .await?;
+    let connection_limits = flexcore_http::ConnectionLimits {
+        max_connections: settings.max_connections,
+        header_read_timeout: std::time::Duration::from_millis(settings.header_read_timeout_ms),
+        ..flexcore_http::ConnectionLimits::default()
+    };
     let grpc_state = flexcore_grpc::GrpcState {
         commands: Arc::clone(&state.commands),
         queries: Arc::clone(&state.queries),
@@ -294,7 +299,12 @@ pub async fn run_with(
     };
     let servers = async {
         let (http, grpc) = tokio::join!(
-            flexcore_http::serve(listener, state, stopped(stopping_seen.clone())),
+            flexcore_http::serve_with(
+                listener,
+                state,
+                connection_limits,
+                stopped(stopping_seen.clone())
+            ),
             flexcore_grpc::serve(grpc_listener, grpc_state, stopped(stopping_seen.clone())),
         );
         http.context("the HTTP server failed")?;

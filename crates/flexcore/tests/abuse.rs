@@ -352,3 +352,67 @@ async fn a_flood_from_one_principal_does_not_starve_another() {
     assert!((20..60).contains(&accepted), "{accepted} accepted");
     attack.assert_healthy(&honest, "honest-4@b.io").await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_clients_are_cut_off_and_connections_are_capped() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let data = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", data.path().join("db.sqlite").display());
+    let server = Server::start_with_env(
+        data.path(),
+        &url,
+        &[
+            ("FLEXCORE_JWT_HS256_SECRET", SECRET),
+            ("FLEXCORE_HEADER_READ_TIMEOUT_MS", "500"),
+            ("FLEXCORE_MAX_CONNECTIONS", "8"),
+        ],
+    )
+    .await;
+    let addr = server.base.trim_start_matches("http://").to_owned();
+    // Slowloris: a request head that never ends is cut off after the timeout.
+    let mut slow = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    slow.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\nX-Slow: 1\r\n")
+        .await
+        .unwrap();
+    let mut buffer = Vec::new();
+    let cut = tokio::time::timeout(
+        std::time::Duration::from_secs(5),
+        slow.read_to_end(&mut buffer),
+    )
+    .await;
+    assert!(cut.is_ok(), "the server closed the slow connection");
+    // Idle connections fill the cap; one more is closed at once, and the cap frees up after.
+    let mut idle = Vec::new();
+    for _ in 0..8 {
+        idle.push(tokio::net::TcpStream::connect(&addr).await.unwrap());
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    let mut extra = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let _ = extra
+        .write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await;
+    let mut answer = Vec::new();
+    let refused = tokio::time::timeout(
+        std::time::Duration::from_secs(2),
+        extra.read_to_end(&mut answer),
+    )
+    .await;
+    assert!(
+        matches!(refused, Ok(Ok(0)) | Ok(Err(_))),
+        "a connection over the cap is closed unanswered: {refused:?} {}",
+        String::from_utf8_lossy(&answer)
+    );
+    drop(idle);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        let health = reqwest::get(format!("{}/health", server.base)).await;
+        if matches!(&health, Ok(r) if r.status() == 200) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the server serves again: {health:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}

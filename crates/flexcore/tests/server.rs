@@ -190,6 +190,8 @@ async fn the_library_server_runs_on_an_ephemeral_port_and_shuts_down() {
         log: "warn".into(),
         log_format: flexcore::config::LogFormat::Text,
         max_body_bytes: 1024 * 1024,
+        max_connections: 100,
+        header_read_timeout_ms: 10_000,
         log_mask: vec!["email".into()],
         otlp_endpoint: None,
         modules: vec!["users".into()],
