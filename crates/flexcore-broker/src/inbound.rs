@@ -22,7 +22,7 @@ use std::time::Duration;
 
 use flexcore_app::command::{Command, CommandBus, CommandContext, CommandOutcome};
 use flexcore_app::follow::Backoff;
-use flexcore_app::security::{Credential, Gatekeeper, Presented, bearer_token};
+use flexcore_app::security::{Gatekeeper, Presented};
 use flexcore_app::{Error, ErrorKind};
 use flexcore_domain::DomainError;
 use serde::Deserialize;
@@ -171,18 +171,12 @@ pub(crate) async fn execute(
         return malformed("the message names no command_type", None);
     };
     let correlation_id = message.correlation_id.as_deref();
-    let authorization = message.authorization.as_ref().map(|s| s.0.as_str());
-    let bearer = authorization.and_then(bearer_token);
     let action = format!("inbound {command_type}");
-    let presented = Presented {
-        credential: bearer.map(Credential::Bearer).or(message
-            .api_key
-            .as_ref()
-            .map(|key| Credential::ApiKey(&key.0))),
-        malformed_authorization: authorization.is_some() && bearer.is_none(),
-        action: &action,
-        ..Presented::default()
-    };
+    let presented = Presented::credentials(
+        message.authorization.as_ref().map(|s| s.0.as_str()),
+        message.api_key.as_ref().map(|key| key.0.as_str()),
+        &action,
+    );
     // A refused credential is a definitive answer: replied, acknowledged, not retried.
     let principal = match options.gate.authenticate(&presented) {
         Ok(principal) => principal,

@@ -37,9 +37,7 @@ use std::sync::Arc;
 use flexcore_app::RequestLimits;
 use flexcore_app::command::CommandBus;
 use flexcore_app::query::QueryBus;
-use flexcore_app::security::{
-    Credential, Gatekeeper, Presented, Principal, RouteClass, bearer_token,
-};
+use flexcore_app::security::{Gatekeeper, Presented, Principal, RouteClass};
 use flexcore_app::store::EventStore;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -206,23 +204,18 @@ impl Gateway {
         action: &str,
     ) -> Result<Option<Arc<Principal>>, tonic::Status> {
         let metadata = request.metadata();
-        let authorization = metadata.get("authorization");
-        let bearer = authorization
-            .and_then(|value| value.to_str().ok())
-            .and_then(bearer_token);
-        let api_key = metadata
-            .get(API_KEY_KEY)
-            .and_then(|value| value.to_str().ok());
+        fn text(value: &tonic::metadata::AsciiMetadataValue) -> &str {
+            value.to_str().unwrap_or("")
+        }
         let client = request.remote_addr().map(|addr| addr.ip().to_string());
         let presented = Presented {
             principal: request.extensions().get::<Arc<Principal>>(),
-            credential: bearer
-                .map(Credential::Bearer)
-                .or(api_key.map(Credential::ApiKey)),
-            ticket: None,
-            malformed_authorization: authorization.is_some() && bearer.is_none(),
             client: client.as_deref(),
-            action,
+            ..Presented::credentials(
+                metadata.get("authorization").map(text),
+                metadata.get(API_KEY_KEY).map(text),
+                action,
+            )
         };
         let gate = &self.state.gate;
         let principal = gate.authenticate(&presented).map_err(error::from_app)?;

@@ -11,7 +11,7 @@ use axum::extract::{ConnectInfo, FromRequestParts, State};
 use axum::http::request::Parts;
 use axum::http::{Method, header};
 use axum::response::{IntoResponse, Response};
-use flexcore_app::security::{Credential, Presented, Principal, RouteClass, bearer_token};
+use flexcore_app::security::{Presented, Principal, RouteClass};
 use flexcore_app::store::EventStore;
 
 use crate::{ApiError, AppState};
@@ -61,23 +61,18 @@ pub(crate) async fn guard(
         .map(|ConnectInfo(addr)| addr.ip().to_string());
     let action = format!("{} {}", request.method(), path);
     let headers = request.headers();
-    let authorization = headers.get(header::AUTHORIZATION);
-    let bearer = authorization
-        .and_then(|value| value.to_str().ok())
-        .and_then(bearer_token);
-    let api_key = headers
-        .get(API_KEY_HEADER)
-        .and_then(|value| value.to_str().ok());
-    let credential = bearer
-        .map(Credential::Bearer)
-        .or(api_key.map(Credential::ApiKey));
+    fn text(value: &axum::http::HeaderValue) -> &str {
+        value.to_str().unwrap_or("")
+    }
     let presented = Presented {
         principal: request.extensions().get::<Arc<Principal>>(),
-        credential,
         ticket: live_ticket(path, request.uri().query()),
-        malformed_authorization: authorization.is_some() && bearer.is_none(),
         client: client.as_deref(),
-        action: &action,
+        ..Presented::credentials(
+            headers.get(header::AUTHORIZATION).map(text),
+            headers.get(API_KEY_HEADER).map(text),
+            &action,
+        )
     };
     let admitted = state.gate.authenticate(&presented).and_then(|principal| {
         state

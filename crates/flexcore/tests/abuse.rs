@@ -4,8 +4,6 @@
 
 mod common;
 
-use std::process::Command;
-
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use common::Server;
@@ -30,20 +28,8 @@ per_second = 5
 burst = 20
 "#;
 
-fn mint(sub: &str, roles: &str, extra: &[&str]) -> String {
-    let output = Command::new(env!("CARGO_BIN_EXE_flexcore"))
-        .args(["token", "mint", "--sub", sub, "--roles", roles])
-        .args(extra)
-        .env_remove("FLEXCORE_CONFIG")
-        .env("FLEXCORE_JWT_HS256_SECRET", SECRET)
-        .output()
-        .unwrap();
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8(output.stdout).unwrap().trim().to_owned()
+fn mint(sub: &str, roles: &str) -> String {
+    common::mint(SECRET, sub, roles, &[])
 }
 
 /// The token's header and claims, edited, re-encoded with the original signature.
@@ -66,19 +52,7 @@ struct Attack {
 impl Attack {
     async fn start() -> (Self, tempfile::TempDir) {
         let data = tempfile::tempdir().unwrap();
-        let config = data.path().join("flexcore.toml");
-        std::fs::write(&config, CONFIG).unwrap();
-        let url = format!("sqlite://{}", data.path().join("db.sqlite").display());
-        let config = config.display().to_string();
-        let server = Server::start_with_env(
-            data.path(),
-            &url,
-            &[
-                ("FLEXCORE_JWT_HS256_SECRET", SECRET),
-                ("FLEXCORE_CONFIG", &config),
-            ],
-        )
-        .await;
+        let server = Server::start_secured(data.path(), SECRET, CONFIG, &[]).await;
         let attack = Self {
             server,
             client: reqwest::Client::new(),
@@ -140,20 +114,9 @@ impl Attack {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn forged_tokens_are_refused_and_write_nothing() {
     let (attack, _data) = Attack::start().await;
-    let writer = mint("ann", "writer", &[]);
-    let reader = mint("rob", "reader", &[]);
-    let forged_secret = {
-        let output = Command::new(env!("CARGO_BIN_EXE_flexcore"))
-            .args(["token", "mint", "--sub", "ann", "--roles", "writer"])
-            .env_remove("FLEXCORE_CONFIG")
-            .env(
-                "FLEXCORE_JWT_HS256_SECRET",
-                "another secret of at least 32 bytes!",
-            )
-            .output()
-            .unwrap();
-        String::from_utf8(output.stdout).unwrap().trim().to_owned()
-    };
+    let writer = mint("ann", "writer");
+    let reader = mint("rob", "reader");
+    let forged_secret = common::mint("another secret of at least 32 bytes!", "ann", "writer", &[]);
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
@@ -195,17 +158,11 @@ async fn forged_tokens_are_refused_and_write_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wrong_audience_and_issuer_are_refused() {
     let data = tempfile::tempdir().unwrap();
-    let url = format!("sqlite://{}", data.path().join("db.sqlite").display());
-    let server = Server::start_with_env(
-        data.path(),
-        &url,
-        &[
-            ("FLEXCORE_JWT_HS256_SECRET", SECRET),
-            ("FLEXCORE_JWT_ISSUER", "https://issuer.test"),
-            ("FLEXCORE_JWT_AUDIENCE", "flexcore"),
-        ],
-    )
-    .await;
+    let addressed = [
+        ("FLEXCORE_JWT_ISSUER", "https://issuer.test"),
+        ("FLEXCORE_JWT_AUDIENCE", "flexcore"),
+    ];
+    let server = Server::start_secured(data.path(), SECRET, "", &addressed).await;
     let client = reqwest::Client::new();
     let ask = |token: String| {
         client
@@ -215,15 +172,11 @@ async fn wrong_audience_and_issuer_are_refused() {
     };
     // Minted with the server's issuer and audience, then re-addressed.
     let env_mint = |issuer: &str, audience: &str| {
-        let output = Command::new(env!("CARGO_BIN_EXE_flexcore"))
-            .args(["token", "mint", "--sub", "ann", "--roles", "x"])
-            .env_remove("FLEXCORE_CONFIG")
-            .env("FLEXCORE_JWT_HS256_SECRET", SECRET)
-            .env("FLEXCORE_JWT_ISSUER", issuer)
-            .env("FLEXCORE_JWT_AUDIENCE", audience)
-            .output()
-            .unwrap();
-        String::from_utf8(output.stdout).unwrap().trim().to_owned()
+        let env = [
+            ("FLEXCORE_JWT_ISSUER", issuer),
+            ("FLEXCORE_JWT_AUDIENCE", audience),
+        ];
+        common::mint(SECRET, "ann", "x", &env)
     };
     let forbidden_but_authenticated = ask(env_mint("https://issuer.test", "flexcore"))
         .await
@@ -252,8 +205,8 @@ async fn wrong_audience_and_issuer_are_refused() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn role_escalation_and_pattern_escapes_are_forbidden() {
     let (attack, _data) = Attack::start().await;
-    let writer = mint("ann", "writer", &[]);
-    let reader = mint("rob", "reader", &[]);
+    let writer = mint("ann", "writer");
+    let reader = mint("rob", "reader");
     let event = json!({"events": [{"event_type": "x", "data": {}}]}).to_string();
     let attempts = [
         (
@@ -285,8 +238,8 @@ async fn role_escalation_and_pattern_escapes_are_forbidden() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn oversized_deep_and_header_flooded_requests_are_refused() {
     let (attack, _data) = Attack::start().await;
-    let writer = mint("ann", "writer", &[]);
-    let reader = mint("rob", "reader", &[]);
+    let writer = mint("ann", "writer");
+    let reader = mint("rob", "reader");
     let huge = json!({"email": "big@b.io", "profile": {"bio": "x".repeat(100_000)}}).to_string();
     let (status, answer) = attack
         .post("/v1/commands/create_user", Some(&writer), huge)
@@ -334,8 +287,8 @@ async fn oversized_deep_and_header_flooded_requests_are_refused() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_flood_from_one_principal_does_not_starve_another() {
     let (attack, _data) = Attack::start().await;
-    let flooder = mint("flood", "writer", &[]);
-    let honest = mint("ann", "writer", &[]);
+    let flooder = mint("flood", "writer");
+    let honest = mint("ann", "writer");
     let mut limited = 0;
     let mut accepted = 0;
     for i in 0..60 {
@@ -357,17 +310,11 @@ async fn a_flood_from_one_principal_does_not_starve_another() {
 async fn slow_clients_are_cut_off_and_connections_are_capped() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let data = tempfile::tempdir().unwrap();
-    let url = format!("sqlite://{}", data.path().join("db.sqlite").display());
-    let server = Server::start_with_env(
-        data.path(),
-        &url,
-        &[
-            ("FLEXCORE_JWT_HS256_SECRET", SECRET),
-            ("FLEXCORE_HEADER_READ_TIMEOUT_MS", "500"),
-            ("FLEXCORE_MAX_CONNECTIONS", "8"),
-        ],
-    )
-    .await;
+    let limits = [
+        ("FLEXCORE_HEADER_READ_TIMEOUT_MS", "500"),
+        ("FLEXCORE_MAX_CONNECTIONS", "8"),
+    ];
+    let server = Server::start_secured(data.path(), SECRET, "", &limits).await;
     let addr = server.base.trim_start_matches("http://").to_owned();
     // Slowloris: a request head that never ends is cut off after the timeout.
     let mut slow = tokio::net::TcpStream::connect(&addr).await.unwrap();

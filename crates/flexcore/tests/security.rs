@@ -11,6 +11,8 @@ use serde_json::{Value, json};
 
 const SECRET: &str = "a binary-test HS256 secret of 32+ bytes";
 
+const ROLES: &str = "[roles.writer]\ncommands = [\"create_user\"]\nstreams_read = [\"user-*\"]\n";
+
 fn flexcore() -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_flexcore"));
     for var in [
@@ -83,38 +85,10 @@ fn config_show_never_prints_secrets() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn minted_tokens_open_what_their_roles_allow() {
     let data = tempfile::tempdir().unwrap();
-    let config = data.path().join("flexcore.toml");
-    std::fs::write(
-        &config,
-        "[roles.writer]\ncommands = [\"create_user\"]\nstreams_read = [\"user-*\"]\n",
-    )
-    .unwrap();
-    let mint = |roles: &str| {
-        let output = flexcore()
-            .args(["token", "mint", "--sub", "ann", "--roles", roles])
-            .env("FLEXCORE_JWT_HS256_SECRET", SECRET)
-            .output()
-            .unwrap();
-        assert!(
-            output.status.success(),
-            "{}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-        String::from_utf8(output.stdout).unwrap().trim().to_owned()
-    };
+    let mint = |roles: &str| common::mint(SECRET, "ann", roles, &[]);
     let writer = mint("writer");
     let nobody = mint("");
-    let url = format!("sqlite://{}", data.path().join("db.sqlite").display());
-    let config = config.display().to_string();
-    let server = Server::start_with_env(
-        data.path(),
-        &url,
-        &[
-            ("FLEXCORE_JWT_HS256_SECRET", SECRET),
-            ("FLEXCORE_CONFIG", &config),
-        ],
-    )
-    .await;
+    let server = Server::start_secured(data.path(), SECRET, ROLES, &[]).await;
     let client = reqwest::Client::new();
     let counter = std::sync::atomic::AtomicU32::new(0);
     let send = |token: Option<String>| {

@@ -101,6 +101,27 @@ pub struct Presented<'a> {
     pub action: &'a str,
 }
 
+impl<'a> Presented<'a> {
+    /// What a request presents in its `authorization` value (a bearer token; any other shape,
+    /// or a value that is not text, passed as `""`, counts as malformed) and its API-key value,
+    /// for `action`.
+    pub fn credentials(
+        authorization: Option<&'a str>,
+        api_key: Option<&'a str>,
+        action: &'a str,
+    ) -> Self {
+        let bearer = authorization.and_then(bearer_token);
+        Self {
+            credential: bearer
+                .map(Credential::Bearer)
+                .or(api_key.map(Credential::ApiKey)),
+            malformed_authorization: authorization.is_some() && bearer.is_none(),
+            action,
+            ..Self::default()
+        }
+    }
+}
+
 /// Parses an `Authorization` header value: the token of `Bearer <token>` (scheme in any case),
 /// `None` for any other scheme or shape.
 pub fn bearer_token(header: &str) -> Option<&str> {

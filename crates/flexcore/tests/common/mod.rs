@@ -114,3 +114,45 @@ impl Drop for Server {
         let _ = self.child.wait();
     }
 }
+
+impl Server {
+    /// A server over SQLite in `data` with JWT authentication (`secret`), the settings file
+    /// `config` (written to `data/flexcore.toml`) and extra variables.
+    #[allow(dead_code)]
+    pub async fn start_secured(
+        data: &Path,
+        secret: &str,
+        config: &str,
+        env: &[(&str, &str)],
+    ) -> Self {
+        let file = data.join("flexcore.toml");
+        std::fs::write(&file, config).unwrap();
+        let file = file.display().to_string();
+        let url = format!("sqlite://{}", data.join("db.sqlite").display());
+        let mut env = env.to_vec();
+        env.extend([
+            ("FLEXCORE_JWT_HS256_SECRET", secret),
+            ("FLEXCORE_CONFIG", &file),
+        ]);
+        Self::start_with_env(data, &url, &env).await
+    }
+}
+
+/// `flexcore token mint --sub <sub> --roles <roles>` with `secret` and extra variables (e.g.
+/// the issuer and audience); the token, or the command's output when it fails.
+#[allow(dead_code)]
+pub fn mint(secret: &str, sub: &str, roles: &str, env: &[(&str, &str)]) -> String {
+    let output = Command::new(env!("CARGO_BIN_EXE_flexcore"))
+        .args(["token", "mint", "--sub", sub, "--roles", roles])
+        .env_remove("FLEXCORE_CONFIG")
+        .env("FLEXCORE_JWT_HS256_SECRET", secret)
+        .envs(env.iter().copied())
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout).unwrap().trim().to_owned()
+}
