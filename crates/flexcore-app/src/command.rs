@@ -1,7 +1,8 @@
 //! The command bus: routes each command to exactly one handler, through middleware decorators.
 //!
 //! ```text
-//! CommandRouter ──with_retry()──▶ RetryOnConflict ──with_tracing()──▶ Traced ──▶ callers
+//! CommandRouter ──with_retry()──▶ RetryOnConflict ──with_schemas()──▶ SchemaChecked
+//!               ──with_tracing()──▶ Traced ──▶ callers
 //! ```
 //! Every decorator implements [`CommandBus`] itself, so the chain is built by value and each
 //! piece can be tested alone.
@@ -271,6 +272,15 @@ pub trait CommandBusExt: CommandBus + Sized {
         policy: Arc<crate::security::Policy>,
     ) -> crate::security::AuthorizedCommands<Self> {
         crate::security::AuthorizedCommands::new(self, policy)
+    }
+
+    /// Refuses commands whose payload does not match the schema of their type in `schemas`,
+    /// before this bus runs them.
+    fn with_schemas(
+        self,
+        schemas: crate::validation::PayloadSchemas,
+    ) -> crate::validation::SchemaChecked<Self> {
+        crate::validation::SchemaChecked::new(self, schemas)
     }
 
     /// Honours idempotency keys for `ttl`, remembering at most `capacity` keys.

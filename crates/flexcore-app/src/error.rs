@@ -15,6 +15,9 @@ pub enum Error {
     /// A business rule or a concurrency check said no.
     #[error(transparent)]
     Domain(#[from] DomainError),
+    /// A command payload or an event's data does not match the schema of its type.
+    #[error("validation failed: {0}")]
+    SchemaViolation(#[from] crate::validation::SchemaViolation),
     /// No handler is registered for this command type.
     #[error("unknown command type '{0}'")]
     UnknownCommand(String),
@@ -70,6 +73,7 @@ impl Error {
     pub fn kind(&self) -> ErrorKind {
         match self {
             Self::Domain(e) => e.kind(),
+            Self::SchemaViolation(_) => ErrorKind::Validation,
             Self::UnknownCommand(_) | Self::UnknownQuery(_) => ErrorKind::NotFound,
             Self::Unavailable { .. } => ErrorKind::Unavailable,
             Self::Contended(_) => ErrorKind::Contended,
@@ -138,9 +142,19 @@ impl Error {
     pub fn client_message(&self) -> String {
         match (self, self.kind()) {
             (Self::Domain(DomainError::Validation(message)), _) => message.clone(),
+            (Self::SchemaViolation(violation), _) => violation.to_string(),
             (_, ErrorKind::Unavailable) => "a backend is unavailable; retry later".to_owned(),
             (_, ErrorKind::Internal) => "internal server error".to_owned(),
             _ => self.to_string(),
+        }
+    }
+
+    /// The schema rules a payload broke, each at its JSON pointer: what gateways list beside
+    /// the message (empty for every other error).
+    pub fn violations(&self) -> &[crate::validation::Violation] {
+        match self {
+            Self::SchemaViolation(violation) => &violation.violations,
+            _ => &[],
         }
     }
 

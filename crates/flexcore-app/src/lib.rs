@@ -17,6 +17,8 @@
 //!   rebuilds, read-your-writes waits;
 //! * [`idempotency`]: the `Idempotency-Key` decorator of the command bus;
 //! * [`RequestLimits`]: the request limits every gateway applies;
+//! * [`validation`]: the limits every append is held to and the JSON-Schema port, applied by
+//!   a store decorator and a command-bus decorator;
 //! * [`service_url`]: the URLs of the services FlexCore connects to, with FlexCore's own
 //!   query parameters taken out;
 //! * [`security`]: principals and what they may do;
@@ -40,6 +42,7 @@ pub mod security;
 pub mod service_url;
 pub mod store;
 pub mod subscription;
+pub mod validation;
 
 pub use error::{Cause, Error, ErrorChain, ErrorKind, Result, retry_after_secs};
 pub use limits::RequestLimits;
