@@ -273,17 +273,14 @@ pub fn reply_ok(outcome: &CommandOutcome, correlation_id: Option<&str>) -> Value
 
 /// The reply to a command that failed: `{"ok": false, "error": problem, "correlation_id"?}`,
 /// where `problem` is the HTTP gateway's problem document (`type`, `title`, `status`, `code`,
-/// `detail`; `current_version` for a wrong expected version). Internal causes are logged, not
-/// sent.
+/// `detail`; `current_version` for a wrong expected version, `errors` for a schema
+/// violation). Internal causes are logged, not sent.
 pub fn reply_error(error: &Error, correlation_id: Option<&str>) -> Value {
     let (code, status) = (error.kind().code(), error.kind().http_status());
     let detail = match error.kind() {
         ErrorKind::Internal => "internal error".to_owned(),
         ErrorKind::Unavailable => "a backend is unavailable; retry later".to_owned(),
-        _ => match error {
-            Error::Domain(DomainError::Validation(message)) => message.clone(),
-            other => other.to_string(),
-        },
+        _ => error.client_message(),
     };
     let mut problem = json!({
         "type": "about:blank",
@@ -298,6 +295,9 @@ pub fn reply_error(error: &Error, correlation_id: Option<&str>) -> Value {
     {
         problem["current_version"] = json!(current);
         problem["expected_version"] = json!(expected);
+    }
+    if !error.violations().is_empty() {
+        problem["errors"] = json!(error.violations());
     }
     let mut reply = json!({ "ok": false, "error": problem });
     if let Some(id) = correlation_id {
@@ -356,5 +356,29 @@ mod tests {
         assert_eq!(internal["error"]["detail"], json!("internal error"));
         assert!(is_transient(&Error::unavailable("x")));
         assert!(!is_transient(&Error::UnknownCommand("x".into())));
+    }
+
+    #[test]
+    fn a_schema_violation_lists_its_paths_as_the_http_problem_does() {
+        use flexcore_app::validation::{SchemaViolation, Violation};
+        let violation = Error::from(SchemaViolation {
+            subject: "command 'create_user'".into(),
+            violations: vec![Violation {
+                path: "/email".into(),
+                message: "value is not of type \"string\"".into(),
+            }],
+        });
+        let reply = reply_error(&violation, None);
+        assert_eq!(reply["error"]["code"], json!("validation_failed"));
+        assert_eq!(
+            reply["error"]["detail"],
+            json!(
+                "command 'create_user' does not match its schema: /email: value is not of type \"string\""
+            )
+        );
+        assert_eq!(
+            reply["error"]["errors"],
+            json!([{"path": "/email", "message": "value is not of type \"string\""}])
+        );
     }
 }

@@ -5,7 +5,7 @@
 //!
 //! | application error | gRPC code | `x-error-code` (HTTP's `code`) |
 //! |---|---|---|
-//! | validation, bad input | `INVALID_ARGUMENT` | `validation_failed` |
+//! | validation, bad input, schema violation (message names each failing JSON pointer) | `INVALID_ARGUMENT` | `validation_failed` |
 //! | wrong expected version | `FAILED_PRECONDITION` (+ `x-current-version`, `x-expected-version`) | `conflict` |
 //! | other conflicts (e.g. an email in use) | `ABORTED` | `conflict` |
 //! | not found, unknown command or query type | `NOT_FOUND` | `not_found` |
@@ -95,7 +95,7 @@ pub(crate) fn from_app(error: Error) -> Status {
             }
             status
         }
-        (_, ErrorKind::Validation) => invalid_argument(error.to_string()),
+        (_, ErrorKind::Validation) => invalid_argument(error.client_message()),
         (_, kind @ (ErrorKind::Conflict | ErrorKind::Contended)) => {
             status(Code::Aborted, kind, error.to_string())
         }

@@ -133,6 +133,11 @@ impl From<Error> for ApiError {
             answer.retry_after = Some(seconds);
             answer.extra.insert("retry_after".into(), json!(seconds));
         }
+        if !error.violations().is_empty() {
+            answer
+                .extra
+                .insert("errors".into(), json!(error.violations()));
+        }
         if let Error::Domain(DomainError::WrongExpectedVersion {
             current, expected, ..
         }) = &error

@@ -167,6 +167,19 @@ pub(crate) struct Problem {
     /// Only on a wrong expected version (409 `conflict`): what the writer expected.
     #[schema(schema_with = expected_version)]
     expected_version: Option<Value>,
+    /// Only on a schema violation (422 `validation_failed`): the rules the command payload or
+    /// the event data broke, each at its JSON pointer (at most 10).
+    errors: Option<Vec<SchemaError>>,
+}
+
+/// One rule a payload breaks (`Problem.errors`).
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub(crate) struct SchemaError {
+    /// Where in the payload, as a JSON pointer (`/email`; `""` is the whole payload).
+    path: String,
+    /// What is wrong there (without the offending value).
+    message: String,
 }
 
 /// `Problem.code`: the stable codes, straight from the gateway's own list.
@@ -281,6 +294,7 @@ fn store_not_ready_reasons() -> utoipa::openapi::Object {
         StreamPage,
         LogPage,
         Problem,
+        SchemaError,
         NotReady,
         StoreReadiness
     )),

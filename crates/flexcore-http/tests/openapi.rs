@@ -13,6 +13,7 @@ use axum::http::{Method, StatusCode};
 use flexcore_app::RequestLimits;
 use flexcore_app::command::AsyncCommands;
 use flexcore_app::store::{EventStore, InMemoryStore};
+use flexcore_app::validation::{SchemaViolation, Violation};
 use flexcore_app::{Error, ErrorKind};
 use flexcore_domain::{DomainError, ExpectedVersion};
 use flexcore_http::{ApiError, AppState, router};
@@ -258,6 +259,23 @@ async fn error_answers_validate_against_their_documented_schemas() {
         assert_fields_documented(&doc, "Problem", &body);
         cases.push(json!({"schema": "Problem", "body": body}));
     }
+
+    // A schema violation lists each failing JSON pointer.
+    let violation = Error::from(SchemaViolation {
+        subject: "command 'create_user'".into(),
+        violations: vec![Violation {
+            path: "/email".into(),
+            message: "value is not a \"email\"".into(),
+        }],
+    });
+    let (status, body) = problem_body(ApiError::from(violation)).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    assert_eq!(
+        body["errors"],
+        json!([{"path": "/email", "message": "value is not a \"email\""}])
+    );
+    assert_fields_documented(&doc, "Problem", &body);
+    cases.push(json!({"schema": "Problem", "body": body}));
 
     for (status, problem) in app.provoke_every_gateway_problem().await {
         let schema_name = if problem.get("store").is_some() {
