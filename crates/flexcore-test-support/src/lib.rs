@@ -14,6 +14,8 @@
 //! * [`security`]: a test gate (tokens, API keys, roles) shared by every gateway's tests.
 //! * [`ProbedStore`]: a store decorator that counts what stream reads return and can make the
 //!   backend look unreachable.
+//! * [`validation`]: a JSON-Schema stand-in ([`validation::RequiredStrings`]) and a store
+//!   guarded by tight write limits, for the gateways' validation tests.
 //! * [`services`]: access to the machine's real PostgreSQL (and later brokers): tests skip with
 //!   a clear message when a service is down, unless `FLEXCORE_REQUIRE_SERVICES=1` (CI), where
 //!   a missing service fails the test.
@@ -27,6 +29,7 @@ pub mod readmodel_conformance;
 mod sample;
 pub mod security;
 pub mod services;
+pub mod validation;
 
 use std::any::Any;
 use std::path::Path;
