@@ -167,7 +167,8 @@ async fn run_once(
     connections: usize,
     duration: Duration,
 ) -> anyhow::Result<Run> {
-    let store = open_store(&settings.store_url).await?;
+    let validation = flexcore::validation::InputValidation::compile(&settings.validation)?;
+    let store = validation.guard(open_store(&settings.store_url).await?);
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let mut router = CommandRouter::new();
     if settings.python.modules.is_empty() {
@@ -186,7 +187,7 @@ async fn run_once(
         bus.subscribe("*", python.live().event_handler());
         bus.spawn(Arc::clone(&store) as Arc<_>, 0, stopped);
     }
-    let commands = server::command_bus(router, None);
+    let commands = server::command_bus(router, validation.command_schemas, None);
     let clients = (0..connections)
         .map(|_| BusClient(Arc::clone(&commands)))
         .collect();

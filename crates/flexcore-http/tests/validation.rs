@@ -36,6 +36,7 @@ fn app() -> TestApp {
         trace_parent: None,
         health_details: None,
         operations: flexcore_http::Operations::default(),
+        gate: Default::default(),
         shutdown: flexcore_http::never_shut_down(),
     };
     TestApp {

@@ -62,6 +62,16 @@ pub enum ConfigError {
         /// What would be accepted.
         expected: &'static str,
     },
+    /// A schema file named in `[schemas]` cannot be read, is not JSON or is not a JSON Schema.
+    #[error("invalid schema file {path} (the schema of {subject}): {message}")]
+    Schema {
+        /// The file.
+        path: PathBuf,
+        /// Whose schema it is, e.g. `command 'create_user'`.
+        subject: String,
+        /// What is wrong with it.
+        message: String,
+    },
 }
 
 /// How logs are written.
@@ -111,6 +121,8 @@ pub struct Settings {
     /// Authentication, roles and rate limits (`[auth]`, `[api_keys]`, `[roles]`,
     /// `[rate_limit]`).
     pub security: crate::security::SecuritySettings,
+    /// Input validation: limits on appends, schema files (`[limits]`, `[schemas]`).
+    pub validation: crate::validation::ValidationSettings,
 }
 
 /// The files of the `python` domain module; they reload when they change. When any are
@@ -163,6 +175,8 @@ struct FileSettings {
     api_keys: Option<std::collections::BTreeMap<String, crate::security::ApiKeyFile>>,
     roles: Option<std::collections::BTreeMap<String, crate::security::RoleFile>>,
     rate_limit: Option<crate::security::RateLimitFile>,
+    limits: Option<crate::validation::LimitsFileSettings>,
+    schemas: Option<crate::validation::SchemasFileSettings>,
 }
 
 impl Settings {
@@ -192,6 +206,8 @@ impl Settings {
             },
             file_dir.as_deref(),
         )?;
+        let validation =
+            crate::validation::validation_settings(file.limits, file.schemas, file_dir.as_deref())?;
         let pick = |flag: Option<String>, file: Option<String>, default: &str| {
             flag.or(file).unwrap_or_else(|| default.to_owned())
         };
@@ -297,6 +313,7 @@ impl Settings {
             security,
             modules,
             python,
+            validation,
             cache_url,
             outbox_url,
             inbound_url,
@@ -342,6 +359,7 @@ impl Settings {
     /// prints.
     pub fn effective(&self) -> Vec<(&'static str, serde_json::Value)> {
         use serde_json::json;
+        let [validation_limits, validation_schemas] = self.validation.effective();
         vec![
             ("http_addr", json!(self.http_addr.to_string())),
             ("grpc_addr", json!(self.grpc_addr.to_string())),
@@ -387,6 +405,8 @@ impl Settings {
                 ),
             ),
             ("modules", json!(self.modules)),
+            validation_limits,
+            validation_schemas,
             (
                 "python",
                 json!({
@@ -417,10 +437,25 @@ impl Settings {
                 if value.is_null() {
                     continue;
                 }
-                text.push_str(&format!("{key} = {value}\n"));
+                text.push_str(&format!("{key} = {}\n", toml_value(value)));
             }
         }
         text
+    }
+}
+
+/// A JSON value as TOML: objects become inline tables (JSON strings, numbers and arrays of
+/// them are already TOML).
+fn toml_value(value: &serde_json::Value) -> String {
+    match value.as_object() {
+        Some(table) => {
+            let entries: Vec<String> = table
+                .iter()
+                .map(|(key, value)| format!("{} = {}", serde_json::json!(key), toml_value(value)))
+                .collect();
+            format!("{{ {} }}", entries.join(", "))
+        }
+        None => value.to_string(),
     }
 }
 

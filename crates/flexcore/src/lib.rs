@@ -11,7 +11,9 @@
 //! * [`server`]: opens the store named by the store URL, assembles the engine around the
 //!   loaded modules, and serves HTTP and gRPC until shutdown;
 //! * [`store_url`]: the event store and read-model store a store URL names;
-//! * [`telemetry`]: OTLP export of spans and W3C trace context.
+//! * [`telemetry`]: OTLP export of spans and W3C trace context;
+//! * [`validation`]: `[limits]` and `[schemas]`, compiled into the store and command-bus
+//!   decorators of `flexcore_app::validation` (JSON Schema through the `jsonschema` crate).
 //!
 //! The benchmarks live in their own crate and binary, `flexcore-bench`, which drives this
 //! library (the server, the store URLs, the buses) as `flexcore serve` does.
@@ -28,3 +30,4 @@ pub mod security;
 pub mod server;
 pub mod store_url;
 pub mod telemetry;
+pub mod validation;

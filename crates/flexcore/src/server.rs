@@ -13,6 +13,7 @@ use flexcore_app::query::{QueryBus, QueryBusExt, QueryRouter};
 use flexcore_app::repository::{Repository, RetryPolicy};
 use flexcore_app::security::Policy;
 use flexcore_app::store::EventStore;
+use flexcore_app::validation::PayloadSchemas;
 use flexcore_http::AppState;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -39,13 +40,20 @@ pub fn repository(store: Arc<dyn EventStore>) -> Repository {
     Repository::new(store).with_snapshots_every(SNAPSHOT_EVERY)
 }
 
-/// The command bus `flexcore serve` runs: `router` behind retry on conflict, idempotency keys,
-/// authorization (when there is a `policy`), metrics and tracing.
-pub fn command_bus(router: CommandRouter, policy: Option<Arc<Policy>>) -> Arc<dyn CommandBus> {
+/// The command bus `flexcore serve` runs: `router` behind retry on conflict, the payload
+/// schemas (checked once, before any attempt), idempotency keys, authorization (when there is
+/// a `policy`), metrics and tracing.
+pub fn command_bus(
+    router: CommandRouter,
+    schemas: PayloadSchemas,
+    policy: Option<Arc<Policy>>,
+) -> Arc<dyn CommandBus> {
     let idempotent = router
         .with_retry(RetryPolicy::default())
+        .with_schemas(schemas)
         .with_idempotency(IDEMPOTENCY_TTL, IDEMPOTENCY_KEYS);
-    // Authorization runs before idempotency: a replayed answer is an answer too.
+    // Authorization runs before idempotency and schemas: a replayed answer is an answer too,
+    // and a caller may not probe the schemas of commands it may not send.
     match policy {
         Some(policy) => Arc::new(
             idempotent
@@ -88,13 +96,15 @@ pub struct Engine {
 }
 
 /// Assembles the engine over `store` with `modules`: their read side (projections, query
-/// cache), their handlers behind the server's middleware, their durable consumers and log
-/// followers; everything stops when `shutdown` turns true.
+/// cache), their handlers behind the server's middleware (commands checked against
+/// `command_schemas`), their durable consumers and log followers; everything stops when
+/// `shutdown` turns true.
 pub async fn assemble(
     settings: &Settings,
     security: &crate::security::Security,
     store: Arc<dyn EventStore>,
     modules: &Modules,
+    command_schemas: PayloadSchemas,
     shutdown: watch::Receiver<bool>,
 ) -> anyhow::Result<Engine> {
     let declared = modules.declare()?;
@@ -138,7 +148,21 @@ pub async fn assemble(
         background.push(bus.spawn(Arc::clone(&store) as Arc<_>, 0, shutdown));
     }
     let health = modules.clone();
-    let commands = command_bus(registrations.commands, security.policy.clone());
+    let handled = registrations.commands.command_types();
+    for command_type in command_schemas.types() {
+        if !handled.contains(&command_type) {
+            tracing::warn!(
+                command_type,
+                handled = ?handled,
+                "[schemas.commands] names a command type no loaded module handles"
+            );
+        }
+    }
+    let commands = command_bus(
+        registrations.commands,
+        command_schemas,
+        security.policy.clone(),
+    );
     let state = AppState {
         async_commands: Arc::new(flexcore_app::command::AsyncCommands::new(
             Arc::clone(&commands),
@@ -216,7 +240,9 @@ pub async fn run_with(
     shutdown: impl Future<Output = ()> + Send + 'static,
     store_layer: StoreLayer,
 ) -> anyhow::Result<()> {
-    // Parsed before anything is opened: a bad broker URL fails the start and writes nothing.
+    // Parsed before anything is opened: a bad broker URL or schema file fails the start and
+    // writes nothing.
+    let validation = crate::validation::InputValidation::compile(&settings.validation)?;
     let outbox = (settings.outbox_url.as_deref())
         .map(|url| {
             flexcore_broker::OutboxConfig::from_url(url)
@@ -237,7 +263,8 @@ pub async fn run_with(
     let grpc_listener = TcpListener::bind(settings.grpc_addr)
         .await
         .with_context(|| format!("cannot listen on {} (gRPC)", settings.grpc_addr))?;
-    let store = store_layer(open_store(&settings.store_url).await?);
+    // Every write path (gateways, modules, the message gateway) goes through the one guard.
+    let store = store_layer(validation.guard(open_store(&settings.store_url).await?));
     let modules = crate::modules::load(&settings, Arc::clone(&store)).await?;
     let (stopping, stopping_seen) = tokio::sync::watch::channel(false);
     // Durable consumers, the outbox relay and the inbound gateway: awaited at shutdown, so they
@@ -251,6 +278,7 @@ pub async fn run_with(
         &security,
         Arc::clone(&store),
         &modules,
+        validation.command_schemas.clone(),
         stopping_seen.clone(),
     )
     .await?;

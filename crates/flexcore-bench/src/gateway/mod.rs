@@ -7,7 +7,7 @@
 //! | case | N concurrent tasks, each sending `create_user` back to back |
 //! |---|---|
 //! | `store` | the atomic two-stream append one `create_user` makes (`user-{id}` and its email reservation, both `no_stream`), made by the sample's own write function ([`flexcore_sample_users::commands::create`]) straight on the store: the raw group-commit figure |
-//! | `bus` | `create_user` through the command bus `flexcore serve` wires ([`flexcore::server::command_bus`]: retry, idempotency, metrics, tracing, over the sample's handlers; the handler claims the address, then appends) |
+//! | `bus` | `create_user` through the command bus `flexcore serve` wires ([`flexcore::server::command_bus`]: retry, schemas, idempotency, metrics, tracing, over the sample's handlers; the handler claims the address, then appends) |
 //! | `http` | `POST /v1/commands/create_user`, one keep-alive HTTP/1.1 connection per task |
 //! | `grpc` | `CommandService.Send`, one tonic channel (one HTTP/2 connection) per task |
 //!
@@ -238,12 +238,14 @@ async fn run_once(
             return Ok(measured);
         }
         Layer::Bus => {
-            let store = appends.wrap(open_store(&url).await?);
+            // Guarded by the default input validation, as `flexcore serve` guards its store.
+            let validation = flexcore::validation::InputValidation::default();
+            let store = appends.wrap(validation.guard(open_store(&url).await?));
             let mut router = CommandRouter::new();
             for (command_type, handler) in command_handlers(flexcore::server::repository(store)) {
                 router.register(command_type, handler)?;
             }
-            let commands = flexcore::server::command_bus(router, None);
+            let commands = flexcore::server::command_bus(router, validation.command_schemas, None);
             let clients = (0..connections)
                 .map(|_| BusClient(Arc::clone(&commands)))
                 .collect();
