@@ -4,12 +4,15 @@
 //!   with public keys from PEM files or a local JWKS file (re-read when it changes);
 //! * [`ApiKeys`]: named, revocable service keys stored as SHA-256 hashes;
 //! * [`Credentials`]: both behind one [`flexcore_app::security::Authenticator`];
+//! * [`tls::ServerTls`]: the gateways' rustls configuration from PEM files, reloaded on
+//!   change, with client certificates (mTLS) mapped to principals;
 //! * [`TokenBuckets`]: per-client, per-route-class rate limits (governor), behind
 //!   [`flexcore_app::security::Admission`].
 
 mod api_keys;
 mod jwt;
 mod rate;
+pub mod tls;
 
 use std::path::PathBuf;
 

@@ -46,7 +46,9 @@ pub use axum::http::HeaderMap;
 pub use error::ApiError;
 pub use operations::Operations;
 pub use routes::router;
-pub use serve::{ConnectionLimits, serve, serve_with};
+pub use serve::{
+    ClientCertificatePrincipal, ConnectionLimits, HttpTls, TlsConfigSource, serve, serve_with,
+};
 
 /// What the handlers need.
 #[derive(Clone)]

@@ -20,7 +20,40 @@ use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, watch};
 
+use flexcore_app::security::Principal;
+
 use crate::{AppState, router};
+
+/// Serves one connection (plain or TLS) until it ends or the server shuts down; requests carry
+/// the client's address and, over mTLS, the principal of its certificate.
+async fn serve_connection<I>(
+    builder: &Builder<TokioExecutor>,
+    watcher: hyper_util::server::graceful::Watcher,
+    io: I,
+    app: axum::Router,
+    peer: SocketAddr,
+    principal: Option<Arc<Principal>>,
+) -> Result<(), Box<dyn std::error::Error + Send + Sync>>
+where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
+    let service = tower::ServiceExt::map_request(
+        app,
+        move |mut request: axum::http::Request<hyper::body::Incoming>| {
+            request
+                .extensions_mut()
+                .insert(ConnectInfo::<SocketAddr>(peer));
+            if let Some(principal) = &principal {
+                request.extensions_mut().insert(Arc::clone(principal));
+            }
+            request
+        },
+    );
+    let connection = builder
+        .serve_connection_with_upgrades(io, TowerToHyperService::new(service))
+        .into_owned();
+    watcher.watch(connection).await
+}
 
 /// Limits on connections, enforced before any request is read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -47,21 +80,39 @@ impl Default for ConnectionLimits {
     }
 }
 
-/// Serves the API on `listener` with the default [`ConnectionLimits`] until `shutdown`
-/// resolves, then lets in-flight requests finish.
+/// Gives the rustls configuration for the next connection.
+pub type TlsConfigSource = Arc<dyn Fn() -> Arc<rustls::ServerConfig> + Send + Sync>;
+
+/// Maps a verified client certificate (the leaf, DER) to the principal it proves.
+pub type ClientCertificatePrincipal = Arc<dyn Fn(&[u8]) -> Option<Principal> + Send + Sync>;
+
+/// TLS for the gateway: the configuration of each new connection (its source may re-read
+/// changed files), and the principal a verified client certificate proves.
+#[derive(Clone)]
+pub struct HttpTls {
+    /// The rustls configuration for the next connection.
+    pub config: TlsConfigSource,
+    /// The principal of a verified client certificate (the leaf, DER), if it names one.
+    pub client_principal: ClientCertificatePrincipal,
+}
+
+/// Serves the API on `listener` with the default [`ConnectionLimits`], without TLS, until
+/// `shutdown` resolves, then lets in-flight requests finish.
 pub async fn serve(
     listener: TcpListener,
     state: AppState,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    serve_with(listener, state, ConnectionLimits::default(), shutdown).await
+    serve_with(listener, state, ConnectionLimits::default(), None, shutdown).await
 }
 
-/// [`serve`] with these connection limits.
+/// [`serve`] with these connection limits, and TLS when `tls` is given (the handshake must
+/// finish within the header read timeout too).
 pub async fn serve_with(
     listener: TcpListener,
     mut state: AppState,
     limits: ConnectionLimits,
+    tls: Option<HttpTls>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let (stopping, stop_signal) = watch::channel(false);
@@ -80,6 +131,8 @@ pub async fn serve_with(
         .max_pending_accept_reset_streams(Some(32))
         .keep_alive_interval(Some(Duration::from_secs(30)));
     let builder = Arc::new(builder);
+    // Each connection answers with the configuration of its own moment: reloads need no
+    // restart.
     let open = Arc::new(Semaphore::new(limits.max_connections.max(1)));
     let graceful = GracefulShutdown::new();
     tokio::pin!(shutdown);
@@ -105,21 +158,49 @@ pub async fn serve_with(
         if let Err(e) = tcp.set_nodelay(true) {
             tracing::debug!(error = %e, "cannot set TCP_NODELAY");
         }
-        let service = tower::ServiceExt::map_request(
-            app.clone(),
-            move |mut request: axum::http::Request<hyper::body::Incoming>| {
-                request
-                    .extensions_mut()
-                    .insert(ConnectInfo::<SocketAddr>(peer));
-                request
-            },
-        );
-        let connection = builder
-            .serve_connection_with_upgrades(TokioIo::new(tcp), TowerToHyperService::new(service))
-            .into_owned();
-        let connection = graceful.watch(connection);
+        let app = app.clone();
+        let builder = Arc::clone(&builder);
+        let watcher = graceful.watcher();
+        let tls = tls.clone();
+        let handshake_timeout = limits.header_read_timeout;
         tokio::spawn(async move {
-            if let Err(e) = connection.await {
+            let served = match tls {
+                None => {
+                    serve_connection(&builder, watcher, TokioIo::new(tcp), app, peer, None).await
+                }
+                Some(tls) => {
+                    let acceptor = tokio_rustls::TlsAcceptor::from((tls.config)());
+                    let stream =
+                        match tokio::time::timeout(handshake_timeout, acceptor.accept(tcp)).await {
+                            Ok(Ok(stream)) => stream,
+                            Ok(Err(e)) => {
+                                tracing::debug!(error = %e, %peer, "TLS handshake failed");
+                                return;
+                            }
+                            Err(_) => {
+                                tracing::debug!(%peer, "TLS handshake timed out");
+                                return;
+                            }
+                        };
+                    let principal = stream
+                        .get_ref()
+                        .1
+                        .peer_certificates()
+                        .and_then(|chain| chain.first())
+                        .and_then(|leaf| (tls.client_principal)(leaf.as_ref()))
+                        .map(Arc::new);
+                    serve_connection(
+                        &builder,
+                        watcher,
+                        TokioIo::new(stream),
+                        app,
+                        peer,
+                        principal,
+                    )
+                    .await
+                }
+            };
+            if let Err(e) = served {
                 tracing::debug!(error = %e, %peer, "HTTP connection ended with an error");
             }
             drop(permit);

@@ -12,6 +12,7 @@
 //!   commits, portable SQL, dead letters); each backend runs it with
 //!   [`readmodel_conformance_suite!`].
 //! * [`security`]: a test gate (tokens, API keys, roles) shared by every gateway's tests.
+//! * [`tls`]: a throwaway CA issuing server and client certificates for TLS tests.
 //! * [`ProbedStore`]: a store decorator that counts what stream reads return and can make the
 //!   backend look unreachable.
 //! * [`validation`]: a JSON-Schema stand-in ([`validation::RequiredStrings`]) and a store
@@ -29,6 +30,7 @@ pub mod readmodel_conformance;
 mod sample;
 pub mod security;
 pub mod services;
+pub mod tls;
 pub mod validation;
 
 use std::any::Any;

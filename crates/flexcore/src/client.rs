@@ -25,6 +25,18 @@ pub struct ClientOptions {
     /// Print JSON (one document per line) instead of text.
     #[arg(long, global = true)]
     pub json: bool,
+    /// A bearer token (sent as `Authorization: Bearer …`).
+    #[arg(long, env = "FLEXCORE_TOKEN", global = true, hide_env_values = true)]
+    pub token: Option<String>,
+    /// The CA certificate (PEM) that signed an https:// server's certificate.
+    #[arg(long, env = "FLEXCORE_CA", global = true)]
+    pub ca: Option<std::path::PathBuf>,
+    /// A client certificate (PEM) for servers that require one (with --key).
+    #[arg(long, env = "FLEXCORE_CERT", global = true)]
+    pub cert: Option<std::path::PathBuf>,
+    /// The client certificate's private key (PEM).
+    #[arg(long, env = "FLEXCORE_KEY", global = true)]
+    pub key: Option<std::path::PathBuf>,
 }
 
 /// `flexcore send`.
@@ -156,9 +168,40 @@ pub(crate) struct Client {
 
 impl Client {
     pub(crate) fn new(options: &ClientOptions) -> Result<Self> {
-        let http = reqwest::Client::builder()
+        flexcore_auth::tls::install_crypto_provider();
+        let read = |path: &std::path::Path| {
+            std::fs::read(path)
+                .map_err(|e| ClientError::Usage(format!("cannot read {}: {e}", path.display())))
+        };
+        let mut builder = reqwest::Client::builder()
+            .use_rustls_tls()
             .connect_timeout(Duration::from_secs(5))
-            .timeout(Duration::from_secs(60))
+            .timeout(Duration::from_secs(60));
+        if let Some(ca) = &options.ca {
+            let certificate = reqwest::Certificate::from_pem(&read(ca)?)
+                .map_err(|e| ClientError::Usage(format!("--ca {}: {e}", ca.display())))?;
+            builder = builder.add_root_certificate(certificate);
+        }
+        match (&options.cert, &options.key) {
+            (Some(cert), Some(key)) => {
+                let mut pem = read(cert)?;
+                pem.extend(read(key)?);
+                let identity = reqwest::Identity::from_pem(&pem)
+                    .map_err(|e| ClientError::Usage(format!("--cert/--key: {e}")))?;
+                builder = builder.identity(identity);
+            }
+            (None, None) => {}
+            _ => return Err(ClientError::Usage("--cert and --key go together".into())),
+        }
+        if let Some(token) = &options.token {
+            let mut headers = reqwest::header::HeaderMap::new();
+            let mut value = reqwest::header::HeaderValue::from_str(&format!("Bearer {token}"))
+                .map_err(|_| ClientError::Usage("--token is not a valid header value".into()))?;
+            value.set_sensitive(true);
+            headers.insert(reqwest::header::AUTHORIZATION, value);
+            builder = builder.default_headers(headers);
+        }
+        let http = builder
             .build()
             .map_err(|e| ClientError::Unreachable(format!("cannot build an HTTP client: {e}")))?;
         Ok(Self {

@@ -175,6 +175,7 @@ struct FileSettings {
     api_keys: Option<std::collections::BTreeMap<String, crate::security::ApiKeyFile>>,
     roles: Option<std::collections::BTreeMap<String, crate::security::RoleFile>>,
     rate_limit: Option<crate::security::RateLimitFile>,
+    tls: Option<crate::security::TlsFile>,
     limits: Option<crate::validation::LimitsFileSettings>,
     schemas: Option<crate::validation::SchemasFileSettings>,
 }
@@ -203,6 +204,7 @@ impl Settings {
                 api_keys: file.api_keys,
                 roles: file.roles,
                 rate_limit: file.rate_limit,
+                tls: file.tls,
             },
             file_dir.as_deref(),
         )?;
@@ -415,6 +417,7 @@ impl Settings {
                 }),
             ),
             ("auth", self.security.effective()),
+            ("tls", self.security.effective_tls()),
         ]
     }
 

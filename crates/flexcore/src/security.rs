@@ -41,6 +41,26 @@ pub struct AuthArgs {
     /// Allows listening on a non-loopback address without authentication.
     #[arg(long)]
     pub insecure_allow_unauthenticated: bool,
+    /// TLS for HTTP: the certificate chain (PEM); reloaded when it changes.
+    #[arg(long, env = "FLEXCORE_TLS_CERT")]
+    pub tls_cert: Option<PathBuf>,
+    /// TLS: the private key (PEM).
+    #[arg(long, env = "FLEXCORE_TLS_KEY")]
+    pub tls_key: Option<PathBuf>,
+    /// TLS: require client certificates signed by this CA (PEM); they authenticate.
+    #[arg(long, env = "FLEXCORE_TLS_CLIENT_CA")]
+    pub tls_client_ca: Option<PathBuf>,
+}
+
+/// `[tls]` in the file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct TlsFile {
+    cert: Option<PathBuf>,
+    key: Option<PathBuf>,
+    client_ca: Option<PathBuf>,
+    #[serde(default)]
+    client_roles: BTreeMap<String, Vec<String>>,
 }
 
 /// `[auth]` in the file.
@@ -113,6 +133,7 @@ pub(crate) struct SecurityFile {
     pub api_keys: Option<BTreeMap<String, ApiKeyFile>>,
     pub roles: Option<BTreeMap<String, RoleFile>>,
     pub rate_limit: Option<RateLimitFile>,
+    pub tls: Option<TlsFile>,
 }
 
 /// A secret: compared and cloned, never shown.
@@ -161,6 +182,8 @@ pub struct SecuritySettings {
     pub rate_limits: BTreeMap<&'static str, (f64, u32)>,
     /// Whether a non-loopback bind without authentication is allowed.
     pub insecure_allow_unauthenticated: bool,
+    /// TLS for HTTP (`None`: plain HTTP).
+    pub tls: Option<flexcore_auth::tls::TlsFiles>,
 }
 
 impl SecuritySettings {
@@ -170,6 +193,7 @@ impl SecuritySettings {
             || !self.public_keys.is_empty()
             || self.jwks_file.is_some()
             || !self.api_keys.is_empty()
+            || self.tls.as_ref().is_some_and(|tls| tls.client_ca.is_some())
     }
 
     /// The `[auth]` table as `flexcore config show` prints it: the secret itself never (only
@@ -185,6 +209,16 @@ impl SecuritySettings {
             "tenant_claim": self.tenant_claim,
             "leeway_secs": self.leeway_secs,
         })
+    }
+
+    /// The `[tls]` table as `flexcore config show` prints it (paths only).
+    pub fn effective_tls(&self) -> serde_json::Value {
+        match &self.tls {
+            Some(tls) => serde_json::json!({
+                "cert": tls.cert, "key": tls.key, "client_ca": tls.client_ca,
+            }),
+            None => serde_json::Value::Null,
+        }
     }
 }
 
@@ -332,7 +366,32 @@ pub(crate) fn resolve(
             rate_limits.insert(class.as_str(), (bucket.per_second, bucket.burst));
         }
     }
+    let tls_file = file.tls.unwrap_or_default();
+    let cert = args
+        .tls_cert
+        .or(tls_file.cert.map(|p| relative(file_dir, p)));
+    let key = args.tls_key.or(tls_file.key.map(|p| relative(file_dir, p)));
+    let client_ca = args
+        .tls_client_ca
+        .or(tls_file.client_ca.map(|p| relative(file_dir, p)));
+    let tls = match (cert, key) {
+        (Some(cert), Some(key)) => Some(flexcore_auth::tls::TlsFiles {
+            cert,
+            key,
+            client_ca,
+            client_roles: tls_file.client_roles,
+        }),
+        (None, None) if client_ca.is_none() => None,
+        _ => {
+            return Err(invalid(
+                "tls",
+                "incomplete",
+                "both [tls] cert and key (FLEXCORE_TLS_CERT, FLEXCORE_TLS_KEY); client_ca needs them",
+            ));
+        }
+    };
     Ok(SecuritySettings {
+        tls,
         hs256_secret: hs256_secret.map(Secret),
         hs256_secret_file: secret_file,
         public_keys,
@@ -354,12 +413,27 @@ pub(crate) fn resolve(
     })
 }
 
-/// The gate every gateway asks, and the policy the buses apply (`None`: authentication off).
+/// The gate every gateway asks, the policy the buses apply (`None`: authentication off), and
+/// TLS.
 pub struct Security {
     /// Authentication and rate limits for the gateways.
     pub gate: Arc<Gatekeeper>,
     /// The RBAC policy, when authentication is on.
     pub policy: Option<Arc<Policy>>,
+    /// TLS for HTTP, when configured.
+    pub tls: Option<Arc<flexcore_auth::tls::ServerTls>>,
+}
+
+impl Security {
+    /// The HTTP gateway's TLS, when configured.
+    pub fn http_tls(&self) -> Option<flexcore_http::HttpTls> {
+        let tls = self.tls.as_ref()?;
+        let (config, principal) = (Arc::clone(tls), Arc::clone(tls));
+        Some(flexcore_http::HttpTls {
+            config: Arc::new(move || config.config()),
+            client_principal: Arc::new(move |leaf| principal.client_principal(leaf)),
+        })
+    }
 }
 
 /// Builds the gatekeeper and policy; unreadable keys and bad API-key entries fail here.
@@ -403,9 +477,17 @@ pub fn build(settings: &SecuritySettings) -> anyhow::Result<Security> {
         .context("invalid [rate_limit]")?;
         gate = gate.with_rate_limits(Arc::new(buckets));
     }
+    let tls = settings
+        .tls
+        .clone()
+        .map(flexcore_auth::tls::ServerTls::load)
+        .transpose()
+        .context("cannot load the TLS files")?
+        .map(Arc::new);
     Ok(Security {
         gate: Arc::new(gate),
         policy,
+        tls,
     })
 }
 

@@ -282,6 +282,7 @@ pub async fn run_with(
         stopping_seen.clone(),
     )
     .await?;
+    let http_tls = security.http_tls();
     let connection_limits = flexcore_http::ConnectionLimits {
         max_connections: settings.max_connections,
         header_read_timeout: std::time::Duration::from_millis(settings.header_read_timeout_ms),
@@ -331,6 +332,7 @@ pub async fn run_with(
                 listener,
                 state,
                 connection_limits,
+                http_tls,
                 stopped(stopping_seen.clone())
             ),
             flexcore_grpc::serve(grpc_listener, grpc_state, stopped(stopping_seen.clone())),

@@ -32,6 +32,28 @@ impl Server {
 
     /// Like [`Server::start_with`], with extra environment variables.
     pub async fn start_with_env(data: &Path, store_url: &str, env: &[(&str, &str)]) -> Self {
+        Self::start_probed(data, store_url, env, "http", &reqwest::Client::new()).await
+    }
+
+    /// Like [`Server::start_with_env`] for a server with TLS: `base` is `https://…`, and
+    /// `client` (trusting the server's CA, with a client certificate if needed) probes it.
+    #[allow(dead_code)]
+    pub async fn start_https(
+        data: &Path,
+        store_url: &str,
+        env: &[(&str, &str)],
+        client: &reqwest::Client,
+    ) -> Self {
+        Self::start_probed(data, store_url, env, "https", client).await
+    }
+
+    async fn start_probed(
+        data: &Path,
+        store_url: &str,
+        env: &[(&str, &str)],
+        scheme: &str,
+        client: &reqwest::Client,
+    ) -> Self {
         let port = free_port();
         let grpc_port = free_port();
         let child = Command::new(env!("CARGO_BIN_EXE_flexcore"))
@@ -49,10 +71,9 @@ impl Server {
             .unwrap();
         let server = Self {
             child,
-            base: format!("http://127.0.0.1:{port}"),
+            base: format!("{scheme}://127.0.0.1:{port}"),
             grpc: format!("http://127.0.0.1:{grpc_port}"),
         };
-        let client = reqwest::Client::new();
         let deadline = Instant::now() + Duration::from_secs(30);
         while client
             .get(format!("{}/health", server.base))
