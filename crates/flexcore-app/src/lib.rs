@@ -22,6 +22,8 @@
 //! * [`service_url`]: the URLs of the services FlexCore connects to, with FlexCore's own
 //!   query parameters taken out;
 //! * [`security`]: principals and what they may do;
+//! * [`gdpr`]: crypto-shredding of declared personal fields (a store decorator over the key
+//!   vault port) and the export of everything about a data subject;
 //! * [`module`]: the domain-module contract through which every domain (the Rust sample,
 //!   Python modules, plugins) plugs into the engine.
 
@@ -30,6 +32,7 @@ pub mod durable;
 mod error;
 pub mod event_bus;
 pub mod follow;
+pub mod gdpr;
 pub mod idempotency;
 mod limits;
 pub mod module;

@@ -34,6 +34,7 @@ use tokio::task::JoinHandle;
 use crate::command::{CommandHandler, CommandRouter};
 use crate::durable::{ConsumerStateStore, DurableOptions};
 use crate::event_bus::EventHandler;
+use crate::gdpr::{PersonalData, PersonalDataPolicy};
 use crate::projection::{Projection, ProjectionsHandle};
 use crate::query::{QueryHandler, QueryRouter};
 use crate::query_cache::CachePolicy;
@@ -55,6 +56,14 @@ pub trait DomainModule: Send + Sync {
     /// its query-cache policy. The default declares nothing.
     fn declare(&self, _read_side: &mut ReadSideDeclaration) -> Result<()> {
         Ok(())
+    }
+
+    /// The personal data in the module's events (which field names the data subject and which
+    /// fields are personal), sealed with per-subject keys when the server runs with GDPR
+    /// crypto-shredding on (see [`crate::gdpr`]). Asked once, before any event is written;
+    /// the configuration overrules it per event type. The default declares none.
+    fn personal_data(&self) -> Vec<PersonalData> {
+        Vec::new()
     }
 
     /// Phase 2, with the engine running: the module's command and query handlers, durable
@@ -255,6 +264,18 @@ impl Modules {
             }
         }
         Ok(merged)
+    }
+
+    /// The personal data every module declares, merged; one event type declared differently
+    /// by two modules is an error naming the second.
+    pub fn personal_data(&self) -> Result<PersonalDataPolicy> {
+        let mut policy = PersonalDataPolicy::new();
+        for module in &self.modules {
+            for declared in module.personal_data() {
+                policy.declare(declared, &format!("module '{}'", module.name()))?;
+            }
+        }
+        Ok(policy)
     }
 
     /// Phase 2 for every module. A command type, query type or durable consumer claimed by two
