@@ -29,9 +29,12 @@
 //!   [`PostgresStore::read_models`]): projection tables, their checkpoints and durable
 //!   consumers' state; a projection's statements and its checkpoint commit in one fenced
 //!   transaction, sent to the server pipelined.
+//! * **GDPR key table** ([`PostgresKeyTable`], migration 4): the wrapped per-subject data keys
+//!   of crypto-shredding and the tombstones of forgotten subjects.
 
 mod config;
 mod error;
+mod keys;
 mod read;
 mod readmodel;
 mod schema;
@@ -40,6 +43,7 @@ mod write;
 
 pub use config::PostgresConfig;
 pub use error::PostgresError;
+pub use keys::PostgresKeyTable;
 pub use readmodel::PostgresReadModels;
 pub use schema::drop_schema;
 pub use store::PostgresStore;

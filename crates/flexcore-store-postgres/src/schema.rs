@@ -217,6 +217,22 @@ CREATE TABLE {schema}.projections (
 );
 "#,
     },
+    Migration {
+        version: 4,
+        name: "gdpr: subject_keys",
+        sql: r#"
+-- GDPR crypto-shredding: one data key per subject, wrapped by the master key. Forgetting a
+-- subject deletes its wrapped key and leaves the row as a tombstone (wrapped_key NULL), so no
+-- new key is ever made for it.
+CREATE TABLE {schema}.subject_keys (
+    subject      text PRIMARY KEY,
+    wrapped_key  bytea,
+    created_at   timestamptz NOT NULL DEFAULT now(),
+    forgotten_at timestamptz,
+    CHECK ((wrapped_key IS NULL) = (forgotten_at IS NOT NULL))
+);
+"#,
+    },
 ];
 
 /// Creates the schema and applies missing migrations, in one transaction under an advisory

@@ -87,6 +87,11 @@ impl PostgresStore {
         PostgresReadModels::new(self.shared.pool.clone(), Arc::clone(&self.schema))
     }
 
+    /// The GDPR key table in the same schema, sharing this store's connection pool.
+    pub fn key_table(&self) -> crate::PostgresKeyTable {
+        crate::PostgresKeyTable::new(self.shared.pool.clone())
+    }
+
     /// How the appends were grouped into transactions so far.
     pub fn group_commit_stats(&self) -> flexcore_app::store::plan::GroupCommitStats {
         self.shared.group_commits.stats()

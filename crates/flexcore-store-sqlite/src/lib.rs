@@ -15,9 +15,13 @@
 //!   file as it grows (about every 250 pages), so the writer no longer stops for SQLite's own
 //!   checkpoint of 1,000 pages (the read-model database does the same).
 //! * One process per database file, enforced by an exclusive lock on `<file>.lock`.
+//! * **GDPR key table** (`subject_keys`): the wrapped per-subject data keys of crypto-shredding,
+//!   written on a connection of their own ([`SqliteKeyTable`]), rarely (a subject's first
+//!   personal event, a `forget`).
 
 mod checkpointer;
 mod error;
+mod keys;
 mod reader;
 mod readmodel;
 mod schema;
@@ -38,6 +42,7 @@ use flexcore_domain::{ExpectedVersion, StreamId};
 use tokio::sync::{mpsc, oneshot, watch};
 
 pub use error::SqliteError;
+pub use keys::SqliteKeyTable;
 pub use readmodel::SqliteReadModels;
 
 use reader::ReaderPool;
@@ -171,6 +176,12 @@ impl SqliteStore {
     /// The database file.
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// The GDPR key table of this database, on a connection of its own (see
+    /// [`SqliteKeyTable`]).
+    pub async fn key_table(&self) -> Result<SqliteKeyTable, SqliteError> {
+        SqliteKeyTable::open(&self.path).await
     }
 
     /// How the appends were grouped into transactions so far.

@@ -8,7 +8,8 @@ use rusqlite::{Connection, OpenFlags};
 use crate::SqliteError;
 
 /// The schema, one entry per version; `PRAGMA user_version` records how many are applied.
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE events (
     position       INTEGER PRIMARY KEY,
     event_id       BLOB    NOT NULL UNIQUE,
@@ -37,7 +38,20 @@ CREATE TABLE snapshots (
     state     TEXT    NOT NULL,
     taken_at  INTEGER NOT NULL
 ) WITHOUT ROWID;
-"#];
+"#,
+    r#"
+-- GDPR crypto-shredding: one data key per subject, wrapped by the master key. Forgetting a
+-- subject deletes its wrapped key and leaves the row as a tombstone (wrapped_key NULL), so no
+-- new key is ever made for it. Times are microseconds since the Unix epoch.
+CREATE TABLE subject_keys (
+    subject      TEXT    PRIMARY KEY,
+    wrapped_key  BLOB,
+    created_at   INTEGER NOT NULL,
+    forgotten_at INTEGER,
+    CHECK ((wrapped_key IS NULL) = (forgotten_at IS NOT NULL))
+) WITHOUT ROWID;
+"#,
+];
 
 /// Takes the exclusive per-database process lock (released when the file is closed).
 pub(crate) fn lock_file(db: &Path) -> Result<File, SqliteError> {
