@@ -25,6 +25,8 @@ use flexcore_app::module::{
     DomainModule, DurableConsumerSpec, ModuleContext, ModuleRegistry, ReadSideDeclaration,
 };
 
+use flexcore_app::gdpr::PersonalData;
+
 use crate::read_model::UsersProjection;
 use crate::welcome::WelcomeNotifier;
 
@@ -35,6 +37,25 @@ pub struct UsersModule;
 impl UsersModule {
     /// The module's name in the configuration (`modules = ["users"]`).
     pub const NAME: &'static str = "users";
+}
+
+/// The personal data of the sample's events, all about the user (`/user_id`): addresses and
+/// profiles are sealed per user when crypto-shredding is on, and read as
+/// [`flexcore_app::gdpr::REDACTED`] once the user is forgotten.
+///
+/// The reservation streams (`email-{address}`, events `email.reserved` / `email.released`)
+/// are not declared: their stream id is the address itself, which sealing the data cannot
+/// hide, and a reservation must stay decodable to keep addresses unique.
+pub fn personal_data() -> Vec<PersonalData> {
+    let declare = |event_type: &str, fields: &[&str]| {
+        PersonalData::new(event_type, "/user_id", fields.iter().copied())
+            .expect("the sample's declarations are valid")
+    };
+    vec![
+        declare("user.created", &["/email", "/profile"]),
+        declare("user.email_changed", &["/old_email", "/new_email"]),
+        declare("notification.welcome_queued", &["/email"]),
+    ]
 }
 
 #[async_trait]
@@ -48,6 +69,10 @@ impl DomainModule for UsersModule {
             .projection(Arc::new(UsersProjection))
             .cache_policy(read_model::cache_policy());
         Ok(())
+    }
+
+    fn personal_data(&self) -> Vec<PersonalData> {
+        personal_data()
     }
 
     async fn register(&self, engine: &ModuleContext, registry: &mut ModuleRegistry) -> Result<()> {

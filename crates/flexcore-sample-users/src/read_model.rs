@@ -12,12 +12,12 @@ use flexcore_app::query::{QueryContext, QueryHandler};
 use flexcore_app::query_cache::CachePolicy;
 use flexcore_app::store::EventFilter;
 use flexcore_app::{Error, Result};
-use flexcore_domain::{Aggregate, DomainError, DomainEvent, EventEnvelope};
+use flexcore_domain::{Aggregate, DomainError, EventEnvelope};
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 use uuid::Uuid;
 
-use crate::domain::{User, UserEvent};
+use crate::domain::User;
 
 /// The largest `page_size` of `list_users`.
 pub const MAX_PAGE_SIZE: u64 = 500;
@@ -80,38 +80,64 @@ impl Projection for UsersProjection {
             .recorded_at
             .format(&time::format_description::well_known::Rfc3339)
             .map_err(|e| Error::internal(format!("cannot format a timestamp: {e}")))?;
-        match UserEvent::from_envelope(event)? {
-            UserEvent::Created {
-                user_id,
-                email,
-                profile,
-            } => changes.execute(
+        // Decoded leniently, not through `UserEvent`: once a user is forgotten, its personal
+        // fields read as the redaction marker (`flexcore_app::gdpr::REDACTED`), which the
+        // `Email` value object refuses, and a rebuild must still go through.
+        let undecodable = |e: serde_json::Error| {
+            Error::Domain(DomainError::validation(format!(
+                "cannot decode event {} of type '{}': {e}",
+                event.event_id, event.event_type
+            )))
+        };
+        if event.event_type == "user.created" {
+            let created: CreatedRow = event.data.decode().map_err(undecodable)?;
+            let profile = match created.profile {
+                None | Some(Value::Null) => Value::Object(Map::new()),
+                Some(profile) => profile,
+            };
+            changes.execute(
                 "INSERT INTO {users} (user_id, email, profile, version, created_position, created_at, updated_at)
                  VALUES ($1, $2, $3, $4, $5, $6, $6)
                  ON CONFLICT (user_id) DO NOTHING",
                 vec![
-                    user_id.to_string().into(),
-                    String::from(email).into(),
-                    Value::Object(profile).to_string().into(),
+                    created.user_id.to_string().into(),
+                    created.email.into(),
+                    profile.to_string().into(),
                     event.stream_version.into(),
                     event.global_position.into(),
                     at.into(),
                 ],
-            ),
-            UserEvent::EmailChanged {
-                user_id, new_email, ..
-            } => changes.execute(
+            );
+        } else {
+            let changed: EmailChangedRow = event.data.decode().map_err(undecodable)?;
+            changes.execute(
                 "UPDATE {users} SET email = $2, version = $3, updated_at = $4 WHERE user_id = $1",
                 vec![
-                    user_id.to_string().into(),
-                    String::from(new_email).into(),
+                    changed.user_id.to_string().into(),
+                    changed.new_email.into(),
                     event.stream_version.into(),
                     at.into(),
                 ],
-            ),
+            );
         }
         Ok(())
     }
+}
+
+/// What the projection reads of `user.created` (an email is any text: it may be redacted).
+#[derive(Deserialize)]
+struct CreatedRow {
+    user_id: Uuid,
+    email: String,
+    #[serde(default)]
+    profile: Option<Value>,
+}
+
+/// What the projection reads of `user.email_changed`.
+#[derive(Deserialize)]
+struct EmailChangedRow {
+    user_id: Uuid,
+    new_email: String,
 }
 
 /// `get_user` and `list_users`, answered from the `users` read model, by query type.
@@ -277,7 +303,8 @@ fn user_json(row: Vec<SqlValue>) -> Result<Value> {
             .ok_or_else(|| Error::internal(format!("users read model: column {i} is not text")))
     };
     let user_id = text(0)?;
-    let profile: Map<String, Value> = serde_json::from_str(text(2)?)
+    // An object, or the redaction marker (a JSON string) once the user is forgotten.
+    let profile: Value = serde_json::from_str(text(2)?)
         .map_err(|e| Error::internal(format!("users read model: bad profile JSON: {e}")))?;
     Ok(json!({
         "user_id": user_id,
