@@ -18,6 +18,7 @@
 //! | `POST /v1/events/live/ticket` | a one-use ticket that opens the live route without a header |
 //! | `GET /v1/projections[/{name}]`, `POST /v1/projections/{name}/rebuild` | projection status, blue-green rebuild |
 //! | `GET /v1/subscriptions`, `…/{name}/dead-letters`, `POST …/dead-letters/{position}/retry\|skip` | durable consumers and their parked events |
+//! | `GET /v1/admin/gdpr/subjects/{subject}/events`, `POST …/forget` | a data subject's events as JSON lines; crypto-shredding |
 //! | `GET /health`, `GET /ready` | liveness, readiness |
 //! | `GET /metrics` | Prometheus text |
 //! | `GET /openapi.json` | the OpenAPI 3 document of all of the above |

@@ -280,6 +280,8 @@ fn store_not_ready_reasons() -> utoipa::openapi::Object {
         crate::operations::dead_letters,
         crate::operations::retry_dead_letter,
         crate::operations::skip_dead_letter,
+        crate::operations::gdpr_export,
+        crate::operations::gdpr_forget,
         openapi_json,
     ),
     components(schemas(

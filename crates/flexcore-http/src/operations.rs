@@ -1,6 +1,7 @@
 //! Operator routes: projections (status, blue-green rebuild) and durable subscriptions
 //! (status, dead letters, retry, skip). `flexcore projections …` and `flexcore subscriptions …`
-//! drive them.
+//! drive them. GDPR tools under `/v1/admin/gdpr/` (a subject's export, forget), driven by
+//! `flexcore gdpr …`.
 
 use std::sync::Arc;
 
@@ -8,7 +9,9 @@ use axum::Json;
 use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
 use flexcore_app::durable::{DeadLetter, SubscriptionControl, SubscriptionStatus};
+use flexcore_app::gdpr::ShreddingStore;
 use flexcore_app::projection::{ProjectionStatus, ProjectionsHandle};
 use serde_json::{Value, json};
 
@@ -22,6 +25,8 @@ pub struct Operations {
     pub projections: Option<ProjectionsHandle>,
     /// The running durable consumers (shared: the state is cloned for every request).
     pub consumers: Arc<[SubscriptionControl]>,
+    /// The crypto-shredding store, when GDPR tools are configured.
+    pub gdpr: Option<Arc<ShreddingStore>>,
 }
 
 impl Operations {
@@ -29,6 +34,14 @@ impl Operations {
         self.projections
             .as_ref()
             .ok_or_else(|| ApiError::not_found("this server runs no projections"))
+    }
+
+    fn gdpr(&self) -> Result<&ShreddingStore, ApiError> {
+        self.gdpr.as_deref().ok_or_else(|| {
+            ApiError::not_found(
+                "GDPR tools are off on this server: configure [gdpr] master_key_file",
+            )
+        })
     }
 
     fn consumer(&self, name: &str) -> Result<&SubscriptionControl, ApiError> {
@@ -151,4 +164,61 @@ fn parked_event(
             e.body_text()
         ))
     })
+}
+
+/// Every event about a data subject, as JSON lines (`application/x-ndjson`): the events its
+/// principal wrote (`metadata.actor.sub`) and those naming it in a declared subject field,
+/// personal fields opened (or `"[forgotten]"`). The whole log is scanned before the first line
+/// is sent, so a failure (e.g. a tampered value) is a problem answer, never a cut-off export.
+#[utoipa::path(get, path = "/v1/admin/gdpr/subjects/{subject}/events", tag = "gdpr",
+    params(("subject" = String, Path, description = "The data subject, e.g. a user id")),
+    responses((status = 200, description = "One event envelope per line, in log order", content_type = "application/x-ndjson", body = String),
+        (status = 404, description = "GDPR tools are off on this server", body = crate::openapi::Problem, content_type = "application/problem+json"),
+        (status = 500, description = "A sealed value fails authentication (tampered) or a key is missing", body = crate::openapi::Problem, content_type = "application/problem+json")))]
+pub(crate) async fn gdpr_export(
+    State(state): State<AppState>,
+    Path(subject): Path<String>,
+) -> Result<Response, ApiError> {
+    let store = state.operations.gdpr()?;
+    let mut lines = String::new();
+    let mut from = 0;
+    loop {
+        let page = store.export_page(&subject, from).await?;
+        for event in &page.events {
+            // An envelope always serialises: its data and metadata are JSON text already.
+            lines.push_str(&serde_json::to_string(event).map_err(|e| {
+                ApiError::from(flexcore_app::Error::internal_from(
+                    "cannot encode an event",
+                    e,
+                ))
+            })?);
+            lines.push('\n');
+        }
+        if page.finished {
+            break;
+        }
+        from = page.next_position;
+    }
+    Ok((
+        [(axum::http::header::CONTENT_TYPE, "application/x-ndjson")],
+        lines,
+    )
+        .into_response())
+}
+
+/// Forgets a data subject: destroys its data key, so its personal fields read as
+/// `"[forgotten]"` in every read, subscription, projection (rebuilds included) and outbox
+/// message from now on, and it can take no new personal data. Cannot be undone.
+#[utoipa::path(post, path = "/v1/admin/gdpr/subjects/{subject}/forget", tag = "gdpr",
+    params(("subject" = String, Path, description = "The data subject, e.g. a user id")),
+    responses((status = 200, description = "`{subject, forgotten: true, key_destroyed}`; `key_destroyed` is false when the subject had no key (it is blocked from now on all the same)"),
+        (status = 404, description = "GDPR tools are off on this server", body = crate::openapi::Problem, content_type = "application/problem+json")))]
+pub(crate) async fn gdpr_forget(
+    State(state): State<AppState>,
+    Path(subject): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let destroyed = state.operations.gdpr()?.forget(&subject).await?;
+    Ok(Json(
+        json!({ "subject": subject, "forgotten": true, "key_destroyed": destroyed }),
+    ))
 }

@@ -64,6 +64,14 @@ pub fn router(state: AppState) -> Router {
             "/v1/subscriptions/{name}/dead-letters/{position}/skip",
             post(ops::skip_dead_letter),
         )
+        .route(
+            "/v1/admin/gdpr/subjects/{subject}/events",
+            get(ops::gdpr_export),
+        )
+        .route(
+            "/v1/admin/gdpr/subjects/{subject}/forget",
+            post(ops::gdpr_forget),
+        )
         .route("/openapi.json", get(crate::openapi::openapi_json))
         .fallback(|| async { ApiError::not_found("no such route") })
         .method_not_allowed_fallback(|| async { ApiError::method_not_allowed() })

@@ -109,6 +109,7 @@ async fn parked_events_are_listed_retried_and_skipped_over_http() {
         operations: Operations {
             projections: None,
             consumers: vec![control].into(),
+            gdpr: None,
         },
         gate: Default::default(),
         shutdown: flexcore_http::never_shut_down(),

@@ -49,6 +49,9 @@ pub enum Command {
     /// Make credentials: development JWTs, API keys.
     #[command(subcommand)]
     Token(crate::security::TokenCommand),
+    /// GDPR tools of a running server: export a data subject's events, forget a subject.
+    #[command(subcommand)]
+    Gdpr(crate::gdpr::GdprCommand),
 }
 
 /// `flexcore config …`.
@@ -131,4 +134,8 @@ pub struct ServeArgs {
     /// Authentication (the rest of the security settings are in the file).
     #[command(flatten)]
     pub auth: crate::security::AuthArgs,
+    /// GDPR crypto-shredding: the master key file (32 raw bytes, 64 hex digits or base64)
+    /// [default: off; file: `[gdpr] master_key_file`].
+    #[arg(long, env = "FLEXCORE_GDPR_MASTER_KEY_FILE")]
+    pub gdpr_master_key_file: Option<PathBuf>,
 }

@@ -216,14 +216,23 @@ impl Client {
     }
 
     pub(crate) async fn call(&self, request: reqwest::RequestBuilder) -> Result<Value> {
+        let text = self.call_text(request).await?;
+        Ok(serde_json::from_str(&text).unwrap_or(Value::Null))
+    }
+
+    /// Sends a request and returns a successful answer's body as text (e.g. JSON lines).
+    pub(crate) async fn call_text(&self, request: reqwest::RequestBuilder) -> Result<String> {
         let response = request.send().await.map_err(|e| {
             ClientError::Unreachable(format!("cannot reach the server at {}: {e}", self.base))
         })?;
         let status = response.status();
-        let body: Value = response.json().await.unwrap_or(Value::Null);
+        let text = response.text().await.map_err(|e| {
+            ClientError::Unreachable(format!("the answer of {} broke off: {e}", self.base))
+        })?;
         if status.is_success() {
-            return Ok(body);
+            return Ok(text);
         }
+        let body: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
         let detail = format!(
             "{} ({})",
             body["detail"].as_str().unwrap_or("no detail"),

@@ -123,6 +123,100 @@ pub struct Settings {
     pub security: crate::security::SecuritySettings,
     /// Input validation: limits on appends, schema files (`[limits]`, `[schemas]`).
     pub validation: crate::validation::ValidationSettings,
+    /// GDPR crypto-shredding (`[gdpr]` in the file; off without a master key file).
+    pub gdpr: GdprSettings,
+}
+
+/// GDPR crypto-shredding: declared personal fields are sealed with per-subject keys wrapped by
+/// the master key (see `docs/adr/0008-crypto-shredding.md`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GdprSettings {
+    /// The master key file (32 raw bytes, 64 hex digits or base64; relative to the config
+    /// file in the file); `None`: crypto-shredding is off.
+    pub master_key_file: Option<PathBuf>,
+    /// How long an unwrapped data key stays cached on a node, in seconds: the longest a
+    /// subject forgotten on another node stays readable here.
+    pub key_cache_ttl_secs: u64,
+    /// Personal data per event type (`[gdpr.events."user.created"] subject = "/user_id",
+    /// personal = ["/email"]`), overruling what the domain modules declare for that type.
+    pub events: Vec<flexcore_app::gdpr::PersonalData>,
+}
+
+/// The default [`GdprSettings::key_cache_ttl_secs`].
+pub const DEFAULT_GDPR_KEY_CACHE_TTL_SECS: u64 = 60;
+
+impl Default for GdprSettings {
+    /// Off.
+    fn default() -> Self {
+        Self {
+            master_key_file: None,
+            key_cache_ttl_secs: DEFAULT_GDPR_KEY_CACHE_TTL_SECS,
+            events: Vec::new(),
+        }
+    }
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct GdprFileSettings {
+    master_key_file: Option<PathBuf>,
+    key_cache_ttl_secs: Option<u64>,
+    #[serde(default)]
+    events: std::collections::BTreeMap<String, GdprEventFileSettings>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct GdprEventFileSettings {
+    subject: String,
+    personal: Vec<String>,
+}
+
+/// Merges the GDPR settings: flag/variable > file; checks the declarations.
+fn gdpr_settings(
+    flag: Option<PathBuf>,
+    file: GdprFileSettings,
+    file_dir: Option<&Path>,
+) -> Result<GdprSettings, ConfigError> {
+    let from_file = file.master_key_file.map(|path| match file_dir {
+        Some(dir) if path.is_relative() => dir.join(path),
+        _ => path,
+    });
+    let master_key_file = flag.or(from_file);
+    let mut events = Vec::new();
+    for (event_type, declared) in file.events {
+        let checked =
+            flexcore_app::gdpr::PersonalData::new(&event_type, declared.subject, declared.personal)
+                .map_err(|e| ConfigError::Invalid {
+                    key: "gdpr.events",
+                    value: format!("{event_type}: {e}"),
+                    expected: "subject = a JSON pointer such as \"/user_id\", personal = a \
+                               non-empty list of JSON pointers not overlapping it",
+                })?;
+        events.push(checked);
+    }
+    if master_key_file.is_none() && !events.is_empty() {
+        return Err(ConfigError::Invalid {
+            key: "gdpr.master_key_file",
+            value: String::new(),
+            expected: "a master key file, since [gdpr.events] declares personal data",
+        });
+    }
+    let key_cache_ttl_secs = file
+        .key_cache_ttl_secs
+        .unwrap_or(DEFAULT_GDPR_KEY_CACHE_TTL_SECS);
+    if key_cache_ttl_secs == 0 {
+        return Err(ConfigError::Invalid {
+            key: "gdpr.key_cache_ttl_secs",
+            value: "0".into(),
+            expected: "a positive number of seconds",
+        });
+    }
+    Ok(GdprSettings {
+        master_key_file,
+        key_cache_ttl_secs,
+        events,
+    })
 }
 
 /// The files of the `python` domain module; they reload when they change. When any are
@@ -178,6 +272,7 @@ struct FileSettings {
     tls: Option<crate::security::TlsFile>,
     limits: Option<crate::validation::LimitsFileSettings>,
     schemas: Option<crate::validation::SchemasFileSettings>,
+    gdpr: Option<GdprFileSettings>,
 }
 
 impl Settings {
@@ -210,6 +305,11 @@ impl Settings {
         )?;
         let validation =
             crate::validation::validation_settings(file.limits, file.schemas, file_dir.as_deref())?;
+        let gdpr = gdpr_settings(
+            args.gdpr_master_key_file,
+            file.gdpr.unwrap_or_default(),
+            file_dir.as_deref(),
+        )?;
         let pick = |flag: Option<String>, file: Option<String>, default: &str| {
             flag.or(file).unwrap_or_else(|| default.to_owned())
         };
@@ -316,6 +416,7 @@ impl Settings {
             modules,
             python,
             validation,
+            gdpr,
             cache_url,
             outbox_url,
             inbound_url,
@@ -418,6 +519,17 @@ impl Settings {
             ),
             ("auth", self.security.effective()),
             ("tls", self.security.effective_tls()),
+            (
+                "gdpr",
+                // The key file's path, never its content; `null` (left out) when off.
+                match &self.gdpr.master_key_file {
+                    Some(path) => json!({
+                        "master_key_file": path,
+                        "key_cache_ttl_secs": self.gdpr.key_cache_ttl_secs,
+                    }),
+                    None => serde_json::Value::Null,
+                },
+            ),
         ]
     }
 

@@ -4,6 +4,8 @@
 //! * [`client`]: `send`, `ask`, `stream read`, `events tail` against a running server;
 //! * [`config`]: settings from `flexcore.toml`, `FLEXCORE_*` variables and flags;
 //! * [`operations`]: `projections status|rebuild`, `subscriptions list|dead-letters`;
+//! * [`gdpr`]: the crypto-shredding store layer (master key, key vault over the store's key
+//!   table) and `gdpr export|forget` against a running server;
 //! * [`logging`]: text or JSON logs with sensitive values masked;
 //! * [`modules`]: the domain modules the configuration can name (`users`, `python`);
 //! * [`readside`]: the read-model store, the declared projections and the query cache they
@@ -22,6 +24,7 @@ pub mod audit;
 pub mod cli;
 pub mod client;
 pub mod config;
+pub mod gdpr;
 pub mod logging;
 pub mod modules;
 pub mod operations;

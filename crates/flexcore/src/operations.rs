@@ -287,7 +287,7 @@ fn show(value: &Value) -> String {
 }
 
 /// Percent-encodes a path segment (consumer names of group members hold `#` and `/`).
-fn encode(segment: &str) -> String {
+pub(crate) fn encode(segment: &str) -> String {
     let mut out = String::with_capacity(segment.len());
     for byte in segment.bytes() {
         if byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'_' | b'.' | b'~' | b':') {

@@ -186,6 +186,7 @@ pub async fn assemble(
         operations: flexcore_http::Operations {
             projections: Some(read_side.projections.clone()),
             consumers: consumers.into(),
+            gdpr: None,
         },
         // `flexcore_http::serve` wires the real signal.
         shutdown: flexcore_http::never_shut_down(),
@@ -263,14 +264,24 @@ pub async fn run_with(
     let grpc_listener = TcpListener::bind(settings.grpc_addr)
         .await
         .with_context(|| format!("cannot listen on {} (gRPC)", settings.grpc_addr))?;
-    // Every write path (gateways, modules, the message gateway) goes through the one guard.
-    let store = store_layer(validation.guard(open_store(&settings.store_url).await?));
+    let opened = open_store(&settings.store_url).await?;
+    let gdpr =
+        crate::gdpr::shredding_store(&settings.gdpr, &settings.store_url, Arc::clone(&opened))
+            .await?;
+    let shredded = match &gdpr {
+        Some(shredding) => Arc::clone(shredding) as Arc<dyn EventStore>,
+        None => opened,
+    };
+    // Every write path (gateways, modules, the message gateway) goes through the one guard,
+    // which sees events before their personal fields are encrypted.
+    let store = store_layer(validation.guard(shredded));
     let modules = crate::modules::load(&settings, Arc::clone(&store)).await?;
+    crate::gdpr::declare_modules(gdpr.as_deref(), &modules)?;
     let (stopping, stopping_seen) = tokio::sync::watch::channel(false);
     // Durable consumers, the outbox relay and the inbound gateway: awaited at shutdown, so they
     // save their checkpoints and finish the messages they hold.
     let Engine {
-        state,
+        mut state,
         read_side,
         mut background,
     } = assemble(
@@ -282,6 +293,7 @@ pub async fn run_with(
         stopping_seen.clone(),
     )
     .await?;
+    state.operations.gdpr = gdpr;
     let http_tls = security.http_tls();
     let connection_limits = flexcore_http::ConnectionLimits {
         max_connections: settings.max_connections,

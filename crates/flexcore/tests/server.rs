@@ -201,6 +201,7 @@ async fn the_library_server_runs_on_an_ephemeral_port_and_shuts_down() {
         inbound_url: None,
         security: Default::default(),
         validation: Default::default(),
+        gdpr: Default::default(),
     };
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(flexcore::server::run(settings, listener, async {
