@@ -8,7 +8,8 @@
 //!   raw store taking the same appends;
 //! * [`python`]: `create_user` through the Python users domain against the Rust one;
 //! * [`subscriptions`]: catch-up, durable and live delivery of committed events;
-//! * [`outbox`]: the outbox relay's rate to each broker that is up.
+//! * [`outbox`]: the outbox relay's rate to each broker that is up;
+//! * [`gdpr`]: appends and reads with crypto-shredding on against off.
 //!
 //! Every case gets a fresh database (SQLite file or PostgreSQL schema). The machine is shared
 //! and fsync latency moves ~10× under load: compare ratios from one run, and read `uptime`.
@@ -16,6 +17,7 @@
 pub mod appends;
 pub mod fixture;
 pub mod gateway;
+pub mod gdpr;
 mod load;
 pub mod outbox;
 pub mod python;
@@ -57,6 +59,9 @@ pub enum Bench {
     /// The outbox relay: append the history, then relay the whole log to RabbitMQ, Redis
     /// Streams and NATS JetStream (each that is up), events/s.
     Outbox(OutboxArgs),
+    /// GDPR crypto-shredding: appends and reads of events with personal fields, plain and
+    /// sealed, and the read cost for undeclared events.
+    Gdpr(GdprArgs),
 }
 
 /// Where the fresh stores of a bench live.
@@ -196,6 +201,23 @@ pub struct OutboxArgs {
     pub run: RunArgs,
 }
 
+/// Options of `flexcore-bench gdpr`.
+#[derive(Debug, Clone, Args)]
+pub struct GdprArgs {
+    /// Where the fresh stores live.
+    #[command(flatten)]
+    pub store: StoreArgs,
+    /// PostgreSQL tuning.
+    #[command(flatten)]
+    pub committers: CommitterArgs,
+    /// Events appended and read per case (at least 1000).
+    #[arg(long, default_value_t = 100_000)]
+    pub events: usize,
+    /// Runs and output.
+    #[command(flatten)]
+    pub run: RunArgs,
+}
+
 /// The event every bench appends: an order of a realistic size (about 400 bytes of JSON).
 fn bench_event(n: u64) -> NewEvent {
     let data = json!({
@@ -257,6 +279,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Bench::Python(args) => python::run(&args).await,
         Bench::Subscriptions(args) => subscriptions::run(&args).await,
         Bench::Outbox(args) => outbox::run(&args).await,
+        Bench::Gdpr(args) => gdpr::run(&args).await,
     }
 }
 
