@@ -177,8 +177,10 @@ fn parked_event(
         (status = 500, description = "A sealed value fails authentication (tampered) or a key is missing", body = crate::openapi::Problem, content_type = "application/problem+json")))]
 pub(crate) async fn gdpr_export(
     State(state): State<AppState>,
+    caller: Caller,
     Path(subject): Path<String>,
 ) -> Result<Response, ApiError> {
+    caller.check_admin(&state, "gdpr_export")?;
     let store = state.operations.gdpr()?;
     let mut lines = String::new();
     let mut from = 0;
@@ -215,8 +217,10 @@ pub(crate) async fn gdpr_export(
         (status = 404, description = "GDPR tools are off on this server", body = crate::openapi::Problem, content_type = "application/problem+json")))]
 pub(crate) async fn gdpr_forget(
     State(state): State<AppState>,
+    caller: Caller,
     Path(subject): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
+    caller.check_admin(&state, "gdpr_forget")?;
     let destroyed = state.operations.gdpr()?.forget(&subject).await?;
     Ok(Json(
         json!({ "subject": subject, "forgotten": true, "key_destroyed": destroyed }),

@@ -235,6 +235,18 @@ async fn roles_allow_only_their_commands_queries_and_streams() {
             &reader,
             None,
         ),
+        (
+            Method::GET,
+            "/v1/admin/gdpr/subjects/u-1/events".to_owned(),
+            &writer,
+            None,
+        ),
+        (
+            Method::POST,
+            "/v1/admin/gdpr/subjects/u-1/forget".to_owned(),
+            &reader,
+            None,
+        ),
     ];
     let before = app.events().await.len();
     for (method, uri, who, body) in forbidden {
