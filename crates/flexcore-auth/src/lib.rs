@@ -42,6 +42,9 @@ pub enum AuthError {
         /// What is wrong.
         message: String,
     },
+    /// A TLS file cannot be used.
+    #[error(transparent)]
+    Tls(#[from] flexcore_tls::TlsError),
     /// The HS256 secret is too short to resist guessing.
     #[error("the HS256 secret has {0} bytes; it needs at least 32")]
     WeakSecret(usize),

@@ -8,8 +8,6 @@ use std::time::{Duration, Instant, SystemTime};
 
 use flexcore_app::security::{AuthMethod, Principal};
 use rustls::ServerConfig;
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::WebPkiClientVerifier;
 
 use crate::AuthError;
@@ -30,10 +28,7 @@ pub struct TlsFiles {
     pub client_roles: BTreeMap<String, Vec<String>>,
 }
 
-/// Installs ring as the process's rustls provider (once; later calls are no-ops).
-pub fn install_crypto_provider() {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-}
+pub use flexcore_tls::install_crypto_provider;
 
 fn modified(path: &Path) -> Option<SystemTime> {
     std::fs::metadata(path).and_then(|m| m.modified()).ok()
@@ -46,36 +41,22 @@ fn tls_error(path: &Path, message: impl Into<String>) -> AuthError {
     }
 }
 
-fn certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, AuthError> {
-    let certs = CertificateDer::pem_file_iter(path)
-        .map_err(|e| tls_error(path, e.to_string()))?
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| tls_error(path, e.to_string()))?;
-    if certs.is_empty() {
-        return Err(tls_error(path, "no PEM certificate in the file"));
-    }
-    Ok(certs)
-}
-
 /// Builds the server configuration from the files (HTTP/1.1 and HTTP/2 by ALPN).
 fn load(files: &TlsFiles) -> Result<ServerConfig, AuthError> {
-    install_crypto_provider();
-    let chain = certificates(&files.cert)?;
-    // The key's own parse error could quote key material: only its kind is reported.
-    let key = PrivateKeyDer::from_pem_file(&files.key)
-        .map_err(|_| tls_error(&files.key, "no readable PEM private key in the file"))?;
-    let builder = ServerConfig::builder();
+    let chain = flexcore_tls::certificates(&files.cert)?;
+    let key = flexcore_tls::private_key(&files.key)?;
+    let builder = ServerConfig::builder_with_provider(flexcore_tls::provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| tls_error(&files.cert, e.to_string()))?;
     let builder = match &files.client_ca {
         Some(ca) => {
-            let mut roots = rustls::RootCertStore::empty();
-            for cert in certificates(ca)? {
-                roots
-                    .add(cert)
-                    .map_err(|e| tls_error(ca, format!("not a CA certificate: {e}")))?;
-            }
-            let verifier = WebPkiClientVerifier::builder(Arc::new(roots))
-                .build()
-                .map_err(|e| tls_error(ca, e.to_string()))?;
+            let roots = flexcore_tls::root_store(ca)?;
+            let verifier = WebPkiClientVerifier::builder_with_provider(
+                Arc::new(roots),
+                flexcore_tls::provider(),
+            )
+            .build()
+            .map_err(|e| tls_error(ca, e.to_string()))?;
             builder.with_client_cert_verifier(verifier)
         }
         None => builder.with_no_client_auth(),

@@ -1,7 +1,10 @@
 //! A throwaway certificate authority made at test time (rcgen): server and client
-//! certificates as PEM files, for TLS and mTLS tests.
+//! certificates as PEM files, for TLS and mTLS tests; and a TLS-terminating proxy that puts
+//! a local plain service (PostgreSQL, Redis, RabbitMQ) behind TLS.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use rcgen::{
     BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair, KeyUsagePurpose,
@@ -61,4 +64,169 @@ impl TestCa {
         std::fs::write(&files.key, key.serialize_pem()).expect("write the key");
         files
     }
+}
+
+/// A test CA with a server certificate for `localhost` and `127.0.0.1`, in a temporary
+/// directory kept as long as the value lives.
+pub struct TestPki {
+    /// The CA that signed the server certificate.
+    pub ca: TestCa,
+    /// The CA's certificate (PEM): what clients trust.
+    pub ca_file: PathBuf,
+    /// The server's certificate and key.
+    pub server: CertFiles,
+    /// The directory the files are in.
+    pub dir: tempfile::TempDir,
+}
+
+impl TestPki {
+    /// A new CA and server certificate.
+    pub fn new() -> Self {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let ca = TestCa::new("FlexCore test CA");
+        let ca_file = ca.write_ca(dir.path(), "ca.pem");
+        let server = ca.issue(
+            dir.path(),
+            "server",
+            "localhost",
+            &["localhost", "127.0.0.1"],
+        );
+        Self {
+            ca,
+            ca_file,
+            server,
+            dir,
+        }
+    }
+
+    /// A client certificate with common name `name`, signed by the CA.
+    pub fn client(&self, name: &str) -> CertFiles {
+        self.ca.issue(self.dir.path(), name, name, &[])
+    }
+}
+
+impl Default for TestPki {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// What a [`TlsProxy`] asks of its clients and how the protocol starts.
+#[derive(Debug, Clone)]
+pub struct TlsProxyOptions {
+    /// The server certificate the proxy presents.
+    pub server: CertFiles,
+    /// With it, clients must present a certificate signed by this CA.
+    pub client_ca: Option<PathBuf>,
+    /// PostgreSQL asks for TLS with an `SSLRequest` before the handshake; the proxy answers
+    /// it (`S`) and the service behind sees a plain connection.
+    pub postgres: bool,
+}
+
+/// A TLS-terminating proxy in front of a plain service on this machine: clients speak TLS to
+/// it, the service behind sees plain TCP. It counts the TLS sessions it completed, so a test
+/// can show its traffic was encrypted.
+pub struct TlsProxy {
+    port: u16,
+    sessions: Arc<AtomicUsize>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+/// PostgreSQL's `SSLRequest`: length 8, code 80877103.
+const POSTGRES_SSL_REQUEST: [u8; 8] = [0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f];
+
+impl TlsProxy {
+    /// Listens on a free port of `127.0.0.1` and forwards to `target` (`host:port`).
+    pub async fn start(target: &str, options: TlsProxyOptions) -> Self {
+        flexcore_tls::install_crypto_provider();
+        let config = Arc::new(proxy_config(&options));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind the TLS proxy");
+        let port = listener.local_addr().expect("its address").port();
+        let sessions = Arc::new(AtomicUsize::new(0));
+        let counted = Arc::clone(&sessions);
+        let target = target.to_owned();
+        let task = tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let acceptor = tokio_rustls::TlsAcceptor::from(Arc::clone(&config));
+                let (target, counted, postgres) =
+                    (target.clone(), Arc::clone(&counted), options.postgres);
+                tokio::spawn(async move {
+                    let _ = relay(client, acceptor, &target, &counted, postgres).await;
+                });
+            }
+        });
+        Self {
+            port,
+            sessions,
+            task,
+        }
+    }
+
+    /// The port it listens on.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// The TLS sessions it completed so far.
+    pub fn sessions(&self) -> usize {
+        self.sessions.load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for TlsProxy {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+fn proxy_config(options: &TlsProxyOptions) -> rustls::ServerConfig {
+    let builder = rustls::ServerConfig::builder_with_provider(flexcore_tls::provider())
+        .with_safe_default_protocol_versions()
+        .expect("TLS versions");
+    let builder = match &options.client_ca {
+        Some(ca) => {
+            let roots = flexcore_tls::root_store(ca).expect("the client CA");
+            builder.with_client_cert_verifier(
+                rustls::server::WebPkiClientVerifier::builder_with_provider(
+                    Arc::new(roots),
+                    flexcore_tls::provider(),
+                )
+                .build()
+                .expect("a client verifier"),
+            )
+        }
+        None => builder.with_no_client_auth(),
+    };
+    builder
+        .with_single_cert(
+            flexcore_tls::certificates(&options.server.cert).expect("the server certificate"),
+            flexcore_tls::private_key(&options.server.key).expect("the server key"),
+        )
+        .expect("a server configuration")
+}
+
+async fn relay(
+    mut client: tokio::net::TcpStream,
+    acceptor: tokio_rustls::TlsAcceptor,
+    target: &str,
+    sessions: &AtomicUsize,
+    postgres: bool,
+) -> std::io::Result<()> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    if postgres {
+        let mut request = [0_u8; 8];
+        client.read_exact(&mut request).await?;
+        if request != POSTGRES_SSL_REQUEST {
+            // A client that does not ask for TLS gets nothing from a TLS proxy.
+            return Ok(());
+        }
+        client.write_all(b"S").await?;
+    }
+    let mut tls = acceptor.accept(client).await?;
+    sessions.fetch_add(1, Ordering::SeqCst);
+    let mut service = tokio::net::TcpStream::connect(target).await?;
+    tokio::io::copy_bidirectional(&mut tls, &mut service).await?;
+    Ok(())
 }
