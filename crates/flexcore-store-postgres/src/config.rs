@@ -5,8 +5,9 @@ use crate::PostgresError;
 /// Settings of the PostgreSQL store. `Debug` hides the URL's password.
 #[derive(Clone, PartialEq, Eq)]
 pub struct PostgresConfig {
-    /// The connection URL, e.g. `postgres://user@host:5432/db` (`postgresql://` works too). TLS is
-    /// not supported: use a local socket, a private network or a TLS-terminating proxy.
+    /// The connection URL, e.g. `postgres://user@host:5432/db` (`postgresql://` works too). TLS
+    /// comes from libpq's parameters `sslmode=require|verify-ca|verify-full`, `sslrootcert`,
+    /// `sslcert` and `sslkey` (see the crate docs).
     pub url: String,
     /// The schema every table and function lives in; created if missing. A lowercase SQL
     /// identifier: ASCII letters, digits and `_`, not starting with a digit, at most 63 bytes.

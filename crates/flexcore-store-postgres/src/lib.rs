@@ -29,6 +29,11 @@
 //!   [`PostgresStore::read_models`]): projection tables, their checkpoints and durable
 //!   consumers' state; a projection's statements and its checkpoint commit in one fenced
 //!   transaction, sent to the server pipelined.
+//! * **TLS** from libpq's URL parameters: `sslmode=require|verify-full` (the server's
+//!   certificate chains to `sslrootcert`, else the system's roots, and names the host),
+//!   `verify-ca` (the chain only), `sslcert` + `sslkey` for a client certificate; without
+//!   `sslmode` (or `disable`/`allow`/`prefer`) connections are plain. Unlike libpq, `require`
+//!   verifies the server too.
 //! * **GDPR key table** ([`PostgresKeyTable`], migration 4): the wrapped per-subject data keys
 //!   of crypto-shredding and the tombstones of forgotten subjects.
 
@@ -39,6 +44,7 @@ mod read;
 mod readmodel;
 mod schema;
 mod store;
+mod tls;
 mod write;
 
 pub use config::PostgresConfig;

@@ -6,8 +6,7 @@
 
 use std::time::Duration;
 
-use tokio_postgres::NoTls;
-
+use crate::tls::Endpoint;
 use crate::{PostgresConfig, PostgresError};
 
 /// The two-int advisory lock class that serialises migrations (`FLXC`); the second int is a
@@ -33,11 +32,9 @@ pub(crate) fn check_identifier(name: &str) -> Result<(), PostgresError> {
 }
 
 /// The driver configuration: the URL plus `search_path` = the schema and durable commits.
-pub(crate) fn pg_config(config: &PostgresConfig) -> Result<tokio_postgres::Config, PostgresError> {
-    let mut pg: tokio_postgres::Config = config
-        .url
-        .parse()
-        .map_err(|e| PostgresError::Config(format!("invalid postgresql url: {e}")))?;
+pub(crate) fn endpoint(config: &PostgresConfig) -> Result<Endpoint, PostgresError> {
+    let mut endpoint = Endpoint::parse(&config.url)?;
+    let pg = &mut endpoint.pg;
     let mut options = pg.get_options().unwrap_or_default().to_owned();
     // The schema is a checked identifier, so it needs no quoting or escaping here.
     // `enable_seqscan=off`: every statement of the store is meant to be an index lookup or an
@@ -57,20 +54,7 @@ pub(crate) fn pg_config(config: &PostgresConfig) -> Result<tokio_postgres::Confi
     if pg.get_connect_timeout().is_none() {
         pg.connect_timeout(Duration::from_secs(10));
     }
-    Ok(pg)
-}
-
-/// Opens a single connection outside the pool (migrations, clean-up).
-async fn connect_once(
-    pg: &tokio_postgres::Config,
-) -> Result<tokio_postgres::Client, PostgresError> {
-    let (client, connection) = pg.connect(NoTls).await?;
-    tokio::spawn(async move {
-        if let Err(e) = connection.await {
-            tracing::debug!(error = %e, "postgresql maintenance connection ended");
-        }
-    });
-    Ok(client)
+    Ok(endpoint)
 }
 
 /// One schema change, applied at most once per schema.
@@ -238,8 +222,8 @@ CREATE TABLE {schema}.subject_keys (
 /// Creates the schema and applies missing migrations, in one transaction under an advisory
 /// lock, so that concurrent starts are safe.
 pub(crate) async fn migrate(config: &PostgresConfig) -> Result<(), PostgresError> {
-    let pg = pg_config(config)?;
-    let mut client = connect_once(&pg).await?;
+    let endpoint = endpoint(config)?;
+    let mut client = endpoint.connect().await?;
     let schema = format!("\"{}\"", config.schema);
     let tx = client.transaction().await?;
     tx.execute(
@@ -316,7 +300,7 @@ fn name_hash(name: &str) -> i32 {
 pub async fn drop_schema(url: &str, schema: &str) -> Result<(), PostgresError> {
     check_identifier(schema)?;
     let config = PostgresConfig::new(url).with_schema(schema);
-    let client = connect_once(&pg_config(&config)?).await?;
+    let client = endpoint(&config)?.connect().await?;
     client
         .batch_execute(&format!(
             "SET lock_timeout = '10s'; DROP SCHEMA IF EXISTS \"{schema}\" CASCADE;"

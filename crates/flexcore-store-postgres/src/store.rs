@@ -4,7 +4,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
+use deadpool_postgres::{ManagerConfig, Pool, RecyclingMethod, Runtime};
 use flexcore_app::Result;
 use flexcore_app::store::{
     AllSlice, AppendResult, EventAppender, EventReader, ReadAll, ReadStream, Snapshot,
@@ -12,7 +12,6 @@ use flexcore_app::store::{
 };
 use flexcore_domain::{DomainError, ExpectedVersion, RawJson, StreamId};
 use tokio::sync::{mpsc, watch};
-use tokio_postgres::NoTls;
 
 use crate::write::{self, HeldAppend, Request, Shared, to_i64, to_u64};
 use crate::{PostgresConfig, PostgresError, PostgresReadModels, read, schema};
@@ -112,13 +111,9 @@ impl PostgresStore {
 
 /// The connection pool of a store (every connection with the schema's `search_path`).
 pub(crate) fn build_pool(config: &PostgresConfig) -> Result<Pool, PostgresError> {
-    let manager = Manager::from_config(
-        schema::pg_config(config)?,
-        NoTls,
-        ManagerConfig {
-            recycling_method: RecyclingMethod::Fast,
-        },
-    );
+    let manager = schema::endpoint(config)?.manager(ManagerConfig {
+        recycling_method: RecyclingMethod::Fast,
+    });
     Pool::builder(manager)
         .max_size(config.pool_size)
         .runtime(Runtime::Tokio1)
