@@ -29,6 +29,9 @@ pub enum BrokerError {
     /// The broker did not answer in time.
     #[error("{0} timed out")]
     Timeout(String),
+    /// A TLS file named on the URL cannot be used.
+    #[error(transparent)]
+    Tls(#[from] flexcore_tls::TlsError),
     /// A message could not be encoded or decoded.
     #[error("json: {0}")]
     Json(#[from] serde_json::Error),
@@ -41,7 +44,7 @@ impl BrokerError {
     /// Whether retrying later may succeed (the broker was unreachable, slow or refused for now),
     /// as opposed to a configuration or encoding mistake.
     pub fn is_transient(&self) -> bool {
-        !matches!(self, Self::InvalidUrl(_) | Self::Json(_))
+        !matches!(self, Self::InvalidUrl(_) | Self::Tls(_) | Self::Json(_))
     }
 
     pub(crate) fn nats(error: impl std::fmt::Display) -> Self {
@@ -52,7 +55,9 @@ impl BrokerError {
 impl From<BrokerError> for flexcore_app::Error {
     fn from(error: BrokerError) -> Self {
         match error {
-            BrokerError::InvalidUrl(_) => flexcore_app::Error::validation(error.to_string()),
+            BrokerError::InvalidUrl(_) | BrokerError::Tls(_) => {
+                flexcore_app::Error::validation(error.to_string())
+            }
             BrokerError::Json(_) => flexcore_app::Error::internal(error.to_string()),
             _ => flexcore_app::Error::unavailable(error.to_string()),
         }

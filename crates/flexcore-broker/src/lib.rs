@@ -14,8 +14,9 @@
 //! `watch::Receiver<bool>` turning `true`. Nothing connects until the task runs, and a broker
 //! that is down only delays the work: every task reconnects with a capped backoff.
 //!
-//! TLS is not compiled in (no `amqps://`, `rediss://` or `tls://`): the drivers are built
-//! without TLS features, for brokers on a private network or behind a local TLS terminator.
+//! TLS (rustls, ring): `amqps://`, `rediss://` and `tls://` (NATS) connect over TLS and verify
+//! the broker's certificate against `ca_file=` (else the system's roots); `cert_file=` with
+//! `key_file=` presents a client certificate. These parameters on a plain URL are refused.
 //!
 //! # Outbox URLs
 //!

@@ -6,6 +6,7 @@ use async_nats::jetstream::{self, message::PublishMessage, stream};
 use async_trait::async_trait;
 use flexcore_app::outbox::EventPublisher;
 use flexcore_domain::EventEnvelope;
+use flexcore_tls::{ClientTlsFiles, HostnameCheck};
 use tokio::sync::Mutex;
 
 use crate::error::{BrokerError, Result};
@@ -29,6 +30,7 @@ pub const DEFAULT_DUPLICATE_WINDOW: Duration = Duration::from_secs(120);
 pub struct NatsPublisher {
     address: String,
     credentials: Option<(String, String)>,
+    tls: Option<ClientTlsFiles>,
     subject_prefix: String,
     stream: String,
     duplicate_window: Duration,
@@ -46,6 +48,7 @@ impl NatsPublisher {
         Self {
             address: address.into(),
             credentials: None,
+            tls: None,
             subject_prefix: subject_prefix.into(),
             stream: stream.into(),
             duplicate_window: DEFAULT_DUPLICATE_WINDOW,
@@ -54,13 +57,24 @@ impl NatsPublisher {
     }
 
     /// From `nats://[user:pass@]host:port?subject_prefix=p&stream=S&duplicate_window_s=120`
-    /// (see the crate docs).
+    /// (see the crate docs); `tls://` requires TLS, verified against `ca_file=` (else the
+    /// system's roots), with a client certificate from `cert_file=` and `key_file=`.
     pub fn from_url(url: &str) -> Result<Self> {
         let mut url = BrokerUrl::parse(url)?;
         let prefix = url.take_or("subject_prefix", DEFAULT_SUBJECT_PREFIX);
         let stream = url.take_or("stream", DEFAULT_STREAM);
         let window = url.take_number::<u64>("duplicate_window_s")?;
+        let files = ClientTlsFiles::take_from(&mut url)?;
         url.reject_unknown()?;
+        let tls = match url.scheme() {
+            "tls" => Some(files),
+            _ if files.is_empty() => None,
+            _ => {
+                return Err(BrokerError::InvalidUrl(
+                    "ca_file, cert_file and key_file need a TLS URL (tls://)".into(),
+                ));
+            }
+        };
         let mut publisher = Self::new(url.host_port(4222), prefix, stream);
         if let Some(window) = window {
             publisher.duplicate_window = Duration::from_secs(window);
@@ -68,6 +82,7 @@ impl NatsPublisher {
         if let (Some(user), Some(password)) = (url.username(), url.password()) {
             publisher.credentials = Some((user, password));
         }
+        publisher.tls = tls;
         Ok(publisher)
     }
 
@@ -97,6 +112,11 @@ impl NatsPublisher {
             .request_timeout(Some(Duration::from_secs(10)));
         if let Some((user, password)) = &self.credentials {
             options = options.user_and_password(user.clone(), password.clone());
+        }
+        if let Some(files) = &self.tls {
+            options = options
+                .require_tls(true)
+                .tls_client_config(files.client_config(HostnameCheck::Verify)?);
         }
         let client = options
             .connect(self.address.as_str())

@@ -8,11 +8,13 @@ use flexcore_app::command::CommandBus;
 use flexcore_app::follow::{SessionFailed, Shutdown, restart_until_stopped};
 use flexcore_app::outbox::EventPublisher;
 use flexcore_domain::EventEnvelope;
+use flexcore_tls::ClientTlsFiles;
 use futures_util::StreamExt;
 use lapin::options::{
     BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
     ConfirmSelectOptions, ExchangeDeclareOptions, QueueDeclareOptions,
 };
+use lapin::tcp::{OwnedIdentity, OwnedTLSConfig};
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::{BasicProperties, Channel, Confirmation, Connection, ConnectionProperties};
 use tokio::sync::{Mutex, watch};
@@ -32,10 +34,24 @@ pub const ATTEMPT_HEADER: &str = "x-flexcore-attempt";
 const PERSISTENT: u8 = 2;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Connects to an `amqp://` or `amqps://` URI; on `amqps://`, `ca_file=` names the CA the
+/// broker's certificate must chain to (else the system's roots), and `cert_file=` with
+/// `key_file=` a client certificate (PKCS#8 PEM).
 async fn connect(uri: &str) -> Result<Connection> {
+    let (uri, files) = ClientTlsFiles::split(uri, &["amqps"])?;
+    let tls = OwnedTLSConfig {
+        identity: files.identity_pem()?.map(|identity| OwnedIdentity::PKCS8 {
+            pem: identity.cert,
+            key: identity.key,
+        }),
+        cert_chain: files
+            .ca_pem()?
+            .map(|pem| String::from_utf8_lossy(&pem).into_owned()),
+    };
+    let runtime = lapin::runtime::default_runtime()?;
     tokio::time::timeout(
         CONNECT_TIMEOUT,
-        Connection::connect(uri, ConnectionProperties::default()),
+        Connection::connect_with_config(&uri, ConnectionProperties::default(), tls, runtime),
     )
     .await
     .map_err(|_| BrokerError::Timeout("rabbitmq connect".into()))?

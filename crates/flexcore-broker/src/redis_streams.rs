@@ -9,7 +9,9 @@ use async_trait::async_trait;
 use flexcore_app::command::CommandBus;
 use flexcore_app::follow::{SessionFailed, Shutdown, restart_until_stopped};
 use flexcore_app::outbox::EventPublisher;
+use flexcore_app::service_url::mask_password;
 use flexcore_domain::EventEnvelope;
+use flexcore_tls::ClientTlsFiles;
 use redis::aio::MultiplexedConnection;
 use redis::streams::{
     StreamAutoClaimReply, StreamClaimReply, StreamId, StreamPendingCountReply, StreamReadReply,
@@ -32,8 +34,24 @@ pub const DEFAULT_GROUP: &str = "flexcore";
 const RESPONSE_TIMEOUT: Duration = Duration::from_secs(10);
 const BLOCK: Duration = Duration::from_millis(500);
 
+/// A client for a `redis://` or `rediss://` URL; on `rediss://`, `ca_file=` names the CA the
+/// server's certificate must chain to (else the system's roots), and `cert_file=` with
+/// `key_file=` a client certificate.
 fn open_client(url: &str) -> Result<Client> {
-    Client::open(url).map_err(|e| BrokerError::InvalidUrl(format!("{url}: {e}")))
+    let (url, tls) = ClientTlsFiles::split(url, &["rediss"])?;
+    let invalid =
+        |e: redis::RedisError| BrokerError::InvalidUrl(format!("{}: {e}", mask_password(&url)));
+    if tls.is_empty() {
+        return Client::open(url.as_str()).map_err(invalid);
+    }
+    let certificates = redis::TlsCertificates {
+        client_tls: tls.identity_pem()?.map(|identity| redis::ClientTlsConfig {
+            client_cert: identity.cert,
+            client_key: identity.key,
+        }),
+        root_cert: tls.ca_pem()?,
+    };
+    Client::build_with_tls(url.as_str(), certificates).map_err(invalid)
 }
 
 async fn connect(client: &Client, response_timeout: Duration) -> Result<MultiplexedConnection> {

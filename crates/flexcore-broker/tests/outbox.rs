@@ -15,6 +15,7 @@ use flexcore_app::store::InMemoryStore;
 use flexcore_broker::{NatsPublisher, RabbitPublisher, RedisStreamPublisher};
 use flexcore_domain::EventEnvelope;
 use flexcore_test_support::services::{self, nats_url, rabbitmq_url, redis_url, unique_name};
+use flexcore_test_support::tls::{TestCa, TestPki, TlsProxy, TlsProxyOptions};
 use futures_util::StreamExt;
 use lapin::options::{
     BasicConsumeOptions, ExchangeDeclareOptions, ExchangeDeleteOptions, QueueBindOptions,
@@ -430,4 +431,210 @@ async fn nats_outage_delays_publication_and_loses_nothing() {
     let publisher = Arc::new(NatsPublisher::from_url(&via_proxy).unwrap());
     let duplicates = relay_survives_an_outage(publisher, &proxy, &sink).await;
     assert_eq!(duplicates, 0, "JetStream drops re-sends by Nats-Msg-Id");
+}
+
+// --- over TLS --------------------------------------------------------------------------------
+//
+// RabbitMQ and Redis sit behind a TLS-terminating proxy made by the test; NATS is a second
+// nats-server started with a test certificate. Each relay must verify the server against the
+// CA file its URL names.
+
+/// `url` with the scheme `scheme`, pointed at `127.0.0.1:port`, trusting `ca_file`.
+fn tls_url(url: &str, scheme: &str, port: u16, ca_file: &std::path::Path) -> String {
+    let proxied = services::proxied_url(url, port);
+    let (_, rest) = proxied.split_once("://").unwrap();
+    services::with_query_param(
+        &format!("{scheme}://{rest}"),
+        "ca_file",
+        &ca_file.display().to_string(),
+    )
+}
+
+async fn tls_proxy(url: &str, pki: &TestPki, client_ca: Option<std::path::PathBuf>) -> TlsProxy {
+    TlsProxy::start(
+        &services::service_address(url),
+        TlsProxyOptions {
+            server: pki.server.clone(),
+            client_ca,
+            postgres: false,
+        },
+    )
+    .await
+}
+
+#[tokio::test]
+async fn rabbitmq_relay_publishes_over_amqps() {
+    let Some(url) = rabbitmq_url() else { return };
+    let pki = TestPki::new();
+    let proxy = tls_proxy(&url, &pki, None).await;
+    let exchange = unique_name("outbox");
+    let sink = RabbitSink::new(&url, &exchange).await;
+    let amqps = services::with_query_param(
+        &tls_url(&url, "amqps", proxy.port(), &pki.ca_file),
+        "exchange",
+        &exchange,
+    );
+    let publisher = Arc::new(RabbitPublisher::from_url(&amqps).unwrap());
+    relay_delivers_everything_in_order(publisher, &sink).await;
+    assert!(proxy.sessions() >= 1, "published through TLS");
+}
+
+#[tokio::test]
+async fn redis_relay_publishes_over_rediss_with_a_client_certificate() {
+    let Some(url) = redis_url() else { return };
+    let pki = TestPki::new();
+    let proxy = tls_proxy(&url, &pki, Some(pki.ca_file.clone())).await;
+    let key = unique_name("outbox");
+    let sink = RedisSink {
+        client: redis::Client::open(url.as_str()).unwrap(),
+        key: key.clone(),
+    };
+    let rediss = services::with_query_param(
+        &tls_url(&url, "rediss", proxy.port(), &pki.ca_file),
+        "stream",
+        &key,
+    );
+    // Without a client certificate the proxy refuses the handshake: nothing is published.
+    let store = Arc::new(InMemoryStore::new());
+    let events = append_interleaved(&store, &stream_names(1), 1).await;
+    let anonymous = RedisStreamPublisher::from_url(&rediss).unwrap();
+    assert!(
+        anonymous.publish(&events).await.is_err(),
+        "no client certificate"
+    );
+    let client = pki.client("relay");
+    let with_certificate = format!(
+        "{rediss}&cert_file={}&key_file={}",
+        client.cert.display(),
+        client.key.display()
+    );
+    let publisher = Arc::new(RedisStreamPublisher::from_url(&with_certificate).unwrap());
+    relay_delivers_everything_in_order(publisher, &sink).await;
+    assert!(proxy.sessions() >= 1, "published through TLS");
+}
+
+#[tokio::test]
+async fn redis_relay_refuses_a_server_it_cannot_verify() {
+    let Some(url) = redis_url() else { return };
+    let pki = TestPki::new();
+    let proxy = tls_proxy(&url, &pki, None).await;
+    let stranger = TestCa::new("someone else").write_ca(pki.dir.path(), "other.pem");
+    let rediss = services::with_query_param(
+        &tls_url(&url, "rediss", proxy.port(), &stranger),
+        "stream",
+        &unique_name("outbox"),
+    );
+    let store = Arc::new(InMemoryStore::new());
+    let events = append_interleaved(&store, &stream_names(1), 1).await;
+    let publisher = RedisStreamPublisher::from_url(&rediss).unwrap();
+    assert!(publisher.publish(&events).await.is_err());
+    assert_eq!(proxy.sessions(), 0);
+}
+
+#[tokio::test]
+async fn tls_files_on_a_plain_url_are_refused() {
+    let needs_tls = |error: String| assert!(error.contains("need a TLS URL"), "{error}");
+    needs_tls(
+        RedisStreamPublisher::from_url("redis://127.0.0.1/?ca_file=/ca.pem")
+            .err()
+            .unwrap()
+            .to_string(),
+    );
+    needs_tls(
+        NatsPublisher::from_url("nats://127.0.0.1:4222?ca_file=/ca.pem")
+            .err()
+            .unwrap()
+            .to_string(),
+    );
+    let store = Arc::new(InMemoryStore::new());
+    let events = append_interleaved(&store, &stream_names(1), 1).await;
+    let rabbit = RabbitPublisher::from_url("amqp://127.0.0.1/%2f?ca_file=/ca.pem").unwrap();
+    needs_tls(rabbit.publish(&events).await.unwrap_err().to_string());
+}
+
+/// A nats-server with JetStream that speaks TLS only, on a free port, stopped when dropped.
+struct TlsNatsServer {
+    port: u16,
+    _child: tokio::process::Child,
+    _store: tempfile::TempDir,
+}
+
+impl TlsNatsServer {
+    async fn start(pki: &TestPki) -> Option<Self> {
+        let binary = ["/usr/sbin/nats-server", "/usr/bin/nats-server"]
+            .into_iter()
+            .find(|path| std::path::Path::new(path).exists())?;
+        let port = {
+            let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            probe.local_addr().unwrap().port()
+        };
+        let store = tempfile::tempdir().unwrap();
+        let child = tokio::process::Command::new(binary)
+            .args(["-a", "127.0.0.1", "-p", &port.to_string(), "-js", "-sd"])
+            .arg(store.path())
+            .arg("--tls")
+            .arg("--tlscert")
+            .arg(&pki.server.cert)
+            .arg("--tlskey")
+            .arg(&pki.server.key)
+            .kill_on_drop(true)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("start nats-server");
+        let address = format!("127.0.0.1:{port}");
+        eventually(Duration::from_secs(10), "nats-server to listen", || async {
+            tokio::net::TcpStream::connect(&address).await.is_ok()
+        })
+        .await;
+        Some(Self {
+            port,
+            _child: child,
+            _store: store,
+        })
+    }
+}
+
+#[tokio::test]
+async fn nats_relay_publishes_over_tls() {
+    if nats_url().is_none() {
+        return;
+    }
+    let pki = TestPki::new();
+    let Some(server) = TlsNatsServer::start(&pki).await else {
+        assert!(
+            !services::services_required(),
+            "nats-server is not installed"
+        );
+        return;
+    };
+    let stream = unique_name("OUTBOX");
+    let client = async_nats::ConnectOptions::new()
+        .add_root_certificates(pki.ca_file.clone())
+        .require_tls(true)
+        .connect(format!("127.0.0.1:{}", server.port))
+        .await
+        .expect("a TLS client of the test server");
+    let sink = NatsSink {
+        context: async_nats::jetstream::new(client),
+        stream: stream.clone(),
+    };
+    let url = format!(
+        "tls://127.0.0.1:{}?ca_file={}&subject_prefix={}&stream={stream}",
+        server.port,
+        pki.ca_file.display(),
+        unique_name("outbox")
+    );
+    let publisher = Arc::new(NatsPublisher::from_url(&url).unwrap());
+    relay_delivers_everything_in_order(publisher, &sink).await;
+    // A plain client cannot publish to it.
+    let plain = NatsPublisher::from_url(&format!(
+        "nats://127.0.0.1:{}?stream={}",
+        server.port,
+        unique_name("OUTBOX")
+    ))
+    .unwrap();
+    let store = Arc::new(InMemoryStore::new());
+    let events = append_interleaved(&store, &stream_names(1), 1).await;
+    assert!(plain.publish(&events).await.is_err(), "TLS is required");
 }

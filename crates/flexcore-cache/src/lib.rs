@@ -36,7 +36,9 @@ pub use crate::redis::{DEFAULT_PREFIX, RedisCache};
 /// * `redis://host:port/db?prefix=P` (or `rediss://`, `redis+unix://`): a [`RedisCache`] whose
 ///   keys all start with `P` ([`DEFAULT_PREFIX`] when absent). The connection is made lazily
 ///   and re-made after failures; one ping is tried here, and a Redis that does not answer is
-///   only logged as a warning: until it does, queries go to their handlers uncached.
+///   only logged as a warning: until it does, queries go to their handlers uncached. On
+///   `rediss://`, `ca_file=` names the CA the server's certificate must chain to (else the
+///   system's roots) and `cert_file=` with `key_file=` a client certificate.
 ///
 /// Call it inside a Tokio runtime. Any other URL is a validation error.
 pub async fn from_url(url: Option<&str>) -> Result<Arc<dyn CacheBackend>> {

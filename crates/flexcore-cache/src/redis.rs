@@ -6,6 +6,7 @@ use async_trait::async_trait;
 use flexcore_app::query_cache::CacheBackend;
 use flexcore_app::service_url::ServiceUrl;
 use flexcore_app::{Error, Result};
+use flexcore_tls::ClientTlsFiles;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 
 /// The key prefix when the URL names none.
@@ -59,6 +60,28 @@ fn glob_escape(text: &str) -> String {
     out
 }
 
+/// A client for a `redis://` or `rediss://` URL; on `rediss://`, `ca_file=` names the CA the
+/// server's certificate must chain to (else the system's roots), and `cert_file=` with
+/// `key_file=` a client certificate.
+fn open_client(url: &str) -> Result<redis::Client> {
+    let (url, tls) = ClientTlsFiles::split(url, &["rediss"])?;
+    let invalid = |e: redis::RedisError| Error::validation(format!("invalid Redis URL: {e}"));
+    if tls.is_empty() {
+        return redis::Client::open(url.as_str()).map_err(invalid);
+    }
+    let unreadable = |e: flexcore_tls::TlsError| Error::validation(e.to_string());
+    let certificates = redis::TlsCertificates {
+        client_tls: tls.identity_pem().map_err(unreadable)?.map(|identity| {
+            redis::ClientTlsConfig {
+                client_cert: identity.cert,
+                client_key: identity.key,
+            }
+        }),
+        root_cert: tls.ca_pem().map_err(unreadable)?,
+    };
+    redis::Client::build_with_tls(url.as_str(), certificates).map_err(invalid)
+}
+
 impl RedisCache {
     /// A cache at `url` (`redis://host:port/db`, optionally `?prefix=P`, else
     /// [`DEFAULT_PREFIX`]). Connects lazily: this fails only on a malformed URL. Call it inside
@@ -71,8 +94,7 @@ impl RedisCache {
 
     /// A cache at `url` whose keys all start with `prefix`.
     pub fn new(url: &str, prefix: &str) -> Result<Self> {
-        let client = redis::Client::open(url)
-            .map_err(|e| Error::validation(format!("invalid Redis URL: {e}")))?;
+        let client = open_client(url)?;
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(Duration::from_millis(500)))
             .set_response_timeout(Some(Duration::from_millis(500)))

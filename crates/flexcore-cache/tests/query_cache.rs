@@ -300,3 +300,47 @@ async fn a_redis_that_comes_back_is_used_again() {
     }
     proxy.abort();
 }
+
+#[tokio::test]
+async fn the_cache_works_over_rediss() {
+    use flexcore_test_support::tls::{TestPki, TlsProxy, TlsProxyOptions};
+    let Some(prefix) = TestPrefix::new() else {
+        return;
+    };
+    let pki = TestPki::new();
+    let proxy = TlsProxy::start(
+        &services::service_address(&prefix.url),
+        TlsProxyOptions {
+            server: pki.server.clone(),
+            client_ca: None,
+            postgres: false,
+        },
+    )
+    .await;
+    let url = format!(
+        "rediss://127.0.0.1:{}/?ca_file={}&prefix={}",
+        proxy.port(),
+        pki.ca_file.display(),
+        prefix.prefix
+    );
+    let cache = RedisCache::from_url(&url).unwrap();
+    cache.ping().await.expect("a ping over TLS");
+    let inner = Counting::new();
+    let bus = cached(&inner, Arc::new(cache));
+    let (ctx, id) = (QueryContext::default(), Uuid::now_v7());
+    bus.ask(&ctx, &get_user(id)).await.unwrap();
+    bus.ask(&ctx, &get_user(id)).await.unwrap();
+    assert_eq!(
+        bus.stats(),
+        stats(1, 1, 0),
+        "the second ask is a hit from Redis"
+    );
+    assert!(proxy.sessions() >= 1);
+    // A missing CA file is a clear error, before any connection.
+    let missing = RedisCache::from_url("rediss://127.0.0.1:1/?ca_file=/nonexistent/ca.pem");
+    let Err(error) = missing else {
+        panic!("a missing CA file was accepted");
+    };
+    let error = error.to_string();
+    assert!(error.contains("/nonexistent/ca.pem"), "{error}");
+}
