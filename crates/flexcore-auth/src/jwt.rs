@@ -16,6 +16,7 @@ use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde_json::{Map, Value};
 
 use crate::AuthError;
+use crate::verified::{self, VerifiedTokens};
 
 /// How often the JWKS file is checked for changes, at most.
 const JWKS_CHECK_INTERVAL: Duration = Duration::from_secs(1);
@@ -112,6 +113,7 @@ pub struct TokenVerifier {
     jwks: Option<RwLock<JwksKeys>>,
     last_jwks_check: Mutex<Instant>,
     jwks_check_interval: Duration,
+    verified: VerifiedTokens,
 }
 
 impl std::fmt::Debug for TokenVerifier {
@@ -250,6 +252,7 @@ impl TokenVerifier {
             jwks,
             last_jwks_check: Mutex::new(Instant::now()),
             jwks_check_interval: JWKS_CHECK_INTERVAL,
+            verified: VerifiedTokens::new(verified::CAPACITY),
         })
     }
 
@@ -285,6 +288,8 @@ impl TokenVerifier {
             Ok(fresh) => {
                 tracing::info!(path = %path.display(), keys = fresh.keys.len(), "JWKS file reloaded");
                 *jwks.write().unwrap_or_else(|p| p.into_inner()) = fresh;
+                // A key may be gone: tokens it verified must be checked again.
+                self.verified.clear();
             }
             Err(e) => {
                 tracing::error!(error = %e, "cannot reload the JWKS file; keeping the previous keys");
@@ -309,12 +314,17 @@ impl TokenVerifier {
         validation
     }
 
-    /// The principal a token proves (see the module docs for what is checked).
+    /// The principal a token proves (see the module docs for what is checked). A token
+    /// verified before and still valid is answered from memory.
     pub fn verify(&self, token: &str) -> Result<Principal, AuthFailure> {
+        self.refresh_jwks();
+        let now = jsonwebtoken::get_current_timestamp();
+        if let Some(principal) = self.verified.get(token, now) {
+            return Ok(principal);
+        }
         let header = jsonwebtoken::decode_header(token).map_err(|_| {
             AuthFailure("the token is malformed or its algorithm is not accepted".into())
         })?;
-        self.refresh_jwks();
         let validation = self.validation(header.alg);
         let kid = header.kid.as_deref();
         let jwks = self
@@ -329,7 +339,29 @@ impl TokenVerifier {
             }
             tried = true;
             match jsonwebtoken::decode::<Map<String, Value>>(token, &key.key, &validation) {
-                Ok(data) => return self.principal(data.claims),
+                Ok(data) => {
+                    let leeway = self.settings.leeway.as_secs();
+                    let seconds = |name: &str, round: fn(f64) -> f64| {
+                        let value = data.claims.get(name)?;
+                        value
+                            .as_u64()
+                            .or_else(|| value.as_f64().map(|f| round(f) as u64))
+                    };
+                    // Rounded towards the shorter validity: `exp` down, `nbf` up.
+                    let exp = seconds("exp", f64::floor);
+                    let nbf = seconds("nbf", f64::ceil).unwrap_or(0);
+                    let principal = self.principal(data.claims)?;
+                    if let Some(exp) = exp {
+                        self.verified.insert(
+                            token,
+                            principal.clone(),
+                            nbf.saturating_sub(leeway),
+                            exp.saturating_add(leeway),
+                            now,
+                        );
+                    }
+                    return Ok(principal);
+                }
                 // Another key may have signed it (rotation): try the rest.
                 Err(e) if *e.kind() == JwtErrorKind::InvalidSignature => continue,
                 Err(e) => return Err(AuthFailure(reason(&e))),

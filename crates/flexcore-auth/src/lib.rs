@@ -13,6 +13,7 @@ mod api_keys;
 mod jwt;
 mod rate;
 pub mod tls;
+mod verified;
 
 use std::path::PathBuf;
 

@@ -190,6 +190,19 @@ fn time_and_addressing_claims_are_checked_with_a_small_leeway() {
 }
 
 #[test]
+fn a_token_answered_from_memory_still_expires() {
+    let verifier = verifier(JwtSettings {
+        leeway: Duration::ZERO,
+        ..with_secret()
+    });
+    let short = hs256(&claims(json!({"exp": now() + 1})));
+    assert!(verifier.verify(&short).is_ok());
+    assert!(verifier.verify(&short).is_ok(), "remembered");
+    std::thread::sleep(Duration::from_millis(2100));
+    assert!(refusal(&verifier, &short).contains("expired"));
+}
+
+#[test]
 fn a_jwks_file_is_reread_when_keys_rotate() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("jwks.json");
@@ -214,7 +227,11 @@ fn a_jwks_file_is_reread_when_keys_rotate() {
             &claims(json!({})),
         )
     };
-    assert!(verifier.verify(&token("k1", "rsa.key")).is_ok());
+    // The same token each time: after the first check it is answered from memory, which must
+    // not outlive the key that verified it.
+    let signed_by_k1 = token("k1", "rsa.key");
+    assert!(verifier.verify(&signed_by_k1).is_ok());
+    assert!(verifier.verify(&signed_by_k1).is_ok());
     assert!(verifier.verify(&token("k2", "rsa2.key")).is_err());
 
     // Rotation: the file now publishes k2 only. A later modification time marks the change.
@@ -227,7 +244,10 @@ fn a_jwks_file_is_reread_when_keys_rotate() {
         .set_modified(later)
         .unwrap();
     assert!(verifier.verify(&token("k2", "rsa2.key")).is_ok());
-    assert!(verifier.verify(&token("k1", "rsa.key")).is_err());
+    assert!(
+        verifier.verify(&signed_by_k1).is_err(),
+        "a rotated-out key's token is refused, even after it was accepted"
+    );
 
     // A broken file keeps the keys already loaded.
     std::fs::write(&path, "{not json").unwrap();
