@@ -45,11 +45,10 @@ pub use auth::API_KEY_HEADER;
 /// Request headers, as the [`AppState::trace_parent`] hook receives them.
 pub use axum::http::HeaderMap;
 pub use error::ApiError;
+pub use flexcore_listener::{ClientCertificatePrincipal, GatewayTls, TlsConfigSource};
 pub use operations::Operations;
 pub use routes::router;
-pub use serve::{
-    ClientCertificatePrincipal, ConnectionLimits, HttpTls, TlsConfigSource, serve, serve_with,
-};
+pub use serve::{ConnectionLimits, serve, serve_with};
 
 /// What the handlers need.
 #[derive(Clone)]

@@ -18,9 +18,10 @@ use hyper_util::server::conn::auto::Builder;
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
-use tokio::sync::{Semaphore, watch};
+use tokio::sync::watch;
 
 use flexcore_app::security::Principal;
+use flexcore_listener::{AcceptOptions, DEFAULT_MAX_CONNECTIONS, GatewayTls, Incoming};
 
 use crate::{AppState, router};
 
@@ -69,31 +70,15 @@ pub struct ConnectionLimits {
 }
 
 impl Default for ConnectionLimits {
-    /// 4096 connections, 10 s for the head, 256 HTTP/2 streams, 100 headers.
+    /// [`DEFAULT_MAX_CONNECTIONS`] (4096), 10 s for the head, 256 HTTP/2 streams, 100 headers.
     fn default() -> Self {
         Self {
-            max_connections: 4096,
+            max_connections: DEFAULT_MAX_CONNECTIONS,
             header_read_timeout: Duration::from_secs(10),
             max_concurrent_streams: 256,
             max_headers: 100,
         }
     }
-}
-
-/// Gives the rustls configuration for the next connection.
-pub type TlsConfigSource = Arc<dyn Fn() -> Arc<rustls::ServerConfig> + Send + Sync>;
-
-/// Maps a verified client certificate (the leaf, DER) to the principal it proves.
-pub type ClientCertificatePrincipal = Arc<dyn Fn(&[u8]) -> Option<Principal> + Send + Sync>;
-
-/// TLS for the gateway: the configuration of each new connection (its source may re-read
-/// changed files), and the principal a verified client certificate proves.
-#[derive(Clone)]
-pub struct HttpTls {
-    /// The rustls configuration for the next connection.
-    pub config: TlsConfigSource,
-    /// The principal of a verified client certificate (the leaf, DER), if it names one.
-    pub client_principal: ClientCertificatePrincipal,
 }
 
 /// Serves the API on `listener` with the default [`ConnectionLimits`], without TLS, until
@@ -112,7 +97,7 @@ pub async fn serve_with(
     listener: TcpListener,
     mut state: AppState,
     limits: ConnectionLimits,
-    tls: Option<HttpTls>,
+    tls: Option<GatewayTls>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let (stopping, stop_signal) = watch::channel(false);
@@ -131,82 +116,35 @@ pub async fn serve_with(
         .max_pending_accept_reset_streams(Some(32))
         .keep_alive_interval(Some(Duration::from_secs(30)));
     let builder = Arc::new(builder);
-    // Each connection answers with the configuration of its own moment: reloads need no
-    // restart.
-    let open = Arc::new(Semaphore::new(limits.max_connections.max(1)));
+    let options = AcceptOptions {
+        max_connections: limits.max_connections,
+        // The handshake is part of what a client must send in time.
+        handshake_timeout: limits.header_read_timeout,
+        tls,
+        gateway: "http",
+        refused_counter: "flexcore_http_connections_refused_total",
+    };
+    let mut incoming = Incoming::new(listener, options);
     let graceful = GracefulShutdown::new();
     tokio::pin!(shutdown);
     loop {
-        let (tcp, peer) = tokio::select! {
+        let connection = tokio::select! {
             () = &mut shutdown => break,
-            accepted = listener.accept() => match accepted {
-                Ok(accepted) => accepted,
-                Err(e) => {
-                    // Out of file descriptors and the like: wait a little rather than spin.
-                    tracing::warn!(error = %e, "cannot accept an HTTP connection");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
+            connection = incoming.accept() => connection,
         };
-        let Ok(permit) = Arc::clone(&open).try_acquire_owned() else {
-            metrics::counter!("flexcore_http_connections_refused_total").increment(1);
-            tracing::debug!(%peer, "too many connections: closing a new one");
-            continue;
-        };
-        // Answers leave at once: no Nagle delay on small responses.
-        if let Err(e) = tcp.set_nodelay(true) {
-            tracing::debug!(error = %e, "cannot set TCP_NODELAY");
-        }
         let app = app.clone();
         let builder = Arc::clone(&builder);
         let watcher = graceful.watcher();
-        let tls = tls.clone();
-        let handshake_timeout = limits.header_read_timeout;
         tokio::spawn(async move {
-            let served = match tls {
-                None => {
-                    serve_connection(&builder, watcher, TokioIo::new(tcp), app, peer, None).await
-                }
-                Some(tls) => {
-                    let acceptor = tokio_rustls::TlsAcceptor::from((tls.config)());
-                    let stream =
-                        match tokio::time::timeout(handshake_timeout, acceptor.accept(tcp)).await {
-                            Ok(Ok(stream)) => stream,
-                            Ok(Err(e)) => {
-                                tracing::debug!(error = %e, %peer, "TLS handshake failed");
-                                return;
-                            }
-                            Err(_) => {
-                                tracing::debug!(%peer, "TLS handshake timed out");
-                                return;
-                            }
-                        };
-                    let principal = stream
-                        .get_ref()
-                        .1
-                        .peer_certificates()
-                        .and_then(|chain| chain.first())
-                        .and_then(|leaf| (tls.client_principal)(leaf.as_ref()))
-                        .map(Arc::new);
-                    serve_connection(
-                        &builder,
-                        watcher,
-                        TokioIo::new(stream),
-                        app,
-                        peer,
-                        principal,
-                    )
-                    .await
-                }
-            };
-            if let Err(e) = served {
+            let peer = connection.peer_addr();
+            let principal = connection.principal().cloned();
+            let io = TokioIo::new(connection);
+            if let Err(e) = serve_connection(&builder, watcher, io, app, peer, principal).await {
                 tracing::debug!(error = %e, %peer, "HTTP connection ended with an error");
             }
-            drop(permit);
         });
     }
-    drop(listener);
+    drop(incoming);
     // Live streams end now; other requests finish (the caller bounds the wait).
     let _ = stopping.send(true);
     graceful.shutdown().await;

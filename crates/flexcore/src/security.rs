@@ -425,11 +425,11 @@ pub struct Security {
 }
 
 impl Security {
-    /// The HTTP gateway's TLS, when configured.
-    pub fn http_tls(&self) -> Option<flexcore_http::HttpTls> {
+    /// The gateways' TLS, when configured.
+    pub fn gateway_tls(&self) -> Option<flexcore_listener::GatewayTls> {
         let tls = self.tls.as_ref()?;
         let (config, principal) = (Arc::clone(tls), Arc::clone(tls));
-        Some(flexcore_http::HttpTls {
+        Some(flexcore_listener::GatewayTls {
             config: Arc::new(move || config.config()),
             client_principal: Arc::new(move |leaf| principal.client_principal(leaf)),
         })

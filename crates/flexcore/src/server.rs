@@ -294,7 +294,7 @@ pub async fn run_with(
     )
     .await?;
     state.operations.gdpr = gdpr;
-    let http_tls = security.http_tls();
+    let http_tls = security.gateway_tls();
     let connection_limits = flexcore_http::ConnectionLimits {
         max_connections: settings.max_connections,
         header_read_timeout: std::time::Duration::from_millis(settings.header_read_timeout_ms),
