@@ -13,7 +13,9 @@
 //! | `grpc.reflection.v1(alpha).ServerReflection` | | the compiled contract, for `grpcurl` and friends |
 //!
 //! [`routes`] builds every service, so a caller can mount them on its own server; [`serve`]
-//! runs them on a listener until a shutdown future resolves. JSON travels as text fields
+//! runs them on a listener until a shutdown future resolves, and [`serve_with`] adds TLS
+//! (mTLS: a verified client certificate is the call's principal) and a cap on open
+//! connections ([`GrpcServeOptions`]). JSON travels as text fields
 //! (`*_json`) checked with the HTTP gateway's rules, and every failure leaves through one
 //! mapping to gRPC status codes (see the `error` module's table), the same semantics as
 //! `flexcore-http`.
@@ -26,6 +28,7 @@
 //! holds the generated messages, servers and clients.
 
 mod command;
+mod connection;
 mod convert;
 mod error;
 mod event_store;
@@ -45,7 +48,9 @@ use tonic::service::Routes;
 use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 
+pub use connection::GrpcServeOptions;
 pub use error::{CURRENT_VERSION_KEY, ERROR_CODE_KEY, EXPECTED_VERSION_KEY, GrpcError};
+pub use flexcore_listener::{ClientCertificatePrincipal, GatewayTls, TlsConfigSource};
 
 /// The code generated from `proto/flexcore/v1/*.proto`: messages, servers and clients.
 pub mod pb {
@@ -117,11 +122,24 @@ pub async fn routes(state: GrpcState) -> Result<Routes, GrpcError> {
     Ok(routes)
 }
 
-/// Serves the gRPC API on `listener` until `shutdown` resolves: health turns `NOT_SERVING`,
-/// live subscriptions end with `UNAVAILABLE`, in-flight calls finish, then it returns.
+/// Serves the gRPC API on `listener` in plaintext with the default [`GrpcServeOptions`] until
+/// `shutdown` resolves: health turns `NOT_SERVING`, live subscriptions end with
+/// `UNAVAILABLE`, in-flight calls finish, then it returns.
 pub async fn serve(
     listener: TcpListener,
     state: GrpcState,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), GrpcError> {
+    serve_with(listener, state, GrpcServeOptions::default(), shutdown).await
+}
+
+/// [`serve`] with these options: at most `max_connections` open at once (more are closed at
+/// accept), and TLS when `tls` is given (each handshake bounded by `handshake_timeout`; a
+/// verified client certificate's principal authenticates the calls of its connection).
+pub async fn serve_with(
+    listener: TcpListener,
+    state: GrpcState,
+    options: GrpcServeOptions,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), GrpcError> {
     let (close, closing) = watch::channel(false);
@@ -149,12 +167,12 @@ pub async fn serve(
         .http2_keepalive_interval(Some(std::time::Duration::from_secs(30)))
         .http2_keepalive_timeout(Some(std::time::Duration::from_secs(10)))
         .trace_fn(|request| tracing::info_span!("grpc", method = %request.uri().path()))
+        .layer(tower::util::MapRequestLayer::new(
+            connection::with_connection_identity,
+        ))
         .add_routes(routes)
-        .serve_with_incoming_shutdown(
-            // Answers leave at once: no Nagle delay on small responses.
-            tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
-            shutdown,
-        )
+        // tonic drops the connections' source at shutdown, which closes the listener.
+        .serve_with_incoming_shutdown(connection::incoming(listener, options), shutdown)
         .await?;
     Ok(())
 }

@@ -12,7 +12,8 @@
 //! * a [`Connection`] carries its peer address and, over mTLS, the principal its client
 //!   certificate proves; it holds its place under the cap until it is dropped.
 //!
-//! Dropping the [`Incoming`] closes the listener at once.
+//! Dropping the [`Incoming`] closes the listener at once. With the `tonic` feature, tonic
+//! serves [`Connection`]s directly, and every request carries a [`ConnectInfo`].
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -149,6 +150,43 @@ impl AsyncWrite for Connection {
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         Pin::new(&mut self.transport).poll_shutdown(cx)
+    }
+}
+
+#[cfg(feature = "tonic")]
+pub use tonic_connection::ConnectInfo;
+
+#[cfg(feature = "tonic")]
+mod tonic_connection {
+    use std::sync::Arc;
+
+    use flexcore_app::security::Principal;
+    use tonic::transport::server::{Connected, TcpConnectInfo};
+
+    use crate::Connection;
+
+    /// What tonic puts in the extensions of every request of a [`Connection`].
+    #[derive(Debug, Clone)]
+    pub struct ConnectInfo {
+        /// The connection's addresses (what `tonic::Request::remote_addr` reads, once it is in
+        /// the extensions itself).
+        pub tcp: TcpConnectInfo,
+        /// The principal of the client certificate, over mTLS.
+        pub principal: Option<Arc<Principal>>,
+    }
+
+    impl Connected for Connection {
+        type ConnectInfo = ConnectInfo;
+
+        fn connect_info(&self) -> ConnectInfo {
+            ConnectInfo {
+                tcp: TcpConnectInfo {
+                    local_addr: self.local,
+                    remote_addr: Some(self.peer),
+                },
+                principal: self.principal.clone(),
+            }
+        }
     }
 }
 

@@ -12,7 +12,8 @@
 //!   commits, portable SQL, dead letters); each backend runs it with
 //!   [`readmodel_conformance_suite!`].
 //! * [`security`]: a test gate (tokens, API keys, roles) shared by every gateway's tests.
-//! * [`tls`]: a throwaway CA issuing server and client certificates for TLS tests.
+//! * [`tls`]: a throwaway CA issuing server and client certificates for TLS tests, and a gRPC
+//!   channel over rustls.
 //! * [`ProbedStore`]: a store decorator that counts what stream reads return and can make the
 //!   backend look unreachable.
 //! * [`validation`]: a JSON-Schema stand-in ([`validation::RequiredStrings`]) and a store

@@ -1,6 +1,7 @@
 //! A throwaway certificate authority made at test time (rcgen): server and client
-//! certificates as PEM files, for TLS and mTLS tests; and a TLS-terminating proxy that puts
-//! a local plain service (PostgreSQL, Redis, RabbitMQ) behind TLS.
+//! certificates as PEM files, for TLS and mTLS tests; a TLS-terminating proxy that puts a
+//! local plain service (PostgreSQL, Redis, RabbitMQ) behind TLS; and a gRPC client channel
+//! over rustls.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -229,4 +230,60 @@ async fn relay(
     let mut service = tokio::net::TcpStream::connect(target).await?;
     tokio::io::copy_bidirectional(&mut tls, &mut service).await?;
     Ok(())
+}
+
+/// A rustls client configuration that trusts the CA certificate in `ca` (PEM), presents
+/// `identity` when given, and offers `h2` by ALPN (what a gRPC client offers).
+pub fn client_config(ca: &Path, identity: Option<&CertFiles>) -> rustls::ClientConfig {
+    let files = flexcore_tls::ClientTlsFiles {
+        ca_file: Some(ca.to_owned()),
+        cert_file: identity.map(|files| files.cert.clone()),
+        key_file: identity.map(|files| files.key.clone()),
+    };
+    let mut config = files
+        .client_config(flexcore_tls::HostnameCheck::Verify)
+        .expect("a client configuration");
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    config
+}
+
+/// A gRPC channel to `server`, over TLS with `tls` when given (the server's certificate must
+/// name its IP address), its TCP connection made from the address `source`.
+///
+/// tonic's own TLS features stay off in this workspace (they would bring a second crypto
+/// provider), so the channel gets its connections from a connector doing TCP and rustls.
+pub async fn grpc_channel(
+    server: std::net::SocketAddr,
+    source: std::net::IpAddr,
+    tls: Option<rustls::ClientConfig>,
+) -> Result<tonic::transport::Channel, tonic::transport::Error> {
+    use std::pin::Pin;
+    use tokio::io::{AsyncRead, AsyncWrite};
+
+    trait Transport: AsyncRead + AsyncWrite + Send {}
+    impl<T: AsyncRead + AsyncWrite + Send> Transport for T {}
+
+    let tls = tls.map(|config| tokio_rustls::TlsConnector::from(std::sync::Arc::new(config)));
+    let connector = tower::service_fn(move |_: tonic::codegen::http::Uri| {
+        let tls = tls.clone();
+        async move {
+            let socket = tokio::net::TcpSocket::new_v4()?;
+            socket.bind(std::net::SocketAddr::new(source, 0))?;
+            let tcp = socket.connect(server).await?;
+            tcp.set_nodelay(true)?;
+            let transport: Pin<Box<dyn Transport>> = match tls {
+                None => Box::pin(tcp),
+                Some(tls) => {
+                    let name = rustls::pki_types::ServerName::IpAddress(server.ip().into());
+                    Box::pin(tls.connect(name, tcp).await?)
+                }
+            };
+            Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(transport))
+        }
+    });
+    tonic::transport::Endpoint::from_shared(format!("http://{server}"))
+        .expect("a valid URI")
+        .connect_timeout(std::time::Duration::from_secs(5))
+        .connect_with_connector(connector)
+        .await
 }

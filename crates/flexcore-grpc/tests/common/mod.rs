@@ -7,11 +7,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use flexcore_app::RequestLimits;
+use flexcore_app::security::Gatekeeper;
 use flexcore_app::store::{EventStore, InMemoryStore};
 use flexcore_grpc::pb::command_service_client::CommandServiceClient;
 use flexcore_grpc::pb::event_store_client::EventStoreClient;
 use flexcore_grpc::pb::query_service_client::QueryServiceClient;
-use flexcore_grpc::{GrpcError, GrpcState};
+use flexcore_grpc::{GrpcError, GrpcServeOptions, GrpcState};
 use flexcore_store_sqlite::{SqliteConfig, SqliteStore};
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
@@ -57,12 +58,20 @@ pub async fn start_with(
         limits,
         ..GrpcState::new(commands, queries, Arc::clone(&store))
     };
-    serve_state(state, store, guard).await
+    serve_state(state, store, GrpcServeOptions::default(), guard).await
 }
 
 /// A server over an in-memory store with the shared test gate (authentication, the test roles
 /// on both buses and the store, and `rate_limit` for every route class).
 pub async fn start_secured(rate_limit: Option<flexcore_auth::Bucket>) -> TestServer {
+    start_secured_with(rate_limit, GrpcServeOptions::default()).await
+}
+
+/// [`start_secured`] served with `options` (TLS, the connection cap).
+pub async fn start_secured_with(
+    rate_limit: Option<flexcore_auth::Bucket>,
+    options: GrpcServeOptions,
+) -> TestServer {
     use flexcore_app::command::CommandBusExt;
     use flexcore_app::query::QueryBusExt;
     let store: Arc<dyn EventStore> = Arc::new(InMemoryStore::new());
@@ -76,18 +85,31 @@ pub async fn start_secured(rate_limit: Option<flexcore_auth::Bucket>) -> TestSer
             Arc::clone(&store),
         )
     };
-    serve_state(state, store, None).await
+    serve_state(state, store, options, None).await
+}
+
+/// A server over an in-memory store with `gate` (e.g. anonymous rate limits) and no
+/// authorization on the buses, served with `options`.
+pub async fn start_open_with(gate: Arc<Gatekeeper>, options: GrpcServeOptions) -> TestServer {
+    let store: Arc<dyn EventStore> = Arc::new(InMemoryStore::new());
+    let (commands, queries) = flexcore_test_support::sample_buses(Arc::clone(&store));
+    let state = GrpcState {
+        gate,
+        ..GrpcState::new(commands, queries, Arc::clone(&store))
+    };
+    serve_state(state, store, options, None).await
 }
 
 async fn serve_state(
     state: GrpcState,
     store: Arc<dyn EventStore>,
+    options: GrpcServeOptions,
     guard: Option<tempfile::TempDir>,
 ) -> TestServer {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let (stop, stopped) = oneshot::channel::<()>();
-    let task = tokio::spawn(flexcore_grpc::serve(listener, state, async {
+    let task = tokio::spawn(flexcore_grpc::serve_with(listener, state, options, async {
         let _ = stopped.await;
     }));
     TestServer {
