@@ -113,10 +113,12 @@ pub struct ServeArgs {
     /// The largest request body accepted, in bytes [default: 4194304].
     #[arg(long, env = "FLEXCORE_MAX_BODY_BYTES")]
     pub max_body_bytes: Option<usize>,
-    /// HTTP connections open at once; more are closed at accept [default: 4096].
+    /// Connections open at once on each gateway (HTTP, gRPC); more are closed at accept
+    /// [default: 4096].
     #[arg(long, env = "FLEXCORE_MAX_CONNECTIONS")]
     pub max_connections: Option<usize>,
-    /// How long an HTTP client may take to send a request's head, in ms [default: 10000].
+    /// How long an HTTP client may take to send a request's head, and any client (HTTP or
+    /// gRPC) its TLS handshake, in ms [default: 10000].
     #[arg(long, env = "FLEXCORE_HEADER_READ_TIMEOUT_MS")]
     pub header_read_timeout_ms: Option<u64>,
     /// Comma-separated domain modules to load: `users` (the built-in Rust sample), `python`

@@ -99,9 +99,10 @@ pub struct Settings {
     pub log_format: LogFormat,
     /// The largest request body accepted.
     pub max_body_bytes: usize,
-    /// HTTP connections open at once (more are closed at accept).
+    /// Connections open at once on each gateway, HTTP and gRPC (more are closed at accept).
     pub max_connections: usize,
-    /// How long an HTTP client may take to send a request's head, in ms (slowloris).
+    /// How long an HTTP client may take to send a request's head, in ms (slowloris); a TLS
+    /// handshake, on either gateway, gets as long.
     pub header_read_timeout_ms: u64,
     /// Fields whose values are masked in logs (and, with `email`, email addresses anywhere).
     pub log_mask: Vec<String>,

@@ -41,7 +41,7 @@ pub struct AuthArgs {
     /// Allows listening on a non-loopback address without authentication.
     #[arg(long)]
     pub insecure_allow_unauthenticated: bool,
-    /// TLS for HTTP: the certificate chain (PEM); reloaded when it changes.
+    /// TLS for HTTP and gRPC: the certificate chain (PEM); reloaded when it changes.
     #[arg(long, env = "FLEXCORE_TLS_CERT")]
     pub tls_cert: Option<PathBuf>,
     /// TLS: the private key (PEM).
@@ -182,7 +182,7 @@ pub struct SecuritySettings {
     pub rate_limits: BTreeMap<&'static str, (f64, u32)>,
     /// Whether a non-loopback bind without authentication is allowed.
     pub insecure_allow_unauthenticated: bool,
-    /// TLS for HTTP (`None`: plain HTTP).
+    /// TLS for HTTP and gRPC (`None`: plaintext).
     pub tls: Option<flexcore_auth::tls::TlsFiles>,
 }
 
@@ -420,12 +420,12 @@ pub struct Security {
     pub gate: Arc<Gatekeeper>,
     /// The RBAC policy, when authentication is on.
     pub policy: Option<Arc<Policy>>,
-    /// TLS for HTTP, when configured.
+    /// TLS for both gateways, when configured.
     pub tls: Option<Arc<flexcore_auth::tls::ServerTls>>,
 }
 
 impl Security {
-    /// The gateways' TLS, when configured.
+    /// The gateways' TLS (HTTP and gRPC share the `[tls]` files), when configured.
     pub fn gateway_tls(&self) -> Option<flexcore_listener::GatewayTls> {
         let tls = self.tls.as_ref()?;
         let (config, principal) = (Arc::clone(tls), Arc::clone(tls));

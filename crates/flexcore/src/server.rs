@@ -294,7 +294,7 @@ pub async fn run_with(
     )
     .await?;
     state.operations.gdpr = gdpr;
-    let http_tls = security.gateway_tls();
+    let tls = security.gateway_tls();
     let connection_limits = flexcore_http::ConnectionLimits {
         max_connections: settings.max_connections,
         header_read_timeout: std::time::Duration::from_millis(settings.header_read_timeout_ms),
@@ -306,6 +306,12 @@ pub async fn run_with(
         store: Arc::clone(&state.store),
         limits: state.limits,
         gate: Arc::clone(&state.gate),
+    };
+    // The same cap and `[tls]` as HTTP; the handshake has the time HTTP gives a request head.
+    let grpc_options = flexcore_grpc::GrpcServeOptions {
+        max_connections: settings.max_connections,
+        handshake_timeout: connection_limits.header_read_timeout,
+        tls: tls.clone(),
     };
     tracing::info!(
         http = %listener.local_addr()?,
@@ -344,10 +350,15 @@ pub async fn run_with(
                 listener,
                 state,
                 connection_limits,
-                http_tls,
+                tls,
                 stopped(stopping_seen.clone())
             ),
-            flexcore_grpc::serve(grpc_listener, grpc_state, stopped(stopping_seen.clone())),
+            flexcore_grpc::serve_with(
+                grpc_listener,
+                grpc_state,
+                grpc_options,
+                stopped(stopping_seen.clone())
+            ),
         );
         http.context("the HTTP server failed")?;
         grpc.context("the gRPC server failed")?;

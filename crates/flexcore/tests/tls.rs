@@ -1,6 +1,6 @@
-//! TLS at the binary: HTTPS with a certificate from a throwaway CA, client certificates (mTLS)
-//! as principals with their configured roles, certificate reload without a restart, and the
-//! client's `--ca`, `--cert`, `--key` and `--token`.
+//! TLS at the binary: HTTPS and gRPC over TLS with a certificate from a throwaway CA, client
+//! certificates (mTLS) as principals with their configured roles, certificate reload without a
+//! restart, and the client's `--ca`, `--cert`, `--key` and `--token`.
 
 mod common;
 
@@ -9,7 +9,9 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::Server;
-use flexcore_test_support::tls::{CertFiles, TestCa};
+use flexcore_grpc::pb::SendCommandRequest;
+use flexcore_grpc::pb::command_service_client::CommandServiceClient;
+use flexcore_test_support::tls::{CertFiles, TestCa, client_config, grpc_channel};
 use serde_json::json;
 
 const ROLES: &str = "[tls.client_roles]\nsvc-a = [\"writer\"]\n\n[roles.writer]\ncommands = [\"create_user\"]\nstreams_read = [\"user-*\"]\n";
@@ -119,6 +121,37 @@ async fn client_certificates_authenticate_with_their_roles() {
     assert!(
         plain.is_err() || !plain.unwrap().status().is_success(),
         "plain HTTP is not served"
+    );
+
+    // gRPC answers the same [tls]: svc-a's certificate authenticates with its roles there too.
+    let grpc = server.grpc.trim_start_matches("http://").parse().unwrap();
+    let send_over_grpc = |identity: &CertFiles, email: &str| {
+        let (config, request) = (
+            client_config(&ca_file, Some(identity)),
+            SendCommandRequest {
+                command_type: "create_user".into(),
+                payload_json: create_user(email).to_string(),
+                ..Default::default()
+            },
+        );
+        async move {
+            let localhost = std::net::Ipv4Addr::LOCALHOST.into();
+            let channel = grpc_channel(grpc, localhost, Some(config)).await.unwrap();
+            CommandServiceClient::new(channel).send(request).await
+        }
+    };
+    let created = send_over_grpc(&svc_a, "grpc@b.io")
+        .await
+        .expect("svc-a over gRPC with TLS")
+        .into_inner();
+    assert!(created.stream_id.starts_with("user-"), "{created:?}");
+    let forbidden = send_over_grpc(&stranger, "grpc-s@b.io")
+        .await
+        .expect_err("no role for 'stranger' over gRPC either");
+    assert_eq!(
+        forbidden.code(),
+        tonic::Code::PermissionDenied,
+        "{forbidden:?}"
     );
 
     // The client's flags: --ca, --cert, --key.
