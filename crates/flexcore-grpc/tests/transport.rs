@@ -6,7 +6,6 @@ mod common;
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -17,7 +16,7 @@ use flexcore_grpc::pb::command_service_client::CommandServiceClient;
 use flexcore_grpc::pb::event_store_client::EventStoreClient;
 use flexcore_grpc::pb::{CommandOutcome, ReadAllRequest, ReadStreamRequest, SendCommandRequest};
 use flexcore_grpc::{ERROR_CODE_KEY, GatewayTls, GrpcServeOptions};
-use flexcore_test_support::tls::{CertFiles, TestCa, client_config, grpc_channel};
+use flexcore_test_support::tls::{CertFiles, TestCa, TestPki, client_config, grpc_channel};
 use serde_json::{Value, json};
 use tokio::net::TcpStream;
 use tonic::Code;
@@ -25,36 +24,17 @@ use tonic::transport::Channel;
 
 const LOCALHOST: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
 
-/// A throwaway CA in a temporary directory, with the server's certificate for 127.0.0.1.
-struct Pki {
-    dir: tempfile::TempDir,
-    ca: TestCa,
-    ca_file: PathBuf,
-    server: CertFiles,
-}
-
-impl Pki {
-    fn new() -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let ca = TestCa::new("flexcore grpc test CA");
-        let ca_file = ca.write_ca(dir.path(), "ca.crt");
-        let server = ca.issue(dir.path(), "server", "flexcore", &["127.0.0.1"]);
-        Self {
-            dir,
-            ca,
-            ca_file,
-            server,
-        }
-    }
-
-    /// A client certificate from this CA with common name `common_name`.
-    fn client(&self, common_name: &str) -> CertFiles {
-        self.ca
-            .issue(self.dir.path(), common_name, common_name, &[])
-    }
-
+/// What the tests need beyond the test CA: the gateway's TLS and a client configuration.
+trait GrpcPki {
     /// TLS with the server's certificate; with `client_roles`, client certificates from this
     /// CA are required and their common names get these roles.
+    fn tls(&self, client_roles: Option<&[(&str, &[&str])]>) -> GatewayTls;
+
+    /// A TLS client trusting this CA, presenting `identity` when given.
+    fn client_config(&self, identity: Option<&CertFiles>) -> rustls::ClientConfig;
+}
+
+impl GrpcPki for TestPki {
     fn tls(&self, client_roles: Option<&[(&str, &[&str])]>) -> GatewayTls {
         let files = TlsFiles {
             cert: self.server.cert.clone(),
@@ -77,7 +57,6 @@ impl Pki {
         }
     }
 
-    /// A TLS client trusting this CA, presenting `identity` when given.
     fn client_config(&self, identity: Option<&CertFiles>) -> rustls::ClientConfig {
         client_config(&self.ca_file, identity)
     }
@@ -148,7 +127,7 @@ async fn closed_within(connection: &TcpStream, within: Duration) -> bool {
 
 #[tokio::test]
 async fn calls_go_over_tls_and_plaintext_is_refused() {
-    let pki = Pki::new();
+    let pki = TestPki::new();
     let server =
         common::start_open_with(Arc::new(Gatekeeper::open()), with_tls(pki.tls(None))).await;
 
@@ -182,7 +161,7 @@ async fn calls_go_over_tls_and_plaintext_is_refused() {
 
 #[tokio::test]
 async fn client_certificates_are_principals_with_their_roles() {
-    let pki = Pki::new();
+    let pki = TestPki::new();
     let (svc_a, stranger) = (pki.client("svc-a"), pki.client("stranger"));
     let foreign = TestCa::new("another CA").issue(pki.dir.path(), "foreign", "svc-a", &[]);
     let tls = pki.tls(Some(&[("svc-a", &["writer"])]));
@@ -276,7 +255,7 @@ async fn connections_beyond_the_cap_are_closed_at_accept() {
 
 #[tokio::test]
 async fn a_silent_handshake_holds_up_nobody_and_is_cut_off() {
-    let pki = Pki::new();
+    let pki = TestPki::new();
     let options = GrpcServeOptions {
         handshake_timeout: Duration::from_secs(5),
         ..with_tls(pki.tls(None))
