@@ -283,6 +283,14 @@ pub trait CommandBusExt: CommandBus + Sized {
         crate::validation::SchemaChecked::new(self, schemas)
     }
 
+    /// Runs `interceptors` before this bus gets a command of their type.
+    fn with_interceptors(
+        self,
+        interceptors: crate::intercept::Interceptors,
+    ) -> crate::intercept::Intercepted<Self> {
+        crate::intercept::Intercepted::new(self, interceptors)
+    }
+
     /// Honours idempotency keys for `ttl`, remembering at most `capacity` keys.
     fn with_idempotency(
         self,

@@ -16,6 +16,8 @@
 //! * [`projection`]: read models updated with their checkpoint in one transaction, blue-green
 //!   rebuilds, read-your-writes waits;
 //! * [`idempotency`]: the `Idempotency-Key` decorator of the command bus;
+//! * [`intercept`]: command interceptors, which see a command before its handler (enrich,
+//!   check, refuse) whichever module owns its type;
 //! * [`RequestLimits`]: the request limits every gateway applies;
 //! * [`validation`]: the limits every append is held to and the JSON-Schema port, applied by
 //!   a store decorator and a command-bus decorator;
@@ -34,6 +36,7 @@ pub mod event_bus;
 pub mod follow;
 pub mod gdpr;
 pub mod idempotency;
+pub mod intercept;
 mod limits;
 pub mod module;
 pub mod outbox;

@@ -35,6 +35,7 @@ use crate::command::{CommandHandler, CommandRouter};
 use crate::durable::{ConsumerStateStore, DurableOptions};
 use crate::event_bus::EventHandler;
 use crate::gdpr::{PersonalData, PersonalDataPolicy};
+use crate::intercept::{CommandInterceptor, Interceptors};
 use crate::projection::{Projection, ProjectionsHandle};
 use crate::query::{QueryHandler, QueryRouter};
 use crate::query_cache::CachePolicy;
@@ -133,6 +134,7 @@ pub struct DurableConsumerSpec {
 pub struct ModuleRegistry {
     module: String,
     commands: Vec<(String, Arc<dyn CommandHandler>)>,
+    interceptors: Interceptors,
     queries: Vec<(String, Arc<dyn QueryHandler>)>,
     consumers: Vec<DurableConsumerSpec>,
     followers: Vec<(String, Arc<dyn EventHandler>)>,
@@ -144,6 +146,7 @@ impl ModuleRegistry {
         Self {
             module: module.to_owned(),
             commands: Vec::new(),
+            interceptors: Interceptors::new(),
             queries: Vec::new(),
             consumers: Vec::new(),
             followers: Vec::new(),
@@ -163,6 +166,17 @@ impl ModuleRegistry {
         handler: Arc<dyn CommandHandler>,
     ) -> &mut Self {
         self.commands.push((command_type.into(), handler));
+        self
+    }
+
+    /// Runs `interceptor` before the handler of every `command_type` command, whichever module
+    /// owns that type (several modules may intercept one type; they run in module order).
+    pub fn intercept(
+        &mut self,
+        command_type: impl Into<String>,
+        interceptor: Arc<dyn CommandInterceptor>,
+    ) -> &mut Self {
+        self.interceptors.add(command_type, interceptor);
         self
     }
 
@@ -215,6 +229,9 @@ pub struct ReadSideDeclarations {
 pub struct Registrations {
     /// Routes every registered command type.
     pub commands: CommandRouter,
+    /// What runs before the handlers of some command types (attach with
+    /// [`crate::command::CommandBusExt::with_interceptors`]).
+    pub interceptors: Interceptors,
     /// Routes every registered query type.
     pub queries: QueryRouter,
     /// The durable consumers to run.
@@ -283,6 +300,7 @@ impl Modules {
     pub async fn register(&self, engine: &ModuleContext) -> Result<Registrations> {
         let mut registrations = Registrations {
             commands: CommandRouter::new(),
+            interceptors: Interceptors::new(),
             queries: QueryRouter::new(),
             consumers: Vec::new(),
             followers: Vec::new(),
@@ -305,6 +323,7 @@ impl Modules {
             for consumer in &registry.consumers {
                 consumers.claim(&consumer.name, module.name())?;
             }
+            registrations.interceptors.extend(registry.interceptors);
             registrations.consumers.extend(registry.consumers);
             registrations.followers.extend(registry.followers);
             registrations.background.extend(registry.background);

@@ -187,7 +187,8 @@ async fn run_once(
         bus.subscribe("*", python.live().event_handler());
         bus.spawn(Arc::clone(&store) as Arc<_>, 0, stopped);
     }
-    let commands = server::command_bus(router, validation.command_schemas, None);
+    let commands =
+        server::command_bus(router, Default::default(), validation.command_schemas, None);
     let clients = (0..connections)
         .map(|_| BusClient(Arc::clone(&commands)))
         .collect();

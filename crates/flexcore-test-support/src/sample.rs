@@ -109,6 +109,7 @@ impl LazyEngine {
                 registrations
                     .commands
                     .with_retry(RetryPolicy::default())
+                    .with_interceptors(registrations.interceptors)
                     .with_idempotency(Duration::from_secs(24 * 3600), 100_000),
             ),
             queries: registrations.queries.with_cache(backend, policy),

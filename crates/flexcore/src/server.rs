@@ -8,6 +8,7 @@ use anyhow::Context;
 use flexcore_app::command::{CommandBus, CommandBusExt, CommandRouter};
 use flexcore_app::durable::DurableConsumer;
 use flexcore_app::event_bus::EventBus;
+use flexcore_app::intercept::Interceptors;
 use flexcore_app::module::{ModuleContext, Modules};
 use flexcore_app::query::{QueryBus, QueryBusExt, QueryRouter};
 use flexcore_app::repository::{Repository, RetryPolicy};
@@ -41,16 +42,19 @@ pub fn repository(store: Arc<dyn EventStore>) -> Repository {
 }
 
 /// The command bus `flexcore serve` runs: `router` behind retry on conflict, the payload
-/// schemas (checked once, before any attempt), idempotency keys, authorization (when there is
-/// a `policy`), metrics and tracing.
+/// schemas (checked once, before any attempt, on the payload the interceptors hand on), the
+/// modules' command interceptors, idempotency keys (a replayed answer runs no interceptor),
+/// authorization (when there is a `policy`), metrics and tracing.
 pub fn command_bus(
     router: CommandRouter,
+    interceptors: Interceptors,
     schemas: PayloadSchemas,
     policy: Option<Arc<Policy>>,
 ) -> Arc<dyn CommandBus> {
     let idempotent = router
         .with_retry(RetryPolicy::default())
         .with_schemas(schemas)
+        .with_interceptors(interceptors)
         .with_idempotency(IDEMPOTENCY_TTL, IDEMPOTENCY_KEYS);
     // Authorization runs before idempotency and schemas: a replayed answer is an answer too,
     // and a caller may not probe the schemas of commands it may not send.
@@ -160,6 +164,7 @@ pub async fn assemble(
     }
     let commands = command_bus(
         registrations.commands,
+        registrations.interceptors,
         command_schemas,
         security.policy.clone(),
     );

@@ -245,7 +245,12 @@ async fn run_once(
             for (command_type, handler) in command_handlers(flexcore::server::repository(store)) {
                 router.register(command_type, handler)?;
             }
-            let commands = flexcore::server::command_bus(router, validation.command_schemas, None);
+            let commands = flexcore::server::command_bus(
+                router,
+                Default::default(),
+                validation.command_schemas,
+                None,
+            );
             let clients = (0..connections)
                 .map(|_| BusClient(Arc::clone(&commands)))
                 .collect();
