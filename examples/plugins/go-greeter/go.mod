@@ -1,0 +1,3 @@
+module flexcore.example/go-greeter
+
+go 1.19
