@@ -20,6 +20,7 @@ A script is JSON: {"config": {...} (optional, replaces the manifest's [config]),
 """
 
 import argparse
+import contextlib
 import hashlib
 import json
 import os
@@ -346,10 +347,34 @@ def ping(plugin, manifest, ping_id):
         raise Failed(f"ping: expected pong {ping_id}, got {pong}")
 
 
-def run_checks(manifest, calls, config, report):
-    """Every check; raises Failed at the first that does not pass."""
+@contextlib.contextmanager
+def started(manifest, report):
+    """The plugin's process for one run of checks: killed (its group) at the end, its stderr
+    shown when a check fails."""
     plugin = RunningPlugin(manifest)
     try:
+        yield plugin
+    except Failed:
+        plugin.kill()
+        time.sleep(0.1)  # the stderr thread reads the last lines
+        for line in plugin.stderr_lines[-40:]:
+            report(f"  plugin stderr: {line}")
+        raise
+    finally:
+        plugin.kill()
+
+
+def expect_exit_zero(plugin, seconds, what):
+    status = plugin.wait(seconds)
+    if status is None:
+        raise Failed(f"{what}: still running {seconds} s later")
+    if status != 0:
+        raise Failed(f"{what}: exit status {status}, not 0")
+
+
+def run_checks(manifest, calls, config, report):
+    """Every check; raises Failed at the first that does not pass."""
+    with started(manifest, report) as plugin:
         handshake(plugin, manifest, config)
         report(f"handshake: ready as {manifest.name} {manifest.version}, hooks as in plugin.toml")
         ping(plugin, manifest, 1001)
@@ -359,44 +384,19 @@ def run_checks(manifest, calls, config, report):
         report("ping 1002 after the calls: pong")
         plugin.send({"type": "shutdown", "deadline_ms": SHUTDOWN_DEADLINE_MS})
         plugin.process.stdin.close()
-        status = plugin.wait(SHUTDOWN_DEADLINE_MS / 1000)
-        if status is None:
-            raise Failed(f"shutdown: still running {SHUTDOWN_DEADLINE_MS} ms after shutdown")
-        if status != 0:
-            raise Failed(f"shutdown: exit status {status}, not 0")
-        leftover = plugin.frames.get(timeout=1)
-        if leftover[0] != "eof" and not (leftover[0] == "message" and leftover[1]["type"] == "log"):
-            raise Failed(f"shutdown: the plugin wrote after answering everything: {leftover}")
+        expect_exit_zero(plugin, SHUTDOWN_DEADLINE_MS / 1000, "shutdown")
+        kind, value = _next_frame(plugin, time.monotonic() + 1, "shutdown")
+        while kind == "message" and value["type"] == "log":
+            kind, value = _next_frame(plugin, time.monotonic() + 1, "shutdown")
+        if kind != "eof":
+            raise Failed(f"shutdown: the plugin wrote after answering everything: {value}")
         report("shutdown: exit status 0")
-    except Failed:
-        plugin.kill()
-        _show_stderr(plugin, report)
-        raise
-    finally:
-        plugin.kill()
 
-    plugin = RunningPlugin(manifest)
-    try:
+    with started(manifest, report) as plugin:
         handshake(plugin, manifest, config)
         plugin.process.stdin.close()
-        status = plugin.wait(5)
-        if status is None:
-            raise Failed("end of input: still running 5 s after stdin closed")
-        if status != 0:
-            raise Failed(f"end of input: exit status {status}, not 0")
+        expect_exit_zero(plugin, 5, "end of input")
         report("end of input without shutdown: exit status 0")
-    except Failed:
-        plugin.kill()
-        _show_stderr(plugin, report)
-        raise
-    finally:
-        plugin.kill()
-
-
-def _show_stderr(plugin, report):
-    time.sleep(0.1)
-    for line in plugin.stderr_lines[-40:]:
-        report(f"  plugin stderr: {line}")
 
 
 def load_calls(arguments, folder):

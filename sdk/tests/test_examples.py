@@ -120,11 +120,13 @@ def test_user_stats_conforms(copy_example):
 # --- plugins that break the protocol: the check must fail, and say why ----------------------
 
 BROKEN_PLUGIN = """\
-import json, struct, sys
+import json, struct, sys, time
 FLAW = {flaw!r}
 def read():
     prefix = sys.stdin.buffer.read(4)
     if len(prefix) < 4:
+        if FLAW == "ignores_eof":
+            time.sleep(30)
         sys.exit(0)
     return json.loads(sys.stdin.buffer.read(struct.unpack(">I", prefix)[0]))
 def send(message):
@@ -156,6 +158,7 @@ while True:
         ("print", "FAIL calls (0 of 1 answered): the plugin wrote a frame of"),
         ("wrong_id", "FAIL calls: a result for id 2, which was never sent"),
         ("bad_exit", "FAIL shutdown: exit status 3, not 0"),
+        ("ignores_eof", "FAIL end of input: still running 5 s later"),
     ],
 )
 def test_a_plugin_breaking_the_protocol_fails_the_check(tmp_path, flaw, complaint):
