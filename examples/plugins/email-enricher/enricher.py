@@ -22,7 +22,9 @@ def normalise_email(ctx, data):
     if not isinstance(email, str):
         raise ValidationError("email is required", [{"path": "/email", "message": "must be a string"}])
     email = email.strip().lower()
-    domain = email.rpartition("@")[2]
+    local, at, domain = email.rpartition("@")
+    if not (local and at and domain):
+        raise ValidationError("email is not an address", [{"path": "/email", "message": "needs a name, @ and a domain"}])
     if domain in blocked_domains:
         raise ValidationError("email is blocked", [{"path": "/email", "message": f"domain {domain} is blocked"}])
     return {"payload": {**payload, "email": email}}
