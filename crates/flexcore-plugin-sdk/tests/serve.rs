@@ -121,32 +121,32 @@ fn a_first_message_other_than_hello_is_a_protocol_violation() {
 
 #[test]
 fn calls_run_concurrently_and_are_answered_in_any_order() {
-    let (fast_done, wait_for_fast) = mpsc::channel::<()>();
-    let wait_for_fast = std::sync::Mutex::new(wait_for_fast);
+    // The slow call finishes only when the test releases it, after the fast call sent later
+    // has been answered: served one at a time, the fast call would never run and the slow one
+    // would fail after its timeout.
+    let (release, released) = mpsc::channel::<()>();
+    let released = std::sync::Mutex::new(released);
     let plugin = Plugin::new("p", "1.0.0")
         .query_handler("slow", move |_, _| {
-            // Finishes only once the call sent after it has finished: impossible one at a time.
-            wait_for_fast
+            released
                 .lock()
                 .unwrap()
                 .recv_timeout(Duration::from_secs(5))
-                .map_err(|_| HandlerError::Internal("the fast call never ran alongside".into()))?;
+                .map_err(|_| HandlerError::Internal("never released".into()))?;
             Ok(json!({"result": "slow"}))
         })
-        .query_handler("fast", move |_, _| {
-            fast_done.send(()).unwrap();
-            Ok(json!({"result": "fast"}))
-        });
+        .query_handler("fast", |_, _| Ok(json!({"result": "fast"})));
     let mut engine = Engine::start(plugin);
     engine.hello(json!({}));
     engine.call(1, "query_handler", "slow", json!({"params": {}}));
     engine.call(2, "query_handler", "fast", json!({"params": {}}));
     let first = engine.receive();
-    let second = engine.receive();
     assert_eq!(
         (first["id"].as_u64(), &first["ok"]),
         (Some(2), &json!({"result": "fast"}))
     );
+    release.send(()).unwrap();
+    let second = engine.receive();
     assert_eq!(
         (second["id"].as_u64(), &second["ok"]),
         (Some(1), &json!({"result": "slow"}))

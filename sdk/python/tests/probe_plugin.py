@@ -6,7 +6,7 @@ import threading
 from flexcore_plugin import Conflict, Forbidden, NotFound, Plugin, ValidationError
 
 plugin = Plugin("probe", "0.0.1")
-fast_call_done = threading.Event()
+slow_call_released = threading.Event()
 never = threading.Event()
 
 
@@ -18,16 +18,21 @@ def check_config(config):
 
 @plugin.query_handler("slow")
 def slow(ctx, data):
-    # Answers only once the "fast" call sent after it has run: impossible one call at a time.
-    if not fast_call_done.wait(timeout=5):
-        raise RuntimeError("the fast call never ran alongside")
+    # Answers only once a later "release" call has run: impossible one call at a time.
+    if not slow_call_released.wait(timeout=5):
+        raise RuntimeError("never released")
     return {"result": "slow"}
 
 
 @plugin.query_handler("fast")
 def fast(ctx, data):
-    fast_call_done.set()
     return {"result": "fast"}
+
+
+@plugin.query_handler("release")
+def release(ctx, data):
+    slow_call_released.set()
+    return {"result": "released"}
 
 
 @plugin.query_handler("sleep")

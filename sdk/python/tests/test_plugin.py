@@ -25,7 +25,7 @@ def test_ready_lists_the_registered_hooks(start_plugin):
             "before_command": ["create_user"],
             "command_handler": [],
             "event_handler": ["user.*"],
-            "query_handler": ["slow", "fast", "sleep", "block_forever", "refuse", "chatty", "not_json"],
+            "query_handler": ["slow", "fast", "release", "sleep", "block_forever", "refuse", "chatty", "not_json"],
         },
     }
 
@@ -44,10 +44,13 @@ def test_an_unsupported_protocol_is_refused(start_plugin):
 
 
 def test_calls_run_concurrently_and_are_answered_in_any_order(probe):
+    # The slow call waits for a release sent only after the later fast call was answered.
     probe.call(1, "query_handler", "slow", {"params": {}})
     probe.call(2, "query_handler", "fast", {"params": {}})
     assert probe.receive() == {"type": "result", "id": 2, "ok": {"result": "fast"}}
-    assert probe.receive() == {"type": "result", "id": 1, "ok": {"result": "slow"}}
+    probe.call(3, "query_handler", "release", {"params": {}})
+    answers = {answer["id"]: answer["ok"] for answer in (probe.receive(), probe.receive())}
+    assert answers == {1: {"result": "slow"}, 3: {"result": "released"}}
 
 
 def test_ping_is_answered_while_a_call_is_in_flight(probe):
