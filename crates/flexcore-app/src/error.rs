@@ -18,6 +18,15 @@ pub enum Error {
     /// A command payload or an event's data does not match the schema of its type.
     #[error("validation failed: {0}")]
     SchemaViolation(#[from] crate::validation::SchemaViolation),
+    /// A plugin refused the input, naming the rules it breaks (the protocol's
+    /// `validation_failed`).
+    #[error("validation failed: {message}")]
+    Rejected {
+        /// The plugin's reason, which clients see.
+        message: String,
+        /// The rules broken, each at its JSON pointer (may be empty).
+        violations: Vec<crate::validation::Violation>,
+    },
     /// No handler is registered for this command type.
     #[error("unknown command type '{0}'")]
     UnknownCommand(String),
@@ -73,7 +82,7 @@ impl Error {
     pub fn kind(&self) -> ErrorKind {
         match self {
             Self::Domain(e) => e.kind(),
-            Self::SchemaViolation(_) => ErrorKind::Validation,
+            Self::SchemaViolation(_) | Self::Rejected { .. } => ErrorKind::Validation,
             Self::UnknownCommand(_) | Self::UnknownQuery(_) => ErrorKind::NotFound,
             Self::Unavailable { .. } => ErrorKind::Unavailable,
             Self::Contended(_) => ErrorKind::Contended,
@@ -143,6 +152,7 @@ impl Error {
         match (self, self.kind()) {
             (Self::Domain(DomainError::Validation(message)), _) => message.clone(),
             (Self::SchemaViolation(violation), _) => violation.to_string(),
+            (Self::Rejected { message, .. }, _) => message.clone(),
             (_, ErrorKind::Unavailable) => "a backend is unavailable; retry later".to_owned(),
             (_, ErrorKind::Internal) => "internal server error".to_owned(),
             _ => self.to_string(),
@@ -154,6 +164,7 @@ impl Error {
     pub fn violations(&self) -> &[crate::validation::Violation] {
         match self {
             Self::SchemaViolation(violation) => &violation.violations,
+            Self::Rejected { violations, .. } => violations,
             _ => &[],
         }
     }

@@ -27,7 +27,8 @@
 //! * [`gdpr`]: crypto-shredding of declared personal fields (a store decorator over the key
 //!   vault port) and the export of everything about a data subject;
 //! * [`module`]: the domain-module contract through which every domain (the Rust sample,
-//!   Python modules, plugins) plugs into the engine.
+//!   Python modules, plugins) plugs into the engine;
+//! * [`plugin`]: the port every plugin (compiled in or out of process) implements.
 
 pub mod command;
 pub mod durable;
@@ -40,6 +41,7 @@ pub mod intercept;
 mod limits;
 pub mod module;
 pub mod outbox;
+pub mod plugin;
 pub mod projection;
 pub mod query;
 pub mod query_cache;
