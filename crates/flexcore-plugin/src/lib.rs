@@ -2,13 +2,21 @@
 //!
 //! * [`protocol`]: frames and messages on the plugin's stdin and stdout;
 //! * [`manifest`]: the manifest, `plugin.toml`;
-//! * [`discovery`]: every plugin of a plugins folder, dependencies first.
+//! * [`discovery`]: every plugin of a plugins folder, dependencies first;
+//! * [`Supervisor`]: runs one plugin process — isolation, handshake, multiplexed calls,
+//!   health pings, restarts with backoff, a circuit breaker, hot swap — and implements
+//!   [`flexcore_app::plugin::Plugin`] for it.
 
+mod connection;
 pub mod discovery;
 mod error;
 pub mod manifest;
+mod process;
 pub mod protocol;
+mod supervisor;
 
 pub use discovery::{Discovery, discover};
 pub use error::{Error, Result, Violation};
 pub use manifest::{Entry, Limits, Manifest};
+pub use process::{MAX_LOG_LINE_BYTES, MAX_LOG_LINES_PER_SECOND};
+pub use supervisor::{PluginState, PluginStatus, Supervisor, SupervisorOptions};
