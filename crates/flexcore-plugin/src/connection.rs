@@ -87,7 +87,7 @@ impl Connection {
         engine: &str,
         log_gate: Arc<LogGate>,
     ) -> Result<Arc<Self>> {
-        let mut child = process::spawn(manifest)?;
+        let mut child = process::spawn(manifest).await?;
         let (Some(mut stdin), Some(mut stdout), Some(stderr)) =
             (child.stdin.take(), child.stdout.take(), child.stderr.take())
         else {

@@ -369,35 +369,32 @@ call_timeout_ms = 500
 
     #[test]
     fn errors_name_the_file_and_the_field() {
+        // (text replaced, its replacement, what the error must name)
         let cases = [
-            (FULL.replace("email-enricher", "Email"), "name 'Email'"),
-            (FULL.replace("\"1.2.0\"", "\"1.2\""), "version '1.2'"),
+            ("email-enricher", "Email", "name 'Email'"),
+            ("\"1.2.0\"", "\"1.2\"", "version '1.2'"),
+            (">=1.0, <2", "one", "dependencies.address-normaliser"),
             (
-                FULL.replace(">=1.0, <2", "one"),
-                "dependencies.address-normaliser",
-            ),
-            (
-                FULL.replace("call_timeout_ms = 500", "call_timeout_ms = 0"),
+                "call_timeout_ms = 500",
+                "call_timeout_ms = 0",
                 "limits.call_timeout_ms",
             ),
+            ("call_timeout_ms", "call_timeout", "call_timeout"),
             (
-                FULL.replace("call_timeout_ms", "call_timeout"),
-                "call_timeout",
-            ),
-            (
-                FULL.replace("[commands.change_email]", "[commands.other]"),
+                "[commands.change_email]",
+                "[commands.other]",
                 "[commands.change_email]",
             ),
             (
-                FULL.replace("command = \"python3\"", "compiled_in = \"x\""),
+                "command = \"python3\"",
+                "compiled_in = \"x\"",
                 "entry.compiled_in",
             ),
-            (
-                FULL.replace("command = \"python3\"", "sha256 = \"ab\""),
-                "entry",
-            ),
+            ("command = \"python3\"", "", "exactly one of entry.command"),
+            ("args = [", "sha256 = \"ab\"\nargs = [", "entry.sha256"),
         ];
-        for (text, field) in cases {
+        for (from, to, field) in cases {
+            let text = FULL.replace(from, to);
             let message = parse(&text).unwrap_err().to_string();
             assert!(message.starts_with("/plugins/p/plugin.toml: "), "{message}");
             assert!(message.contains(field), "{message} does not name {field}");

@@ -11,6 +11,7 @@ use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
 use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
 use tokio::process::{Child, Command};
+use tokio::sync::oneshot;
 
 use crate::error::{Error, Result};
 use crate::manifest::{Entry, Manifest};
@@ -49,10 +50,7 @@ fn isolation_tools() -> Option<&'static (PathBuf, PathBuf)> {
 
 /// Starts `manifest`'s entry in its folder with the protocol pipes, its own process group,
 /// its limits, the parent-death signal and only the documented environment.
-///
-/// Must run on a long-lived runtime thread (never `spawn_blocking`): the parent-death signal
-/// fires when the thread that forked exits.
-pub(crate) fn spawn(manifest: &Manifest) -> Result<Child> {
+pub(crate) async fn spawn(manifest: &Manifest) -> Result<Child> {
     let Entry::Command { command, args, .. } = &manifest.entry else {
         return Err(Error::Start {
             plugin: manifest.name.clone(),
@@ -90,13 +88,49 @@ pub(crate) fn spawn(manifest: &Manifest) -> Result<Child> {
         .stderr(Stdio::piped())
         .process_group(0)
         .kill_on_drop(true);
-    process.spawn().map_err(|e| Error::Start {
-        plugin: manifest.name.clone(),
-        message: format!(
-            "cannot run '{command}' in {}: {e}",
-            manifest.folder.display()
-        ),
-    })
+    spawn_from_lasting_thread(process)
+        .await
+        .map_err(|e| Error::Start {
+            plugin: manifest.name.clone(),
+            message: format!(
+                "cannot run '{command}' in {}: {e}",
+                manifest.folder.display()
+            ),
+        })
+}
+
+type SpawnRequest = (
+    Command,
+    tokio::runtime::Handle,
+    oneshot::Sender<std::io::Result<Child>>,
+);
+
+/// Forks from one thread that lives as long as the engine. The parent-death signal fires
+/// when the *thread* that forked exits, and a runtime may retire the thread a task ran on
+/// (`spawn_blocking` threads idle out; `block_in_place` hands a worker's role to a new
+/// thread), which would kill a healthy plugin.
+async fn spawn_from_lasting_thread(command: Command) -> std::io::Result<Child> {
+    static SPAWNER: OnceLock<std::sync::mpsc::Sender<SpawnRequest>> = OnceLock::new();
+    let spawner = SPAWNER.get_or_init(|| {
+        let (sender, requests) = std::sync::mpsc::channel::<SpawnRequest>();
+        std::thread::Builder::new()
+            .name("flexcore-plugin-spawner".to_owned())
+            .spawn(move || {
+                for (mut command, runtime, reply) in requests {
+                    // The child's pipes register with the caller's runtime.
+                    let _entered = runtime.enter();
+                    let _ = reply.send(command.spawn());
+                }
+            })
+            .expect("the plugin spawner thread starts");
+        sender
+    });
+    let (reply, answer) = oneshot::channel();
+    let gone = || std::io::Error::other("the plugin spawner thread is gone");
+    spawner
+        .send((command, tokio::runtime::Handle::current(), reply))
+        .map_err(|_| gone())?;
+    answer.await.map_err(|_| gone())?
 }
 
 /// Kills `child`'s process group, unless the child was already reaped (then its pid may

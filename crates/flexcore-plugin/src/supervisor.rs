@@ -139,8 +139,7 @@ pub struct Supervisor {
 
 impl Supervisor {
     /// A supervisor for the plugin `manifest` describes; it starts the process on
-    /// [`Plugin::initialize`]. Must be called inside a multi-threaded tokio runtime whose
-    /// worker threads outlive the plugin (the parent-death signal follows the forking thread).
+    /// [`Plugin::initialize`]. Must be called inside a tokio runtime.
     pub fn new(manifest: Manifest, options: SupervisorOptions) -> Self {
         let (commands, receiver) = mpsc::unbounded_channel();
         let shared = Arc::new(Shared {
@@ -514,7 +513,7 @@ async fn manage(shared: Arc<Shared>, mut commands: mpsc::UnboundedReceiver<Comma
     let mut restart_at: Option<tokio::time::Instant> = None;
     let mut initialized = false;
     let mut stamp = folder_stamp(&shared.folder);
-    let mut retiring = JoinSet::new();
+    let mut retiring = Retiring::default();
     let mut watch = options
         .watch_interval
         .map(|every| tokio::time::interval_at(tokio::time::Instant::now() + every, every));
@@ -542,10 +541,10 @@ async fn manage(shared: Arc<Shared>, mut commands: mpsc::UnboundedReceiver<Comma
             command = commands.recv() => match command {
                 None => {
                     // The supervisor was dropped: nothing may outlive it.
-                    if let Some(connection) = serving {
-                        connection.kill("the supervisor was dropped").await;
+                    let reason = "the supervisor was dropped";
+                    for connection in serving.into_iter().chain(retiring.connections.drain(..)) {
+                        connection.kill(reason).await;
                     }
-                    retiring.abort_all();
                     break;
                 }
                 Some(Command::Initialize(config, reply)) => {
@@ -553,7 +552,7 @@ async fn manage(shared: Arc<Shared>, mut commands: mpsc::UnboundedReceiver<Comma
                         (!config.is_null()).then_some(config);
                     initialized = true;
                     restart_at = None;
-                    let started = start(&shared, None).await;
+                    let started = start_beside(&shared, None, &mut retiring).await;
                     if let Err(error) = &started
                         && !error.is_refusal()
                     {
@@ -575,7 +574,7 @@ async fn manage(shared: Arc<Shared>, mut commands: mpsc::UnboundedReceiver<Comma
                     if let Some(connection) = serving {
                         connection.stop(options.shutdown_deadline).await;
                     }
-                    while retiring.join_next().await.is_some() {}
+                    while retiring.stops.join_next().await.is_some() {}
                     shared.set_health(|health| health.state = PluginState::Stopped);
                     let _ = reply.send(());
                     break;
@@ -614,14 +613,16 @@ async fn manage(shared: Arc<Shared>, mut commands: mpsc::UnboundedReceiver<Comma
                     }
                 }
             }
-            Some(_) = retiring.join_next(), if !retiring.is_empty() => {}
+            Some(_) = retiring.stops.join_next(), if !retiring.stops.is_empty() => {
+                retiring.connections.retain(|connection| connection.pid().is_some());
+            }
         }
     }
     shared.serving.write().expect("serving lock").take();
 }
 
 /// Starts a process for `manifest` (the current one when `None`) and, once it has
-/// handshaken, makes it the serving one; returns the connection it replaced.
+/// handshaken, makes it the serving one.
 async fn start(shared: &Shared, manifest: Option<Manifest>) -> Result<()> {
     let manifest =
         manifest.unwrap_or_else(|| shared.manifest.read().expect("manifest lock").clone());
@@ -667,29 +668,54 @@ async fn start(shared: &Shared, manifest: Option<Manifest>) -> Result<()> {
     }
 }
 
-async fn reload(
+/// Connections replaced by a newer process, finishing their calls before they stop.
+#[derive(Default)]
+struct Retiring {
+    /// Their stops, running.
+    stops: JoinSet<()>,
+    /// The connections, killed at once if the supervisor is dropped meanwhile.
+    connections: Vec<Arc<Connection>>,
+}
+
+/// Starts a process (for `manifest`, or the current one) beside the serving one; once it has
+/// handshaken it serves, and the one it replaced is retired.
+async fn start_beside(
     shared: &Shared,
-    retiring: &mut JoinSet<()>,
-    restart_at: &mut Option<tokio::time::Instant>,
+    manifest: Option<Manifest>,
+    retiring: &mut Retiring,
 ) -> Result<()> {
-    let manifest = match Manifest::load(&shared.folder) {
-        Ok(manifest) if manifest.name == shared.name => manifest,
-        Ok(manifest) => Err(Error::Manifest {
-            path: manifest.path(),
-            message: format!("name changed from '{}' to '{}'", shared.name, manifest.name),
-        })
-        .inspect_err(|error| shared.set_health(|h| h.last_error = Some(error.to_string())))?,
-        Err(error) => {
-            shared.set_health(|health| health.last_error = Some(error.to_string()));
-            return Err(error);
-        }
-    };
     let previous = shared.serving();
-    start(shared, Some(manifest)).await?;
-    *restart_at = None;
+    start(shared, manifest).await?;
     if let Some(previous) = previous {
         let deadline = shared.options.shutdown_deadline;
-        retiring.spawn(async move { previous.stop(deadline).await });
+        retiring.connections.push(previous.clone());
+        retiring
+            .stops
+            .spawn(async move { previous.stop(deadline).await });
     }
+    Ok(())
+}
+
+async fn reload(
+    shared: &Shared,
+    retiring: &mut Retiring,
+    restart_at: &mut Option<tokio::time::Instant>,
+) -> Result<()> {
+    let manifest = Manifest::load(&shared.folder)
+        .and_then(|manifest| {
+            if manifest.name == shared.name {
+                Ok(manifest)
+            } else {
+                Err(Error::Manifest {
+                    path: manifest.path(),
+                    message: format!("name changed from '{}' to '{}'", shared.name, manifest.name),
+                })
+            }
+        })
+        .inspect_err(|error| {
+            shared.set_health(|health| health.last_error = Some(error.to_string()))
+        })?;
+    start_beside(shared, Some(manifest), retiring).await?;
+    *restart_at = None;
     Ok(())
 }
