@@ -223,6 +223,16 @@ async fn a_hanging_plugin_times_out_keeps_serving_and_restarts_after_three_timeo
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plugin_that_stops_answering_pings_is_restarted() {
+    let (plugin, _dir, pid) = started(|m| {
+        set(m, "config", "ignore_pings", true);
+        set(m, "limits", "call_timeout_ms", 300);
+    })
+    .await;
+    assert_replaced(&plugin, pid, "no pong within 300 ms").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stderr_flood_is_capped_and_the_engine_keeps_serving() {
     let (plugin, _dir, pid) = started(|m| set(m, "limits", "call_timeout_ms", 20_000)).await;
     plugin.call(call("flood", json!(null))).await.unwrap();

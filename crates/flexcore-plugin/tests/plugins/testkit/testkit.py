@@ -14,7 +14,7 @@ claim something else (`claim_protocol`, `claim_name`, `claim_version`, `claim_ho
   garbage    writes a frame that is not JSON
   duplicate  answers twice
 
-`ignore_eof = true` in [config] keeps the process alive after stdin closes and ignores
+`ignore_pings = true` in [config] leaves pings unanswered. `ignore_eof = true` keeps the process alive after stdin closes and ignores
 SIGTERM: only a kill stops it.
 """
 import json
@@ -73,7 +73,7 @@ def main():
         if message is None:
             break
         kind = message["type"]
-        if kind == "ping":
+        if kind == "ping" and not config.get("ignore_pings"):
             write_frame({"type": "pong", "id": message["id"]})
         elif kind == "shutdown":
             continue
