@@ -3,11 +3,43 @@
 use std::time::Duration;
 
 use flexcore_app::Error;
+use flexcore_domain::DomainError;
+
+/// Which of the `flexcore` refusals a handler raised: the client's answer follows from it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum RefusalKind {
+    /// `ValidationError` (and a missing or mistyped command field): 422.
+    Validation,
+    /// `ConflictError`: 409.
+    Conflict,
+    /// `NotFoundError`: 404.
+    NotFound,
+    /// `Forbidden`: 403.
+    Forbidden,
+}
+
+impl RefusalKind {
+    /// The kind named by a refusal class's `kind` attribute.
+    pub(crate) fn from_name(name: &str) -> Option<Self> {
+        match name {
+            "validation" => Some(Self::Validation),
+            "conflict" => Some(Self::Conflict),
+            "not_found" => Some(Self::NotFound),
+            "forbidden" => Some(Self::Forbidden),
+            _ => None,
+        }
+    }
+}
 
 /// Why a Python call did not produce a value.
 #[derive(Debug)]
 pub(crate) enum Failure {
-    Validation(String),
+    /// The handler refused the request; `code` is its optional stable reason.
+    Refused {
+        kind: RefusalKind,
+        message: String,
+        code: Option<String>,
+    },
     Exception {
         exception: String,
         traceback: String,
@@ -40,7 +72,25 @@ impl Failure {
     /// The application error, logging what clients must not see.
     pub(crate) fn into_error(self, handler: &str) -> Error {
         match self {
-            Self::Validation(message) => Error::validation(message),
+            Self::Refused {
+                kind,
+                message,
+                code,
+            } => {
+                // The gateways' `code` field names the error kind; the handler's own code
+                // travels in the message, where clients see it on every transport.
+                let message = match code {
+                    Some(code) => format!("{message} [{code}]"),
+                    None => message,
+                };
+                let refusal = match kind {
+                    RefusalKind::Validation => DomainError::Validation(message),
+                    RefusalKind::Conflict => DomainError::AlreadyExists(message),
+                    RefusalKind::NotFound => DomainError::NotFound(message),
+                    RefusalKind::Forbidden => DomainError::Forbidden(message),
+                };
+                Error::Domain(refusal)
+            }
             Self::Exception {
                 exception,
                 traceback,

@@ -63,7 +63,8 @@ impl PythonConfig {
     }
 }
 
-/// Where a Python command handler writes: stream `{category}-{payload[id_field]}`.
+/// Where a Python command handler writes: stream `{category}-{payload[id_field]}`, or, for a
+/// stateless handler, the stream its events name (see `docs/python.md`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CommandRoute {
     /// The aggregate's stream category.
@@ -73,6 +74,9 @@ pub struct CommandRoute {
     /// The command creates the aggregate (`creates=True`): the engine assigns the id (a
     /// UUIDv7 put into `id_field`) and the append expects no stream.
     pub creates: bool,
+    /// The handler has no aggregate (`category` and `id_field` are empty): it sees no state,
+    /// and the stream follows from what it returns.
+    pub stateless: bool,
 }
 
 /// The Python handlers loaded from a set of modules, with the thread that runs them.
@@ -114,6 +118,7 @@ impl PythonHandlers {
                         category: route["category"].as_str().unwrap_or_default().to_owned(),
                         id_field: route["id_field"].as_str().unwrap_or_default().to_owned(),
                         creates: route["creates"].as_bool().unwrap_or(false),
+                        stateless: route["stateless"].as_bool().unwrap_or(false),
                     },
                 ));
             }

@@ -14,7 +14,7 @@ use tokio::sync::oneshot;
 
 use flexcore_app::{Error, Result};
 
-use crate::failure::Failure;
+use crate::failure::{Failure, RefusalKind};
 
 /// The source of the `flexcore` Python module.
 const FLEXCORE_PY: &str = include_str!("flexcore.py");
@@ -28,19 +28,39 @@ pub(crate) struct Ctx<'py> {
     pub(crate) py: Python<'py>,
     module: Bound<'py, PyModule>,
     pub(crate) registry: Bound<'py, PyAny>,
-    validation_error: Bound<'py, PyAny>,
+    /// `flexcore._Refusal`, the base of the exceptions clients see (ValidationError…).
+    refusal: Bound<'py, PyAny>,
+    /// `flexcore._InvalidReturn`: a handler returned what the engine cannot store.
+    invalid_return: Bound<'py, PyAny>,
 }
 
 impl<'py> Ctx<'py> {
-    /// Classifies an exception: `ValidationError` or anything else, with its traceback.
+    /// Classifies an exception: a refusal (`ValidationError`, `ConflictError`…), an invalid
+    /// return value, or anything else, with its traceback.
     pub(crate) fn failure(&self, err: PyErr) -> Failure {
-        if err.is_instance(self.py, &self.validation_error) {
-            let message = err
-                .value(self.py)
-                .str()
-                .map(|s| s.to_string())
-                .unwrap_or_default();
-            return Failure::Validation(message);
+        let value = err.value(self.py);
+        let text = || value.str().map(|s| s.to_string()).unwrap_or_default();
+        if err.is_instance(self.py, &self.invalid_return) {
+            return Failure::Invalid(text());
+        }
+        if err.is_instance(self.py, &self.refusal) {
+            let kind = value
+                .getattr("kind")
+                .and_then(|k| k.extract::<String>())
+                .ok()
+                .and_then(|k| RefusalKind::from_name(&k))
+                .unwrap_or(RefusalKind::Validation);
+            let code = value
+                .getattr("code")
+                .and_then(|c| c.extract::<Option<String>>())
+                .ok()
+                .flatten()
+                .filter(|c| !c.trim().is_empty());
+            return Failure::Refused {
+                kind,
+                message: text(),
+                code,
+            };
         }
         let exception = err
             .get_type(self.py)
@@ -229,8 +249,11 @@ fn worker_main(
             let module = module.bind(py).clone();
             let ctx = Ctx {
                 py,
-                validation_error: module
-                    .getattr("ValidationError")
+                refusal: module
+                    .getattr("_Refusal")
+                    .unwrap_or_else(|_| py.None().into_bound(py)),
+                invalid_return: module
+                    .getattr("_InvalidReturn")
                     .unwrap_or_else(|_| py.None().into_bound(py)),
                 registry: registry.bind(py).clone(),
                 module,

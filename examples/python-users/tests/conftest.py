@@ -31,22 +31,39 @@ class Engine:
         self.streams = {}  # stream id -> [stored event dicts]
         self.position = 0
 
-    def send(self, command_type, payload):
-        """Runs a command like the engine: returns the stored events it appended."""
-        _, agg, _, creates = self.registry.commands[command_type]
+    def send(self, command_type, payload, context=None):
+        """Runs a command like the engine: returns the stored events it appended.
+
+        ``context`` is what the engine tells ``FlexCore.context()`` (a dict)."""
+        handler = self.registry.commands[command_type]
+        agg = handler.aggregate
         payload = dict(payload)
-        if creates:
+        if handler.creates:
             assert agg.id_field not in payload, "the engine refuses a client-chosen id"
             payload[agg.id_field] = str(uuid.uuid7() if hasattr(uuid, "uuid7") else uuid.uuid4())
-        stream_id = f"{agg.category}-{payload[agg.id_field]}"
+        stream_id = f"{agg.category}-{payload[agg.id_field]}" if agg is not None else None
         history = self.streams.get(stream_id, [])
         decided = flexcore._run_command(
-            self.registry, command_type, json.dumps(payload), json.dumps(history)
+            self.registry,
+            command_type,
+            json.dumps(payload),
+            json.dumps(history),
+            None if context is None else json.dumps(context),
         )
+        assert len(decided) <= 1, "one stream per command"
+        if not decided:
+            return []
+        named_stream, _expected, events = decided[0]
+        if stream_id is None:
+            # The stateless rule: category from the type, id from `<category>_id`.
+            category = events[0][0].split(".")[0]
+            found = json.loads(events[0][1]).get(f"{category}_id") or str(uuid.uuid4())
+            stream_id = named_stream or f"{category}-{found}"
+            history = self.streams.get(stream_id, [])
         stored = []
-        for event_type, data, well_shaped in decided:
-            assert well_shaped and isinstance(event_type, str) and event_type
-            data = json.loads(flexcore._to_json(data))
+        for event_type, data, metadata in events:
+            assert isinstance(event_type, str) and event_type
+            data = json.loads(data)
             assert isinstance(data, dict)
             self.position += 1
             event = {
@@ -56,7 +73,7 @@ class Engine:
                 "stream_id": stream_id,
                 "stream_version": len(history) + len(stored),
                 "global_position": self.position,
-                "metadata": {},
+                "metadata": json.loads(metadata) if metadata else {},
             }
             stored.append(event)
         self.streams.setdefault(stream_id, []).extend(stored)
