@@ -35,6 +35,19 @@ impl Server {
         Self::start_probed(data, store_url, env, "http", &reqwest::Client::new()).await
     }
 
+    /// Like [`Server::start_with_env`], writing the server's standard output (where embedded
+    /// Python handlers `print`) to `stdout`.
+    #[allow(dead_code)]
+    pub async fn start_with_stdout(
+        data: &Path,
+        store_url: &str,
+        env: &[(&str, &str)],
+        stdout: std::fs::File,
+    ) -> Self {
+        let client = reqwest::Client::new();
+        Self::start_writing(data, store_url, env, "http", &client, stdout.into()).await
+    }
+
     /// Like [`Server::start_with_env`] for a server with TLS: `base` is `https://…`, and
     /// `client` (trusting the server's CA, with a client certificate if needed) probes it.
     #[allow(dead_code)]
@@ -54,6 +67,17 @@ impl Server {
         scheme: &str,
         client: &reqwest::Client,
     ) -> Self {
+        Self::start_writing(data, store_url, env, scheme, client, Stdio::null()).await
+    }
+
+    async fn start_writing(
+        data: &Path,
+        store_url: &str,
+        env: &[(&str, &str)],
+        scheme: &str,
+        client: &reqwest::Client,
+        stdout: Stdio,
+    ) -> Self {
         let port = free_port();
         let grpc_port = free_port();
         let child = Command::new(env!("CARGO_BIN_EXE_flexcore"))
@@ -65,7 +89,7 @@ impl Server {
             .env_remove("FLEXCORE_CONFIG")
             .envs(env.iter().copied())
             .current_dir(data)
-            .stdout(Stdio::null())
+            .stdout(stdout)
             .stderr(Stdio::inherit())
             .spawn()
             .unwrap();
