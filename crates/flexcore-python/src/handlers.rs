@@ -254,6 +254,9 @@ struct DecidedAppend {
     events: Vec<DecidedEvent>,
 }
 
+/// An event as `_run_command` hands it over: `(type, data JSON, extra metadata JSON)`.
+type PyEvent = (String, String, Option<String>);
+
 /// One event a command handler returned, marshalled by Python.
 struct DecidedEvent {
     event_type: String,
@@ -327,11 +330,8 @@ fn decide(
     let shape = |e: PyErr| Failure::Invalid(format!("unexpected shape from _run_command: {e}"));
     let mut decided = Vec::with_capacity(appends.len());
     for append in appends.iter() {
-        let (stream, expected, events): (
-            Option<String>,
-            Bound<'_, PyAny>,
-            Vec<(String, String, Option<String>)>,
-        ) = append.extract().map_err(shape)?;
+        let (stream, expected, events): (Option<String>, Bound<'_, PyAny>, Vec<PyEvent>) =
+            append.extract().map_err(shape)?;
         let expected = if expected.is_none() {
             None
         } else {
