@@ -18,13 +18,9 @@ fn store_url(data: &Path) -> String {
 }
 
 async fn command(server: &Server, name: &str, body: Value) -> (u16, Value) {
-    let r = reqwest::Client::new()
-        .post(format!("{}/v1/commands/{name}", server.base))
-        .json(&body)
-        .send()
+    server
+        .post_json(&format!("/v1/commands/{name}"), &body)
         .await
-        .unwrap();
-    (r.status().as_u16(), r.json().await.unwrap())
 }
 
 /// Polls `file` until it contains `needle`, for at most 15 s; returns its text.
@@ -63,12 +59,7 @@ async fn the_seed_python_handlers_run_unchanged() {
         command(&server, "create_user", json!({"email": "ann@example.com"})).await;
     assert_eq!(status, 200, "{created}");
     let stream_id = created["stream_id"].as_str().unwrap().to_owned();
-    let page: Value = reqwest::get(format!("{}/v1/streams/{stream_id}", server.base))
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let page = server.get_json(&format!("/v1/streams/{stream_id}")).await;
     let events = page["events"].as_array().unwrap();
     assert_eq!(events.len(), 1, "{page}");
     let event = &events[0];

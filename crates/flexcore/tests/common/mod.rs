@@ -151,6 +151,22 @@ impl Server {
             .await
             .unwrap()
     }
+
+    /// `POST {base}{path}` with a JSON body: the status and the JSON answer.
+    #[allow(dead_code)]
+    pub async fn post_json(
+        &self,
+        path: &str,
+        body: &serde_json::Value,
+    ) -> (u16, serde_json::Value) {
+        let answer = reqwest::Client::new()
+            .post(format!("{}{path}", self.base))
+            .json(body)
+            .send()
+            .await
+            .unwrap();
+        (answer.status().as_u16(), answer.json().await.unwrap())
+    }
 }
 
 impl Drop for Server {
