@@ -230,7 +230,7 @@ class Append:
                 f"version >= 0; got {_describe(expected)}"
             )
         self.stream_id = stream_id
-        self.events = list(events) if isinstance(events, (list, tuple)) else [events]
+        self.events = list(events) if _is_event_list(events) else [events]
         self.expected = expected
 
     def __repr__(self):
@@ -277,6 +277,11 @@ def _is_pydantic_model(cls):
 
 def _is_named_tuple(cls):
     return isinstance(cls, type) and issubclass(cls, tuple) and hasattr(cls, "_fields")
+
+
+def _is_event_list(value):
+    """Whether a handler returned several events (a NamedTuple is one event, not a list)."""
+    return isinstance(value, (list, tuple)) and not _is_named_tuple(type(value))
 
 
 def _is_typed_class(cls):
@@ -854,7 +859,8 @@ def _decide(registry, command_type, payload_json, events_json):
     name = getattr(handler.func, "__name__", command_type)
     if result is None:
         return []
-    appends = result if isinstance(result, (list, tuple)) and any(isinstance(r, Append) for r in result) else [result]
+    many = _is_event_list(result)
+    appends = result if many and any(isinstance(r, Append) for r in result) else [result]
     out = []
     for item in appends:
         if isinstance(item, Append):
@@ -864,7 +870,7 @@ def _decide(registry, command_type, payload_json, events_json):
                 )
             events = [_event_parts(e, name) for e in item.events]
             out.append((item.stream_id, item.expected, events))
-        elif isinstance(item, (list, tuple)):
+        elif _is_event_list(item):
             out.append((None, None, [_event_parts(e, name) for e in item]))
         else:
             out.append((None, None, [_event_parts(item, name)]))

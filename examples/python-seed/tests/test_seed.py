@@ -157,6 +157,10 @@ def test_named_tuples_events_with_metadata_and_appends(tmp_path):
             def place(cmd):
                 return [OrderPlaced(order_id="o1", total=3), Event("order.noted", {}, metadata={"source": "test"})]
 
+            @FlexCore.command_handler("place_one")
+            def place_one(cmd):
+                return OrderPlaced(order_id="o3", total=5)
+
             @FlexCore.command_handler("place_elsewhere")
             def place_elsewhere(cmd):
                 return Append("ledger-1", [OrderPlaced("o2", 4)], expected=Append.NO_STREAM)
@@ -170,6 +174,8 @@ def test_named_tuples_events_with_metadata_and_appends(tmp_path):
         {"order_id": "o1", "total": 3},
     )
     assert noted["metadata"] == {"source": "test"}
+    [one] = engine.send("place_one", {})
+    assert (one["stream_id"], one["data"]) == ("order-o3", {"order_id": "o3", "total": 5})
     [elsewhere] = engine.send("place_elsewhere", {})
     assert elsewhere["stream_id"] == "ledger-1"
     decided = flexcore._run_command(engine.registry, "place_elsewhere", "{}", "[]")
