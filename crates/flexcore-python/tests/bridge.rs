@@ -865,3 +865,48 @@ async fn refusals_become_errors_of_their_kind_with_message_and_code() {
         assert!(!uncoded.client_message().contains('['), "{uncoded}");
     }
 }
+
+#[tokio::test]
+async fn a_typed_event_handler_gets_its_class_and_the_events_context() {
+    use flexcore_app::security::{AuthMethod, Principal};
+    let setup = stateless().await;
+    let ctx = CommandContext {
+        principal: Some(Arc::new(Principal::new("ann", vec![], AuthMethod::Token))),
+        correlation_id: Some("corr-e".into()),
+        ..CommandContext::default()
+    };
+    let outcome = send_with(
+        &setup,
+        &ctx,
+        "create_user",
+        json!({"user_id": "e1", "email": "e@x.y"}),
+    )
+    .await
+    .unwrap();
+    let mut bus = EventBus::new();
+    setup.python.subscribe_events(&mut bus);
+    bus.dispatch(&stored(&setup, &outcome.stream_id).await[0])
+        .await;
+    let mut queries = QueryRouter::new();
+    setup.python.register_queries(&mut queries).unwrap();
+    let seen = queries
+        .ask(
+            &QueryContext::default(),
+            &Query {
+                query_type: "events_seen".into(),
+                params: json!({}),
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        seen,
+        json!([{
+            "class": "UserCreatedEvent",
+            "created_at": "2026-01-02T03:04:05+00:00",
+            "correlation_id": "corr-e",
+            "causation_id": ctx.command_id.to_string(),
+            "actor": "ann",
+        }])
+    );
+}

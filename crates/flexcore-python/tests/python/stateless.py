@@ -86,3 +86,25 @@ def nothing(cmd):
 @FlexCore.query_handler("contexts")
 def contexts(params):
     return CONTEXTS
+
+
+EVENTS_SEEN = []  # what the typed event handler below received
+
+
+@FlexCore.event_handler("user.created")
+def on_user_created(event: UserCreatedEvent):
+    ctx = FlexCore.context()
+    EVENTS_SEEN.append(
+        {
+            "class": type(event).__name__,
+            "created_at": event.created_at.isoformat(),
+            "correlation_id": ctx.correlation_id,
+            "causation_id": ctx.causation_id,
+            "actor": ctx.actor.sub if ctx.actor is not None else None,
+        }
+    )
+
+
+@FlexCore.query_handler("events_seen")
+def events_seen(params):
+    return EVENTS_SEEN
