@@ -777,15 +777,28 @@ async fn returned_metadata_is_added_without_overriding_the_engines() {
     assert_eq!(tagged["correlation_id"], "corr-1");
 }
 
+/// What the stateless module's query `query_type` answers with no parameters.
+async fn ask(setup: &Setup, query_type: &str) -> Value {
+    let mut queries = QueryRouter::new();
+    setup.python.register_queries(&mut queries).unwrap();
+    let query = Query {
+        query_type: query_type.into(),
+        params: json!({}),
+    };
+    queries.ask(&QueryContext::default(), &query).await.unwrap()
+}
+
 #[tokio::test]
-async fn handlers_read_the_commands_context() {
+async fn command_and_typed_event_handlers_read_their_context() {
+    use flexcore_app::security::{AuthMethod, Principal};
     let setup = stateless().await;
     let ctx = CommandContext {
+        principal: Some(Arc::new(Principal::new("ann", vec![], AuthMethod::Token))),
         correlation_id: Some("corr-9".into()),
         idempotency_key: Some("key-9".into()),
         ..CommandContext::default()
     };
-    send_with(
+    let outcome = send_with(
         &setup,
         &ctx,
         "create_user",
@@ -793,26 +806,31 @@ async fn handlers_read_the_commands_context() {
     )
     .await
     .unwrap();
-    let mut queries = QueryRouter::new();
-    setup.python.register_queries(&mut queries).unwrap();
-    let seen = queries
-        .ask(
-            &QueryContext::default(),
-            &Query {
-                query_type: "contexts".into(),
-                params: json!({}),
-            },
-        )
-        .await
-        .unwrap();
     let command_id = ctx.command_id.to_string();
     assert_eq!(
-        seen,
+        ask(&setup, "contexts").await,
         json!([{
             "command_id": command_id,
             "correlation_id": "corr-9",
             "causation_id": command_id,
             "idempotency_key": "key-9",
+        }])
+    );
+
+    // The user.created handler is annotated with the event dataclass: it gets one, and the
+    // stored event's correlation, causation and actor as its context.
+    let mut bus = EventBus::new();
+    setup.python.subscribe_events(&mut bus);
+    bus.dispatch(&stored(&setup, &outcome.stream_id).await[0])
+        .await;
+    assert_eq!(
+        ask(&setup, "events_seen").await,
+        json!([{
+            "class": "UserCreatedEvent",
+            "created_at": "2026-01-02T03:04:05+00:00",
+            "correlation_id": "corr-9",
+            "causation_id": command_id,
+            "actor": "ann",
         }])
     );
 }
@@ -864,49 +882,4 @@ async fn refusals_become_errors_of_their_kind_with_message_and_code() {
             .unwrap_err();
         assert!(!uncoded.client_message().contains('['), "{uncoded}");
     }
-}
-
-#[tokio::test]
-async fn a_typed_event_handler_gets_its_class_and_the_events_context() {
-    use flexcore_app::security::{AuthMethod, Principal};
-    let setup = stateless().await;
-    let ctx = CommandContext {
-        principal: Some(Arc::new(Principal::new("ann", vec![], AuthMethod::Token))),
-        correlation_id: Some("corr-e".into()),
-        ..CommandContext::default()
-    };
-    let outcome = send_with(
-        &setup,
-        &ctx,
-        "create_user",
-        json!({"user_id": "e1", "email": "e@x.y"}),
-    )
-    .await
-    .unwrap();
-    let mut bus = EventBus::new();
-    setup.python.subscribe_events(&mut bus);
-    bus.dispatch(&stored(&setup, &outcome.stream_id).await[0])
-        .await;
-    let mut queries = QueryRouter::new();
-    setup.python.register_queries(&mut queries).unwrap();
-    let seen = queries
-        .ask(
-            &QueryContext::default(),
-            &Query {
-                query_type: "events_seen".into(),
-                params: json!({}),
-            },
-        )
-        .await
-        .unwrap();
-    assert_eq!(
-        seen,
-        json!([{
-            "class": "UserCreatedEvent",
-            "created_at": "2026-01-02T03:04:05+00:00",
-            "correlation_id": "corr-e",
-            "causation_id": ctx.command_id.to_string(),
-            "actor": "ann",
-        }])
-    );
 }
