@@ -20,9 +20,11 @@ pub mod gateway;
 pub mod gdpr;
 mod load;
 pub mod outbox;
+pub mod plugins;
 pub mod python;
 pub mod subscriptions;
 
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -62,6 +64,9 @@ pub enum Bench {
     /// GDPR crypto-shredding: appends and reads of events with personal fields, plain and
     /// sealed, and the read cost for undeclared events.
     Gdpr(GdprArgs),
+    /// Plugin calls: one query hook served in process, by a Rust child process and by a
+    /// Python child process (the plugin protocol), calls/s and p50/p99.
+    Plugins(PluginsArgs),
 }
 
 /// Where the fresh stores of a bench live.
@@ -159,6 +164,23 @@ pub struct PythonArgs {
     /// Seconds per run.
     #[arg(long, default_value_t = 5.0)]
     pub duration: f64,
+    /// Runs and output.
+    #[command(flatten)]
+    pub run: RunArgs,
+}
+
+/// Options of `flexcore-bench plugins`.
+#[derive(Debug, Clone, Args)]
+pub struct PluginsArgs {
+    /// Concurrent callers of the throughput runs (the latency runs use one).
+    #[arg(long, default_value_t = 32)]
+    pub callers: usize,
+    /// Seconds per run.
+    #[arg(long, default_value_t = 3.0)]
+    pub duration: f64,
+    /// The `user_stats` example binary (default: `examples/user_stats` beside this binary).
+    #[arg(long)]
+    pub rust_plugin: Option<PathBuf>,
     /// Runs and output.
     #[command(flatten)]
     pub run: RunArgs,
@@ -280,6 +302,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Bench::Subscriptions(args) => subscriptions::run(&args).await,
         Bench::Outbox(args) => outbox::run(&args).await,
         Bench::Gdpr(args) => gdpr::run(&args).await,
+        Bench::Plugins(args) => plugins::run(&args).await,
     }
 }
 
