@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use flexcore_app::plugin::Hook;
 use serde_json::Value;
-use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::process::Child;
 use tokio::sync::{Notify, mpsc, oneshot, watch};
 
@@ -134,6 +134,8 @@ impl Connection {
             call_timeout: manifest.limits.call_timeout(),
         });
         tokio::spawn(write_frames(connection.clone(), stdin, receiver));
+        // Buffered: a frame's length and body, and frames that arrive together, cost one read.
+        let stdout = tokio::io::BufReader::with_capacity(64 * 1024, stdout);
         tokio::spawn(read_frames(connection.clone(), stdout, log_gate));
         tokio::spawn(own_child(connection.clone(), child));
         tokio::spawn(ping(connection.clone(), manifest.limits.health_interval()));
@@ -410,6 +412,9 @@ fn same_hooks(left: &HookTable, right: &HookTable) -> bool {
     })
 }
 
+/// The most bytes of queued frames written at once.
+const MAX_BATCH_BYTES: usize = 256 * 1024;
+
 async fn write_frames(
     connection: Arc<Connection>,
     mut stdin: impl AsyncWrite + Unpin,
@@ -421,15 +426,45 @@ async fn write_frames(
             next = frames.recv() => next,
             _ = closed.wait_for(Option::is_some) => None,
         };
-        match next {
-            Some(Outgoing::Frame(message)) => {
-                if let Err(error) = protocol::write_frame(&mut stdin, &message).await {
-                    connection.fail(format!("cannot write to the plugin: {error}"));
-                    return;
+        // Every frame already queued goes out with this one: one write, one flush.
+        let mut batch = Vec::new();
+        let mut close = false;
+        let mut outgoing = next;
+        loop {
+            match outgoing {
+                Some(Outgoing::Frame(message)) => match protocol::encode(&message) {
+                    Ok(frame) => batch.extend_from_slice(&frame),
+                    Err(error) => {
+                        connection.fail(format!("cannot encode a frame: {error}"));
+                        return;
+                    }
+                },
+                // Dropping stdin closes it: the plugin sees end of file.
+                Some(Outgoing::Close) | None => {
+                    close = true;
+                    break;
                 }
             }
-            // Dropping stdin closes it: the plugin sees end of file.
-            Some(Outgoing::Close) | None => return,
+            if batch.len() >= MAX_BATCH_BYTES {
+                break;
+            }
+            match frames.try_recv() {
+                Ok(more) => outgoing = Some(more),
+                Err(_) => break,
+            }
+        }
+        if !batch.is_empty() {
+            let written = async {
+                stdin.write_all(&batch).await?;
+                stdin.flush().await
+            };
+            if let Err(error) = written.await {
+                connection.fail(format!("cannot write to the plugin: {error}"));
+                return;
+            }
+        }
+        if close {
+            return;
         }
     }
 }

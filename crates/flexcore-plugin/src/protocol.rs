@@ -237,6 +237,11 @@ pub async fn read_frame<R: AsyncRead + Unpin>(reader: &mut R) -> Result<Option<M
 
 /// Decodes one frame's JSON into a message.
 pub fn decode(body: &[u8]) -> Result<Message> {
+    // The common case parses once, straight into the message; only a frame that does not
+    // parse is looked at again to name what is wrong with it.
+    if let Ok(message) = serde_json::from_slice::<Message>(body) {
+        return checked(message);
+    }
     let value: Value =
         serde_json::from_slice(body).map_err(|e| Violation::NotAMessage(e.to_string()))?;
     match value.get("type") {
@@ -249,6 +254,11 @@ pub fn decode(body: &[u8]) -> Result<Message> {
     }
     let message: Message =
         serde_json::from_value(value).map_err(|e| Violation::BadMessage(e.to_string()))?;
+    checked(message)
+}
+
+/// `message`, unless it breaks a rule its fields alone cannot express.
+fn checked(message: Message) -> Result<Message> {
     if let Message::Result { id, ok, error } = &message
         && ok.is_some() == error.is_some()
     {
@@ -262,19 +272,27 @@ pub fn decode(body: &[u8]) -> Result<Message> {
 
 /// Writes one frame and flushes it.
 pub async fn write_frame<W: AsyncWrite + Unpin>(writer: &mut W, message: &Message) -> Result<()> {
-    let body = serde_json::to_vec(message).map_err(|e| Violation::BadMessage(e.to_string()))?;
-    if body.len() > MAX_FRAME_BYTES {
+    writer.write_all(&encode(message)?).await?;
+    writer.flush().await?;
+    Ok(())
+}
+
+/// One frame (length and JSON) of `message`, ready to write in a single system call.
+pub fn encode(message: &Message) -> Result<Vec<u8>> {
+    let mut frame = Vec::with_capacity(256);
+    frame.extend_from_slice(&[0; 4]);
+    serde_json::to_writer(&mut frame, message).map_err(|e| Violation::BadMessage(e.to_string()))?;
+    let length = frame.len() - 4;
+    if length > MAX_FRAME_BYTES {
         return Err(Violation::FrameTooLong {
-            length: body.len(),
+            length,
             limit: MAX_FRAME_BYTES,
         }
         .into());
     }
-    let length = u32::try_from(body.len()).expect("a frame under 16 MiB fits a u32");
-    writer.write_all(&length.to_be_bytes()).await?;
-    writer.write_all(&body).await?;
-    writer.flush().await?;
-    Ok(())
+    let length = u32::try_from(length).expect("a frame under 16 MiB fits a u32");
+    frame[..4].copy_from_slice(&length.to_be_bytes());
+    Ok(frame)
 }
 
 /// The violation inside `error`, if it is one.
