@@ -157,6 +157,38 @@ impl PluginFailure {
     }
 }
 
+/// What operators see of one plugin (`GET /v1/plugins`, `flexcore plugins list`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PluginReport {
+    /// The plugin's name (for a plugin left out at discovery: its name or folder).
+    pub name: String,
+    /// The version serving or last tried (`None` when the manifest could not be used).
+    pub version: Option<String>,
+    /// `starting`, `ready`, `backoff`, `refused`, `broken`, `stopped`, or `rejected` for a
+    /// plugin left out at discovery (a bad manifest, a missing dependency, a cycle).
+    pub state: String,
+    /// How many times its process was restarted after dying.
+    pub restarts: u64,
+    /// The last failure: a crash, a refusal, a failed reload, why it was left out.
+    pub last_error: Option<String>,
+    /// Calls made to it.
+    pub calls: u64,
+    /// The 99th percentile of its last calls' durations, in milliseconds.
+    pub p99_ms: Option<f64>,
+}
+
+/// The plugins a server hosts, as the operator routes see them: the port through which the
+/// HTTP gateway lists and reloads plugins without knowing how they are hosted.
+#[async_trait]
+pub trait PluginOperations: Send + Sync {
+    /// Every plugin, in start order, then the plugins left out.
+    fn reports(&self) -> Vec<PluginReport>;
+
+    /// Swaps `name` for its current files (a new version, a changed `[config]`) without
+    /// losing a call, and reports it afterwards; an unknown name is `not_found`.
+    async fn reload(&self, name: &str) -> Result<PluginReport>;
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
