@@ -240,6 +240,26 @@ pub(crate) struct StoreReadiness {
     reason: String,
 }
 
+/// One plugin, as `GET /v1/plugins` lists it.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub(crate) struct PluginStatus {
+    /// The plugin's name (its folder's, when its manifest is unreadable).
+    name: String,
+    /// The version serving or last tried (`null` when the manifest is unusable).
+    version: Option<String>,
+    /// starting, ready, backoff, refused, broken, stopped, or rejected (left out at start).
+    state: String,
+    /// Restarts after its process died.
+    restarts: u64,
+    /// The last failure, or why it was left out.
+    last_error: Option<String>,
+    /// Calls made to it.
+    calls: u64,
+    /// The 99th percentile of its recent calls, in milliseconds.
+    p99_ms: Option<f64>,
+}
+
 /// The reasons `GET /ready` can give, straight from the handler's own list.
 fn store_not_ready_reasons() -> utoipa::openapi::Object {
     use utoipa::openapi::schema::{ObjectBuilder, Type};
@@ -277,6 +297,8 @@ fn store_not_ready_reasons() -> utoipa::openapi::Object {
         crate::operations::projection,
         crate::operations::rebuild_projection,
         crate::operations::list_subscriptions,
+        crate::operations::list_plugins,
+        crate::operations::reload_plugin,
         crate::operations::dead_letters,
         crate::operations::retry_dead_letter,
         crate::operations::skip_dead_letter,
@@ -298,7 +320,8 @@ fn store_not_ready_reasons() -> utoipa::openapi::Object {
         Problem,
         SchemaError,
         NotReady,
-        StoreReadiness
+        StoreReadiness,
+        PluginStatus
     )),
     modifiers(&SecuritySchemes),
     security(("bearer" = []), ("api_key" = []))

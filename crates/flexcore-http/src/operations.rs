@@ -1,7 +1,7 @@
 //! Operator routes: projections (status, blue-green rebuild) and durable subscriptions
 //! (status, dead letters, retry, skip). `flexcore projections …` and `flexcore subscriptions …`
 //! drive them. GDPR tools under `/v1/admin/gdpr/` (a subject's export, forget), driven by
-//! `flexcore gdpr …`.
+//! `flexcore gdpr …`. Plugins (status, hot reload), driven by `flexcore plugins …`.
 
 use std::sync::Arc;
 
@@ -12,6 +12,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use flexcore_app::durable::{DeadLetter, SubscriptionControl, SubscriptionStatus};
 use flexcore_app::gdpr::ShreddingStore;
+use flexcore_app::plugin::{PluginOperations, PluginReport};
 use flexcore_app::projection::{ProjectionStatus, ProjectionsHandle};
 use serde_json::{Value, json};
 
@@ -27,6 +28,8 @@ pub struct Operations {
     pub consumers: Arc<[SubscriptionControl]>,
     /// The crypto-shredding store, when GDPR tools are configured.
     pub gdpr: Option<Arc<ShreddingStore>>,
+    /// The hosted plugins, when a plugins folder is configured.
+    pub plugins: Option<Arc<dyn PluginOperations>>,
 }
 
 impl Operations {
@@ -34,6 +37,12 @@ impl Operations {
         self.projections
             .as_ref()
             .ok_or_else(|| ApiError::not_found("this server runs no projections"))
+    }
+
+    fn plugins(&self) -> Result<&dyn PluginOperations, ApiError> {
+        self.plugins
+            .as_deref()
+            .ok_or_else(|| ApiError::not_found("this server hosts no plugins: set plugins_dir"))
     }
 
     fn gdpr(&self) -> Result<&ShreddingStore, ApiError> {
@@ -90,6 +99,32 @@ pub(crate) async fn rebuild_projection(
         StatusCode::ACCEPTED,
         Json(json!({ "generation": generation })),
     ))
+}
+
+/// Every plugin's state: those serving, in start order, then those left out.
+#[utoipa::path(get, path = "/v1/plugins", tag = "operations",
+    responses((status = 200, description = "Each plugin's name, version, state (starting, ready, backoff, refused, broken, stopped, rejected), restarts, last_error, calls and p99_ms", body = [crate::openapi::PluginStatus]),
+        (status = 404, description = "This server hosts no plugins", body = crate::openapi::Problem, content_type = "application/problem+json")))]
+pub(crate) async fn list_plugins(
+    State(state): State<AppState>,
+) -> Result<Json<Vec<PluginReport>>, ApiError> {
+    Ok(Json(state.operations.plugins()?.reports()))
+}
+
+/// Hot-swaps a plugin for its current files: the new process takes new calls once it has
+/// handshaken, the old one finishes its calls and stops.
+#[utoipa::path(post, path = "/v1/plugins/{name}/reload", tag = "operations",
+    params(("name" = String, Path, description = "e.g. email-enricher")),
+    responses((status = 200, description = "Reloaded: the plugin's state afterwards", body = crate::openapi::PluginStatus),
+        (status = 404, description = "No such plugin, or no plugins hosted", body = crate::openapi::Problem, content_type = "application/problem+json"),
+        (status = 503, description = "The new version failed to start; the old one keeps serving", body = crate::openapi::Problem, content_type = "application/problem+json")))]
+pub(crate) async fn reload_plugin(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(name): Path<String>,
+) -> Result<Json<PluginReport>, ApiError> {
+    caller.check_admin(&state, "reload_plugin")?;
+    Ok(Json(state.operations.plugins()?.reload(&name).await?))
 }
 
 /// Every durable consumer's state.

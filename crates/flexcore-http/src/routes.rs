@@ -64,6 +64,8 @@ pub fn router(state: AppState) -> Router {
             "/v1/subscriptions/{name}/dead-letters/{position}/skip",
             post(ops::skip_dead_letter),
         )
+        .route("/v1/plugins", get(ops::list_plugins))
+        .route("/v1/plugins/{name}/reload", post(ops::reload_plugin))
         .route(
             "/v1/admin/gdpr/subjects/{subject}/events",
             get(ops::gdpr_export),

@@ -110,6 +110,7 @@ async fn parked_events_are_listed_retried_and_skipped_over_http() {
             projections: None,
             consumers: vec![control].into(),
             gdpr: None,
+            plugins: None,
         },
         gate: Default::default(),
         shutdown: flexcore_http::never_shut_down(),

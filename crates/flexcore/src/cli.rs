@@ -44,6 +44,9 @@ pub enum Command {
     /// Durable subscriptions of a running server: status, dead letters, retry, skip.
     #[command(subcommand)]
     Subscriptions(crate::operations::SubscriptionsCommand),
+    /// Plugins of a running server: status, hot reload.
+    #[command(subcommand)]
+    Plugins(crate::operations::PluginsCommand),
     /// Who changed a stream: each event's version, time, type and actor.
     Audit(crate::audit::AuditArgs),
     /// Make credentials: development JWTs, API keys.
@@ -99,6 +102,10 @@ pub struct ServeArgs {
     /// Export traces over OTLP/gRPC to this collector, e.g. http://127.0.0.1:4317 [default: off].
     #[arg(long, env = "FLEXCORE_OTLP_ENDPOINT")]
     pub otlp_endpoint: Option<String>,
+    /// A folder of plugins (one sub-folder with a plugin.toml each), served as the `plugins`
+    /// module [default: none].
+    #[arg(long, env = "FLEXCORE_PLUGINS_DIR")]
+    pub plugins_dir: Option<std::path::PathBuf>,
     /// The query cache: a redis:// URL (key prefix with ?prefix=) [default: in-process].
     #[arg(long, env = "FLEXCORE_CACHE_URL")]
     pub cache_url: Option<String>,

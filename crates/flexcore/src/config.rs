@@ -112,6 +112,8 @@ pub struct Settings {
     pub modules: Vec<String>,
     /// The files of the `python` module (`[python]` in the file).
     pub python: PythonSettings,
+    /// The folder of plugins served as the `plugins` module (`None`: no plugins).
+    pub plugins_dir: Option<std::path::PathBuf>,
     /// The query cache: `None` for the in-process cache, or a `redis://` URL.
     pub cache_url: Option<String>,
     /// Where the outbox relay publishes committed events (`amqp://`, `redis://`, `nats://`;
@@ -263,6 +265,7 @@ struct FileSettings {
     otlp_endpoint: Option<String>,
     modules: Option<Vec<String>>,
     python: Option<PythonFileSettings>,
+    plugins_dir: Option<std::path::PathBuf>,
     cache_url: Option<String>,
     outbox_url: Option<String>,
     inbound_url: Option<String>,
@@ -412,10 +415,15 @@ impl Settings {
             &["amqp://", "redis://"],
             "an amqp:// (queue) or redis:// (stream) URL to consume commands from",
         )?;
+        let plugins_dir = args
+            .plugins_dir
+            .or(file.plugins_dir)
+            .filter(|dir| !dir.as_os_str().is_empty());
         Ok(Self {
             security,
             modules,
             python,
+            plugins_dir,
             validation,
             gdpr,
             cache_url,
@@ -509,6 +517,14 @@ impl Settings {
                 ),
             ),
             ("modules", json!(self.modules)),
+            (
+                "plugins_dir",
+                json!(
+                    self.plugins_dir
+                        .as_ref()
+                        .map(|dir| dir.display().to_string())
+                ),
+            ),
             validation_limits,
             validation_schemas,
             (

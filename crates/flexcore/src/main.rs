@@ -35,6 +35,7 @@ fn main() -> ExitCode {
             Command::Subscriptions(command) => {
                 Ok(flexcore::operations::subscriptions(command).await)
             }
+            Command::Plugins(command) => Ok(flexcore::operations::plugins(command).await),
             Command::Audit(args) => Ok(flexcore::audit::audit(args).await),
             Command::Token(command) => Err(flexcore::security::run_token(command)),
             Command::Gdpr(command) => Ok(flexcore::gdpr::run(command).await),

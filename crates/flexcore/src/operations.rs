@@ -1,6 +1,6 @@
-//! `flexcore projections …` and `flexcore subscriptions …`: operator commands against a
-//! running server (its `/v1/projections` and `/v1/subscriptions` routes). Exit codes as in
-//! [`crate::client`].
+//! `flexcore projections …`, `flexcore subscriptions …` and `flexcore plugins …`: operator
+//! commands against a running server (its `/v1/projections`, `/v1/subscriptions` and
+//! `/v1/plugins` routes). Exit codes as in [`crate::client`].
 
 use std::time::Duration;
 
@@ -276,6 +276,79 @@ async fn dead_letters(command: DeadLettersCommand) -> Result<(), ClientError> {
         );
     }
     Ok(())
+}
+
+/// `flexcore plugins …`.
+#[derive(Debug, Clone, Subcommand)]
+pub enum PluginsCommand {
+    /// Show each plugin's version, state, restarts, calls, p99 and last error.
+    List {
+        #[command(flatten)]
+        #[allow(missing_docs)]
+        options: ClientOptions,
+    },
+    /// Hot-swap a plugin for its current files (a new version, a changed `[config]`): the new
+    /// process takes new calls, the old one finishes its calls and stops.
+    Reload {
+        /// The plugin, e.g. email-enricher.
+        name: String,
+        #[command(flatten)]
+        #[allow(missing_docs)]
+        options: ClientOptions,
+    },
+}
+
+/// Runs `flexcore plugins …`.
+pub async fn plugins(command: PluginsCommand) -> Result<(), ClientError> {
+    match command {
+        PluginsCommand::List { options } => {
+            let client = Client::new(&options)?;
+            let all = client
+                .call(client.http.get(client.url("/v1/plugins")))
+                .await?;
+            let all = all.as_array().cloned().unwrap_or_default();
+            if options.json {
+                for plugin in &all {
+                    println!("{plugin}");
+                }
+                return Ok(());
+            }
+            println!(
+                "{:<24} {:<10} {:<9} {:>8} {:>8} {:>9}  LAST ERROR",
+                "PLUGIN", "VERSION", "STATE", "RESTARTS", "CALLS", "P99 MS"
+            );
+            for p in &all {
+                println!(
+                    "{:<24} {:<10} {:<9} {:>8} {:>8} {:>9}  {}",
+                    show(&p["name"]),
+                    show(&p["version"]),
+                    show(&p["state"]),
+                    show(&p["restarts"]),
+                    show(&p["calls"]),
+                    p["p99_ms"]
+                        .as_f64()
+                        .map_or_else(|| "-".to_owned(), |ms| format!("{ms:.1}")),
+                    show(&p["last_error"]),
+                );
+            }
+            Ok(())
+        }
+        PluginsCommand::Reload { name, options } => {
+            let client = Client::new(&options)?;
+            let path = format!("/v1/plugins/{}/reload", encode(&name));
+            let answer = client.call(client.http.post(client.url(&path))).await?;
+            if options.json {
+                println!("{answer}");
+            } else {
+                println!(
+                    "reloaded {name}: version {}, {}",
+                    show(&answer["version"]),
+                    show(&answer["state"])
+                );
+            }
+            Ok(())
+        }
+    }
 }
 
 fn show(value: &Value) -> String {

@@ -192,6 +192,7 @@ pub async fn assemble(
             projections: Some(read_side.projections.clone()),
             consumers: consumers.into(),
             gdpr: None,
+            plugins: None,
         },
         // `flexcore_http::serve` wires the real signal.
         shutdown: flexcore_http::never_shut_down(),
@@ -280,7 +281,8 @@ pub async fn run_with(
     // Every write path (gateways, modules, the message gateway) goes through the one guard,
     // which sees events before their personal fields are encrypted.
     let store = store_layer(validation.guard(shredded));
-    let modules = crate::modules::load(&settings, Arc::clone(&store)).await?;
+    let crate::modules::Loaded { modules, plugins } =
+        crate::modules::load(&settings, Arc::clone(&store)).await?;
     crate::gdpr::declare_modules(gdpr.as_deref(), &modules)?;
     let (stopping, stopping_seen) = tokio::sync::watch::channel(false);
     // Durable consumers, the outbox relay and the inbound gateway: awaited at shutdown, so they
@@ -299,6 +301,7 @@ pub async fn run_with(
     )
     .await?;
     state.operations.gdpr = gdpr;
+    state.operations.plugins = plugins;
     let tls = security.gateway_tls();
     let connection_limits = flexcore_http::ConnectionLimits {
         max_connections: settings.max_connections,
