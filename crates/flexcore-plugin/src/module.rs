@@ -75,6 +75,18 @@ struct CompiledIn {
     calls: AtomicU64,
 }
 
+impl CompiledIn {
+    /// Not serving until [`HostedPlugin::start`] initialised it.
+    fn new(plugin: Arc<dyn Plugin>) -> Self {
+        Self {
+            plugin,
+            ready: AtomicBool::new(false),
+            last_error: Mutex::new(None),
+            calls: AtomicU64::new(0),
+        }
+    }
+}
+
 /// One plugin with its manifest.
 struct HostedPlugin {
     manifest: Manifest,
@@ -271,12 +283,7 @@ impl PluginModule {
                     Host::Process(Arc::new(Supervisor::new(manifest.clone(), options.clone())))
                 }
                 Entry::CompiledIn(id) => match catalogue(id) {
-                    Some(plugin) => Host::CompiledIn(CompiledIn {
-                        plugin,
-                        ready: AtomicBool::new(false),
-                        last_error: Mutex::new(None),
-                        calls: AtomicU64::new(0),
-                    }),
+                    Some(plugin) => Host::CompiledIn(CompiledIn::new(plugin)),
                     None => {
                         let message =
                             format!("this binary has no compiled-in plugin called '{id}'");
@@ -677,5 +684,130 @@ impl EventHandler for PluginEventHandler {
             .call(Hook::EventHandler, &event.event_type, context, data)
             .await
             .map(drop)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use flexcore_app::ErrorKind;
+    use flexcore_app::command::{CommandBus, CommandBusExt, CommandRouter};
+    use flexcore_app::repository::RetryPolicy;
+    use flexcore_app::store::InMemoryStore;
+    use std::sync::atomic::AtomicU32;
+
+    /// A command handler plugin for `bump` on `counter-<counter_id>`: it records the version
+    /// it is shown and decides one event; on its first call another writer appends first.
+    struct Bumper {
+        store: Arc<dyn EventStore>,
+        seen_versions: Mutex<Vec<Value>>,
+        calls: AtomicU32,
+    }
+
+    #[async_trait]
+    impl Plugin for Bumper {
+        fn name(&self) -> &str {
+            "bumper"
+        }
+        fn version(&self) -> String {
+            "1.0.0".into()
+        }
+        async fn initialize(&self, _config: Value) -> flexcore_app::Result<()> {
+            Ok(())
+        }
+        async fn process(&self, call: PluginCall) -> flexcore_app::Result<Value> {
+            self.seen_versions
+                .lock()
+                .unwrap()
+                .push(call.data["version"].clone());
+            if self.calls.fetch_add(1, Ordering::SeqCst) == 0 {
+                let stream = StreamId::new(call.data["stream_id"].as_str().unwrap())?;
+                self.store
+                    .append(stream, ExpectedVersion::Any, vec![bumped()])
+                    .await?;
+            }
+            Ok(json!({"events": [{"event_type": "counter.bumped", "data": {}}], "result": {}}))
+        }
+        async fn shutdown(&self) -> flexcore_app::Result<()> {
+            Ok(())
+        }
+    }
+
+    fn bumped() -> NewEvent {
+        NewEvent::new("counter.bumped", RawJson::from_value(&json!({}))).unwrap()
+    }
+
+    fn handler(store: &Arc<dyn EventStore>, creates: bool) -> (Arc<Bumper>, PluginCommandHandler) {
+        let manifest = Manifest::parse(
+            &format!(
+                "name = \"bumper\"\nversion = \"1.0.0\"\n[entry]\ncompiled_in = \"bumper\"\n\
+                 [hooks]\ncommand_handler = [\"bump\"]\n\
+                 [commands.bump]\ncategory = \"counter\"\nid_field = \"counter_id\"\ncreates = {creates}\n"
+            ),
+            Path::new("."),
+        )
+        .unwrap();
+        let bumper = Arc::new(Bumper {
+            store: Arc::clone(store),
+            seen_versions: Mutex::new(Vec::new()),
+            calls: AtomicU32::new(0),
+        });
+        let compiled = CompiledIn::new(Arc::clone(&bumper) as Arc<dyn Plugin>);
+        compiled.ready.store(true, Ordering::Release);
+        let route = manifest.commands["bump"].clone();
+        let plugin = Arc::new(HostedPlugin {
+            manifest,
+            host: Host::CompiledIn(compiled),
+        });
+        let handler = PluginCommandHandler {
+            plugin,
+            store: Arc::clone(store),
+            command_type: "bump".into(),
+            route,
+        };
+        (bumper, handler)
+    }
+
+    fn bump() -> Command {
+        Command {
+            command_type: "bump".into(),
+            payload: json!({"counter_id": "c1"}),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_lost_race_reads_the_stream_again_and_asks_the_plugin_again() {
+        let store: Arc<dyn EventStore> = Arc::new(InMemoryStore::new());
+        store
+            .append(
+                StreamId::new("counter-c1").unwrap(),
+                ExpectedVersion::NoStream,
+                vec![bumped()],
+            )
+            .await
+            .unwrap();
+        let (bumper, handler) = handler(&store, false);
+        let mut router = CommandRouter::new();
+        router.register("bump", Arc::new(handler)).unwrap();
+        let bus = router.with_retry(RetryPolicy::default());
+        let outcome = bus.send(&CommandContext::default(), &bump()).await.unwrap();
+        assert_eq!(outcome.stream_id.as_str(), "counter-c1");
+        assert_eq!(outcome.version, Some(2), "seed, the other writer, ours");
+        assert_eq!(*bumper.seen_versions.lock().unwrap(), [json!(0), json!(1)]);
+    }
+
+    #[tokio::test]
+    async fn creating_an_existing_stream_is_a_conflict_asked_once() {
+        let store: Arc<dyn EventStore> = Arc::new(InMemoryStore::new());
+        let (bumper, handler) = handler(&store, true);
+        let mut router = CommandRouter::new();
+        router.register("bump", Arc::new(handler)).unwrap();
+        let bus = router.with_retry(RetryPolicy::default());
+        let error = bus
+            .send(&CommandContext::default(), &bump())
+            .await
+            .unwrap_err();
+        assert_eq!(error.kind(), ErrorKind::Conflict);
+        assert_eq!(*bumper.seen_versions.lock().unwrap(), [Value::Null]);
     }
 }
