@@ -196,6 +196,7 @@ async fn the_library_server_runs_on_an_ephemeral_port_and_shuts_down() {
         otlp_endpoint: None,
         modules: vec!["users".into()],
         python: Default::default(),
+        plugins_dir: None,
         cache_url: None,
         outbox_url: None,
         inbound_url: None,
