@@ -64,6 +64,17 @@ impl Default for CommandContext {
     }
 }
 
+/// The metadata keys the engine writes on every event a command causes
+/// ([`CommandContext::event_metadata`]); metadata a handler adds to its events may not set them.
+pub const ENGINE_METADATA_KEYS: [&str; 6] = [
+    "correlation_id",
+    "causation_id",
+    "actor",
+    "tenant",
+    "traceparent",
+    "tracestate",
+];
+
 impl CommandContext {
     /// The metadata every event caused by this command carries.
     pub fn event_metadata(&self) -> EventMetadata {

@@ -26,7 +26,7 @@ use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use flexcore_app::command::Command;
-use flexcore_app::command::{CommandContext, CommandHandler};
+use flexcore_app::command::{CommandContext, CommandHandler, ENGINE_METADATA_KEYS};
 use flexcore_app::durable::DurableOptions;
 use flexcore_app::event_bus::EventHandler;
 use flexcore_app::intercept::CommandInterceptor;
@@ -35,7 +35,7 @@ use flexcore_app::plugin::{
     Hook, Plugin, PluginCall, PluginCallContext, PluginOperations, PluginReport,
 };
 use flexcore_app::query::{QueryContext, QueryHandler};
-use flexcore_app::store::{EventFilter, EventStore, MAX_READ_LIMIT, ReadStream, StreamWriteResult};
+use flexcore_app::store::{EventFilter, EventStore, StreamWriteResult, read_whole_stream};
 use flexcore_domain::{DomainError, EventEnvelope, ExpectedVersion, NewEvent, RawJson, StreamId};
 use serde_json::{Map, Value, json};
 
@@ -48,16 +48,6 @@ pub const MODULE_NAME: &str = "plugins";
 
 /// Finds a compiled-in plugin by the id a manifest's `[entry] compiled_in` names.
 pub type CompiledInCatalogue = dyn Fn(&str) -> Option<Arc<dyn Plugin>> + Send + Sync;
-
-/// The metadata keys the engine writes itself; a plugin's event metadata cannot set them.
-const ENGINE_METADATA: [&str; 6] = [
-    "correlation_id",
-    "causation_id",
-    "actor",
-    "tenant",
-    "traceparent",
-    "tracestate",
-];
 
 /// How a plugin runs.
 enum Host {
@@ -499,24 +489,6 @@ impl PluginCommandHandler {
         Ok(StreamId::for_aggregate(&self.route.category, id)?)
     }
 
-    async fn load_stream(
-        &self,
-        stream_id: &StreamId,
-    ) -> flexcore_app::Result<(Vec<EventEnvelope>, Option<u64>)> {
-        let mut events = Vec::new();
-        let mut request = ReadStream::forward(stream_id.clone());
-        loop {
-            let slice = self.store.read_stream(request.clone()).await?;
-            let full_page = slice.events.len() >= MAX_READ_LIMIT;
-            let next = slice.events.last().map(|event| event.stream_version + 1);
-            events.extend(slice.events);
-            if !full_page {
-                return Ok((events, slice.current_version));
-            }
-            request.from_version = next;
-        }
-    }
-
     /// The events of the plugin's answer, with the command's metadata.
     fn new_events(
         &self,
@@ -549,7 +521,7 @@ impl PluginCommandHandler {
             let mut metadata = metadata.clone();
             if let Some(Value::Object(added)) = event.get("metadata") {
                 for (key, value) in added {
-                    if !ENGINE_METADATA.contains(&key.as_str()) {
+                    if !ENGINE_METADATA_KEYS.contains(&key.as_str()) {
                         metadata.extra.insert(key.clone(), value.clone());
                     }
                 }
@@ -571,7 +543,7 @@ impl CommandHandler for PluginCommandHandler {
         let (history, version) = if self.route.creates {
             (Vec::new(), None)
         } else {
-            self.load_stream(&stream_id).await?
+            read_whole_stream(self.store.as_ref(), &stream_id).await?
         };
         let data = json!({
             "payload": payload,

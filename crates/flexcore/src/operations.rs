@@ -185,17 +185,9 @@ pub async fn projections(command: ProjectionsCommand) -> Result<(), ClientError>
 pub async fn subscriptions(command: SubscriptionsCommand) -> Result<(), ClientError> {
     match command {
         SubscriptionsCommand::List { options } => {
-            let client = Client::new(&options)?;
-            let all = client
-                .call(client.http.get(client.url("/v1/subscriptions")))
-                .await?;
-            let all = all.as_array().cloned().unwrap_or_default();
-            if options.json {
-                for s in &all {
-                    println!("{s}");
-                }
+            let Some(all) = list_for_table(&options, "/v1/subscriptions").await? else {
                 return Ok(());
-            }
+            };
             println!(
                 "{:<32} {:>12} {:>10} {:>8} {:>8}",
                 "CONSUMER", "POSITION", "LAG", "PARKED", "BLOCKED"
@@ -302,17 +294,9 @@ pub enum PluginsCommand {
 pub async fn plugins(command: PluginsCommand) -> Result<(), ClientError> {
     match command {
         PluginsCommand::List { options } => {
-            let client = Client::new(&options)?;
-            let all = client
-                .call(client.http.get(client.url("/v1/plugins")))
-                .await?;
-            let all = all.as_array().cloned().unwrap_or_default();
-            if options.json {
-                for plugin in &all {
-                    println!("{plugin}");
-                }
+            let Some(all) = list_for_table(&options, "/v1/plugins").await? else {
                 return Ok(());
-            }
+            };
             println!(
                 "{:<24} {:<10} {:<9} {:>8} {:>8} {:>9}  LAST ERROR",
                 "PLUGIN", "VERSION", "STATE", "RESTARTS", "CALLS", "P99 MS"
@@ -349,6 +333,24 @@ pub async fn plugins(command: PluginsCommand) -> Result<(), ClientError> {
             Ok(())
         }
     }
+}
+
+/// The JSON list a `GET` of `path` answers, to print as a table; with `--json` it is printed
+/// one element a line here, and `None` comes back.
+async fn list_for_table(
+    options: &ClientOptions,
+    path: &str,
+) -> Result<Option<Vec<Value>>, ClientError> {
+    let client = Client::new(options)?;
+    let all = client.call(client.http.get(client.url(path))).await?;
+    let all = all.as_array().cloned().unwrap_or_default();
+    if options.json {
+        for element in &all {
+            println!("{element}");
+        }
+        return Ok(None);
+    }
+    Ok(Some(all))
 }
 
 fn show(value: &Value) -> String {

@@ -157,6 +157,26 @@ async fn ready_plugins(server: &Server) -> Value {
     }
 }
 
+/// `create_user` with `email`: the status and the answer.
+async fn create_user(server: &Server, email: &str) -> (u16, Value) {
+    server
+        .post_json(
+            "/v1/commands/create_user",
+            &json!({"email": email, "profile": {"name": "Ann"}}),
+        )
+        .await
+}
+
+/// The plugin called `name` in a `GET /v1/plugins` answer.
+fn named<'a>(listed: &'a Value, name: &str) -> &'a Value {
+    listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == name)
+        .unwrap_or_else(|| panic!("no plugin {name} in {listed}"))
+}
+
 fn outbox_lines(outbox: &Path) -> Vec<Value> {
     std::fs::read_to_string(outbox)
         .unwrap_or_default()
@@ -246,12 +266,7 @@ async fn plugins_serve_through_the_engine_and_die_with_it() {
             "welcome-mailer"
         ]
     );
-    let absent = listed
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|p| p["name"] == "needs-absent")
-        .unwrap();
+    let absent = named(&listed, "needs-absent");
     assert_eq!(absent["state"], "rejected");
     assert!(
         absent["last_error"]
@@ -266,12 +281,7 @@ async fn plugins_serve_through_the_engine_and_die_with_it() {
     );
 
     // before_command (Python): the stored address is trimmed and lower-cased.
-    let (status, created) = server
-        .post_json(
-            "/v1/commands/create_user",
-            &json!({"email": " Ann@Example.COM ", "profile": {"name": "Ann"}}),
-        )
-        .await;
+    let (status, created) = create_user(&server, " Ann@Example.COM ").await;
     assert_eq!(status, 200, "{created}");
     let stream_id = created["stream_id"].as_str().unwrap().to_owned();
     let stream = server.get_json(&format!("/v1/streams/{stream_id}")).await;
@@ -282,12 +292,7 @@ async fn plugins_serve_through_the_engine_and_die_with_it() {
         .as_array()
         .unwrap()
         .len();
-    let (status, refused) = server
-        .post_json(
-            "/v1/commands/create_user",
-            &json!({"email": "bob@mailinator.com", "profile": {}}),
-        )
-        .await;
+    let (status, refused) = create_user(&server, "bob@mailinator.com").await;
     assert_eq!(status, 422, "{refused}");
     assert_eq!(refused["errors"][0]["path"], "/email", "{refused}");
     let after = server.get_json("/v1/events?type_prefix=user.").await["events"]
@@ -413,19 +418,9 @@ async fn plugins_serve_through_the_engine_and_die_with_it() {
     let load_users = sent.load(Ordering::Relaxed);
     assert!(load_users > 0);
     let listed = server.get_json("/v1/plugins").await;
-    let enricher = listed
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|p| p["name"] == "email-enricher")
-        .unwrap();
+    let enricher = named(&listed, "email-enricher");
     assert_eq!(enricher["version"], "1.3.0");
-    let (status, refused) = server
-        .post_json(
-            "/v1/commands/create_user",
-            &json!({"email": "dee@blocked.test", "profile": {}}),
-        )
-        .await;
+    let (status, refused) = create_user(&server, "dee@blocked.test").await;
     assert_eq!(status, 422, "the new blocklist serves: {refused}");
 
     // Exactly one mail per user, also across a restart.
@@ -434,12 +429,7 @@ async fn plugins_serve_through_the_engine_and_die_with_it() {
     assert!(server.terminate().await.success());
     let server = start(root.path(), &plugins).await;
     ready_plugins(&server).await;
-    let (status, created) = server
-        .post_json(
-            "/v1/commands/create_user",
-            &json!({"email": "cy@example.io", "profile": {}}),
-        )
-        .await;
+    let (status, created) = create_user(&server, "cy@example.io").await;
     assert_eq!(status, 200, "{created}");
     let mails = wait_for_mails(&outbox, users + 1).await;
     let mut event_ids: Vec<&str> = mails

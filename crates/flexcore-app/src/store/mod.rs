@@ -260,6 +260,26 @@ pub trait EventStore: EventAppender + EventReader + SnapshotStore + StreamAdmin 
 
 impl<T: EventAppender + EventReader + SnapshotStore + StreamAdmin> EventStore for T {}
 
+/// Every event of `stream_id`, oldest first (read page by page), and the stream's version
+/// (`None` when it does not exist): what a handler that decides from a whole stream reads.
+pub async fn read_whole_stream<R: EventReader + ?Sized>(
+    reader: &R,
+    stream_id: &StreamId,
+) -> Result<(Vec<EventEnvelope>, Option<u64>)> {
+    let mut events = Vec::new();
+    let mut request = ReadStream::forward(stream_id.clone());
+    loop {
+        let slice = reader.read_stream(request.clone()).await?;
+        let full_page = slice.events.len() >= MAX_READ_LIMIT;
+        let next = slice.events.last().map(|event| event.stream_version + 1);
+        events.extend(slice.events);
+        if !full_page {
+            return Ok((events, slice.current_version));
+        }
+        request.from_version = next;
+    }
+}
+
 /// Clamps a requested page size to `1..=MAX_READ_LIMIT`.
 pub fn clamp_limit(limit: usize) -> usize {
     limit.clamp(1, MAX_READ_LIMIT)
