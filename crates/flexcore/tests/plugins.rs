@@ -454,3 +454,102 @@ async fn plugins_serve_through_the_engine_and_die_with_it() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+const SECRET: &str = "a test secret of at least 32 bytes, for plugins";
+
+const ROLES: &str = r#"
+[roles.writer]
+commands = ["*"]
+streams_read = ["user-*"]
+
+[roles.ops]
+admin = true
+"#;
+
+fn guard_manifest(max_depth: u32) -> String {
+    format!(
+        "name = \"payload-guard\"\nversion = \"1.0.0\"\n\n[entry]\ncompiled_in = \"payload-guard\"\n\n\
+         [hooks]\nbefore_command = [\"create_user\"]\n\n[config]\nmax_depth = {max_depth}\n"
+    )
+}
+
+/// `POST {path}` with `body` as the holder of `token`: the status and the answer.
+async fn post_as(server: &Server, token: &str, path: &str, body: &Value) -> (u16, Value) {
+    let answer = reqwest::Client::new()
+        .post(format!("{}{path}", server.base))
+        .bearer_auth(token)
+        .json(body)
+        .send()
+        .await
+        .unwrap();
+    (answer.status().as_u16(), answer.json().await.unwrap())
+}
+
+#[tokio::test]
+async fn a_compiled_in_plugin_serves_alone_and_only_an_admin_reloads_it() {
+    let root = tempfile::tempdir().unwrap();
+    let plugins = root.path().join("plugins");
+    std::fs::create_dir_all(plugins.join("payload-guard")).unwrap();
+    let manifest = plugins.join("payload-guard/plugin.toml");
+    std::fs::write(&manifest, guard_manifest(2)).unwrap();
+    let plugins_dir = plugins.display().to_string();
+    let server = Server::start_secured(
+        root.path(),
+        SECRET,
+        ROLES,
+        &[
+            ("FLEXCORE_PLUGINS_DIR", plugins_dir.as_str()),
+            ("FLEXCORE_MODULES", "users"),
+        ],
+    )
+    .await;
+    let writer = common::mint(SECRET, "ann", "writer", &[]);
+    let ops = common::mint(SECRET, "olga", "ops", &[]);
+
+    let (status, created) = post_as(
+        &server,
+        &writer,
+        "/v1/commands/create_user",
+        &json!({"email": "zed@example.com", "profile": {"name": "  Zed "}}),
+    )
+    .await;
+    assert_eq!(status, 200, "{created}");
+    let stream = reqwest::Client::new()
+        .get(format!(
+            "{}/v1/streams/{}",
+            server.base,
+            created["stream_id"].as_str().unwrap()
+        ))
+        .bearer_auth(&writer)
+        .send()
+        .await
+        .unwrap()
+        .json::<Value>()
+        .await
+        .unwrap();
+    assert_eq!(
+        stream["events"][0]["data"]["profile"]["name"], "Zed",
+        "{stream}"
+    );
+
+    let nested = json!({"email": "deep@example.com", "profile": {"a": {"b": 1}}});
+    let (status, refused) = post_as(&server, &writer, "/v1/commands/create_user", &nested).await;
+    assert_eq!(status, 422, "{refused}");
+    assert_eq!(refused["errors"][0]["path"], "/profile/a", "{refused}");
+
+    let health = server.get_json("/health").await;
+    assert_eq!(health["plugins"]["payload-guard"], "ready", "{health}");
+
+    // A reload re-reads [config]; it needs the admin permission.
+    std::fs::write(&manifest, guard_manifest(3)).unwrap();
+    let reload = "/v1/plugins/payload-guard/reload";
+    let (status, denied) = post_as(&server, &writer, reload, &Value::Null).await;
+    assert_eq!(status, 403, "{denied}");
+    let (status, unknown) = post_as(&server, &ops, "/v1/plugins/nope/reload", &Value::Null).await;
+    assert_eq!(status, 404, "{unknown}");
+    let (status, reloaded) = post_as(&server, &ops, reload, &Value::Null).await;
+    assert_eq!(status, 200, "{reloaded}");
+    assert_eq!(reloaded["state"], "ready", "{reloaded}");
+    let (status, created) = post_as(&server, &writer, "/v1/commands/create_user", &nested).await;
+    assert_eq!(status, 200, "the new max_depth serves: {created}");
+}
