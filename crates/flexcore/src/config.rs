@@ -415,10 +415,7 @@ impl Settings {
             &["amqp://", "redis://"],
             "an amqp:// (queue) or redis:// (stream) URL to consume commands from",
         )?;
-        let plugins_dir = args
-            .plugins_dir
-            .or(file.plugins_dir)
-            .filter(|dir| !dir.as_os_str().is_empty());
+        let plugins_dir = plugins_dir(args.plugins_dir, file.plugins_dir, file_dir.as_deref());
         Ok(Self {
             security,
             modules,
@@ -447,6 +444,25 @@ impl Settings {
             header_read_timeout_ms,
         })
     }
+}
+
+/// The plugins folder, absolute: flag/variable (relative to the working directory) > file
+/// (relative to the config file's directory); empty means none.
+fn plugins_dir(
+    flag: Option<PathBuf>,
+    file: Option<PathBuf>,
+    file_dir: Option<&Path>,
+) -> Option<PathBuf> {
+    let dir = match (flag, file, file_dir) {
+        (Some(dir), _, _) => dir,
+        (None, Some(dir), Some(base)) if dir.is_relative() => base.join(dir),
+        (None, Some(dir), _) => dir,
+        (None, None, _) => return None,
+    };
+    if dir.as_os_str().is_empty() {
+        return None;
+    }
+    Some(std::path::absolute(&dir).unwrap_or(dir))
 }
 
 /// An optional URL setting that must start with one of `schemes`.
@@ -765,6 +781,33 @@ mod tests {
         let again = Settings::resolve(args).unwrap();
         assert_eq!(again.log, "debug");
         assert_eq!(again.http_addr, settings.http_addr);
+    }
+
+    #[test]
+    fn the_plugins_dir_is_relative_to_the_config_file_and_shown() {
+        let (dir, args) = with_file("plugins_dir = \"plugins\"\n");
+        let settings = Settings::resolve(args.clone()).unwrap();
+        let expected = std::path::absolute(dir.path().join("plugins")).unwrap();
+        assert_eq!(settings.plugins_dir.as_deref(), Some(expected.as_path()));
+        assert!(
+            settings.to_toml().contains(&format!(
+                "plugins_dir = {:?}",
+                expected.display().to_string()
+            )),
+            "{}",
+            settings.to_toml()
+        );
+        let flagged = Settings::resolve(ServeArgs {
+            plugins_dir: Some(PathBuf::from("/srv/plugins")),
+            ..args
+        })
+        .unwrap();
+        assert_eq!(
+            flagged.plugins_dir.as_deref(),
+            Some(Path::new("/srv/plugins"))
+        );
+        let (_dir, args) = with_file("log = \"info\"\n");
+        assert_eq!(Settings::resolve(args).unwrap().plugins_dir, None);
     }
 
     #[test]
