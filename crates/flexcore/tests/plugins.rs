@@ -473,18 +473,6 @@ fn guard_manifest(max_depth: u32) -> String {
     )
 }
 
-/// `POST {path}` with `body` as the holder of `token`: the status and the answer.
-async fn post_as(server: &Server, token: &str, path: &str, body: &Value) -> (u16, Value) {
-    let answer = reqwest::Client::new()
-        .post(format!("{}{path}", server.base))
-        .bearer_auth(token)
-        .json(body)
-        .send()
-        .await
-        .unwrap();
-    (answer.status().as_u16(), answer.json().await.unwrap())
-}
-
 #[tokio::test]
 async fn a_compiled_in_plugin_serves_alone_and_only_an_admin_reloads_it() {
     let root = tempfile::tempdir().unwrap();
@@ -506,34 +494,25 @@ async fn a_compiled_in_plugin_serves_alone_and_only_an_admin_reloads_it() {
     let writer = common::mint(SECRET, "ann", "writer", &[]);
     let ops = common::mint(SECRET, "olga", "ops", &[]);
 
-    let (status, created) = post_as(
-        &server,
-        &writer,
-        "/v1/commands/create_user",
-        &json!({"email": "zed@example.com", "profile": {"name": "  Zed "}}),
-    )
-    .await;
+    let (status, created) = server
+        .post_json_as(
+            &writer,
+            "/v1/commands/create_user",
+            &json!({"email": "zed@example.com", "profile": {"name": "  Zed "}}),
+        )
+        .await;
     assert_eq!(status, 200, "{created}");
-    let stream = reqwest::Client::new()
-        .get(format!(
-            "{}/v1/streams/{}",
-            server.base,
-            created["stream_id"].as_str().unwrap()
-        ))
-        .bearer_auth(&writer)
-        .send()
-        .await
-        .unwrap()
-        .json::<Value>()
-        .await
-        .unwrap();
+    let stream_path = format!("/v1/streams/{}", created["stream_id"].as_str().unwrap());
+    let stream = server.get_json_as(&writer, &stream_path).await;
     assert_eq!(
         stream["events"][0]["data"]["profile"]["name"], "Zed",
         "{stream}"
     );
 
     let nested = json!({"email": "deep@example.com", "profile": {"a": {"b": 1}}});
-    let (status, refused) = post_as(&server, &writer, "/v1/commands/create_user", &nested).await;
+    let (status, refused) = server
+        .post_json_as(&writer, "/v1/commands/create_user", &nested)
+        .await;
     assert_eq!(status, 422, "{refused}");
     assert_eq!(refused["errors"][0]["path"], "/profile/a", "{refused}");
 
@@ -543,13 +522,17 @@ async fn a_compiled_in_plugin_serves_alone_and_only_an_admin_reloads_it() {
     // A reload re-reads [config]; it needs the admin permission.
     std::fs::write(&manifest, guard_manifest(3)).unwrap();
     let reload = "/v1/plugins/payload-guard/reload";
-    let (status, denied) = post_as(&server, &writer, reload, &Value::Null).await;
+    let (status, denied) = server.post_json_as(&writer, reload, &Value::Null).await;
     assert_eq!(status, 403, "{denied}");
-    let (status, unknown) = post_as(&server, &ops, "/v1/plugins/nope/reload", &Value::Null).await;
+    let (status, unknown) = server
+        .post_json_as(&ops, "/v1/plugins/nope/reload", &Value::Null)
+        .await;
     assert_eq!(status, 404, "{unknown}");
-    let (status, reloaded) = post_as(&server, &ops, reload, &Value::Null).await;
+    let (status, reloaded) = server.post_json_as(&ops, reload, &Value::Null).await;
     assert_eq!(status, 200, "{reloaded}");
     assert_eq!(reloaded["state"], "ready", "{reloaded}");
-    let (status, created) = post_as(&server, &writer, "/v1/commands/create_user", &nested).await;
+    let (status, created) = server
+        .post_json_as(&writer, "/v1/commands/create_user", &nested)
+        .await;
     assert_eq!(status, 200, "the new max_depth serves: {created}");
 }

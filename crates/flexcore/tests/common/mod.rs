@@ -169,6 +169,46 @@ impl Server {
     }
 }
 
+impl Server {
+    /// `GET {base}{path}` as the holder of `token`: its JSON body.
+    #[allow(dead_code)]
+    pub async fn get_json_as(&self, token: &str, path: &str) -> serde_json::Value {
+        self.request_as(token, reqwest::Method::GET, path, None)
+            .await
+            .1
+    }
+
+    /// `POST {base}{path}` with a JSON body as the holder of `token`: the status and answer.
+    #[allow(dead_code)]
+    pub async fn post_json_as(
+        &self,
+        token: &str,
+        path: &str,
+        body: &serde_json::Value,
+    ) -> (u16, serde_json::Value) {
+        self.request_as(token, reqwest::Method::POST, path, Some(body))
+            .await
+    }
+
+    #[allow(dead_code)]
+    async fn request_as(
+        &self,
+        token: &str,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<&serde_json::Value>,
+    ) -> (u16, serde_json::Value) {
+        let mut request = reqwest::Client::new()
+            .request(method, format!("{}{path}", self.base))
+            .bearer_auth(token);
+        if let Some(body) = body {
+            request = request.json(body);
+        }
+        let answer = request.send().await.unwrap();
+        (answer.status().as_u16(), answer.json().await.unwrap())
+    }
+}
+
 impl Drop for Server {
     fn drop(&mut self) {
         let _ = self.child.kill();
