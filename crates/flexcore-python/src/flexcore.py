@@ -8,7 +8,10 @@ What crosses the bridge, in short (``docs/python.md`` has the full rules):
 * A command handler returns events: an ``Event``, a dict ``{"type", "data"}``, or an instance
   of a dataclass, a ``NamedTuple`` or a pydantic model (its *event type* comes from
   ``@FlexCore.event(...)``, an ``event_type`` class attribute, or the class name:
-  ``UserCreatedEvent`` → ``user.created``), one or a list; or an ``Append`` naming the stream.
+  ``UserCreatedEvent`` → ``user.created``), one or a list; or ``Append``s naming streams and
+  their expected versions, committed together in one atomic append.
+* ``FlexCore.read_stream(stream_id)`` reads any stream inside a command handler; the version
+  it saw becomes the expectation of an ``Append`` to that stream.
 * Event data is marshalled to JSON predictably (see ``marshal``).
 * ``ValidationError`` → 422, ``ConflictError`` → 409, ``NotFoundError`` → 404, ``Forbidden`` →
   403, each with the handler's message and an optional stable ``code``.
@@ -40,6 +43,7 @@ __all__ = [
     "Forbidden",
     "Event",
     "Append",
+    "Stream",
     "Context",
     "Record",
     "event_type_of",
@@ -205,24 +209,30 @@ def _stored_event(raw):
 
 
 class Append:
-    """What a stateless command handler returns to name the stream itself.
+    """Events for a stream the command handler names, with the version it expects that stream at.
 
-    ``Append("user-42", [UserCreated(...)], expected=Append.NO_STREAM)`` appends the events to
-    stream ``user-42`` if it does not exist yet (otherwise the client gets 409). ``expected``
-    is ``Append.ANY`` (the default: no check), ``Append.NO_STREAM``, ``Append.STREAM_EXISTS``
-    or a version number (the stream's last event must have exactly that version; the first
-    event has version 0). Without an ``Append`` the engine picks the stream from the events
-    (see ``FlexCore.command_handler``). One command appends to one stream for now.
+    ``Append("email-ann@example.com", [EmailReserved(...)], expected=Append.NO_STREAM)``
+    appends the events to that stream if it does not exist yet. ``expected`` is
+    ``Append.ANY`` (no check), ``Append.NO_STREAM``, ``Append.STREAM_EXISTS`` or a version
+    number (the stream's last event must have exactly that version; the first event has
+    version 0). Left out, it is the version ``FlexCore.read_stream`` saw of that stream during
+    this run of the handler (``NO_STREAM`` if the stream did not exist), or ``ANY`` if the
+    handler did not read it.
+
+    A handler may return several ``Append``s (and, with an aggregate, its own events beside
+    them): the engine commits them all in one atomic append, or nothing when any expectation
+    fails. An ``Append`` with no events asserts its expectation only. Without an ``Append``
+    the engine picks the stream from the events (see ``FlexCore.command_handler``).
     """
 
     ANY = "any"
     NO_STREAM = "no_stream"
     STREAM_EXISTS = "stream_exists"
 
-    def __init__(self, stream_id, events, expected=ANY):
+    def __init__(self, stream_id, events, expected=None):
         if not isinstance(stream_id, str) or not stream_id:
             raise _InvalidReturn(f"Append needs a stream id string; got {_describe(stream_id)}")
-        if expected not in (Append.ANY, Append.NO_STREAM, Append.STREAM_EXISTS) and not (
+        if expected not in (None, Append.ANY, Append.NO_STREAM, Append.STREAM_EXISTS) and not (
             isinstance(expected, int) and not isinstance(expected, bool) and expected >= 0
         ):
             raise _InvalidReturn(
@@ -235,6 +245,29 @@ class Append:
 
     def __repr__(self):
         return f"Append({self.stream_id!r}, {len(self.events)} events, expected={self.expected!r})"
+
+
+class Stream:
+    """One stream as ``FlexCore.read_stream`` found it.
+
+    ``stream_id``; ``events``, oldest first (each an ``Event`` with Record data, or an instance
+    of an event class the caller asked for); ``version``, the version of the last event, or
+    ``None`` when the stream does not exist; ``exists``.
+    """
+
+    __slots__ = ("stream_id", "events", "version")
+
+    def __init__(self, stream_id, events, version):
+        self.stream_id = stream_id
+        self.events = events
+        self.version = version
+
+    @property
+    def exists(self):
+        return self.version is not None
+
+    def __repr__(self):
+        return f"Stream({self.stream_id!r}, {len(self.events)} events, version={self.version!r})"
 
 
 class Context:
@@ -668,7 +701,33 @@ class FlexCore:
     @staticmethod
     def context():
         """The ``Context`` of the running handler (see ``Context``); ``None`` outside one."""
-        return _context
+        return _running.context
+
+    @staticmethod
+    def read_stream(stream_id, *event_classes):
+        """Reads a whole stream inside a command handler: a ``Stream`` with its events and version.
+
+        Events whose type is that of one of ``event_classes`` (dataclasses, NamedTuples or
+        pydantic models: see ``event_type_of``) arrive as instances of that class, the others
+        as ``Event`` with Record data. The version seen (the first read of the stream in this
+        run of the handler) becomes the default expectation of an ``Append`` to the stream,
+        and a handler that read a stream is re-run when its append meets a conflict. Outside
+        a command handler it raises ``RuntimeError``.
+        """
+        reader = _running.reader
+        if reader is None:
+            raise RuntimeError("FlexCore.read_stream can only be called while a command handler runs")
+        if not isinstance(stream_id, str) or not stream_id:
+            raise ValueError(f"read_stream needs a stream id string; got {_describe(stream_id)}")
+        classes = {}
+        for cls in event_classes:
+            if not _is_typed_class(cls):
+                raise TypeError(f"{cls!r} is not an event class (a dataclass, NamedTuple or pydantic model)")
+            classes[event_type_of(cls)] = cls
+        found = json.loads(reader(stream_id))
+        version = found["version"]
+        _running.reads.setdefault(stream_id, Append.NO_STREAM if version is None else version)
+        return Stream(stream_id, [_read_event(raw, classes) for raw in found["events"]], version)
 
     @staticmethod
     def command_handler(command_type, aggregate=None, creates=False):
@@ -688,7 +747,9 @@ class FlexCore:
         append expects the version the state was built from (a lost race is retried). With
         ``creates=True`` the command makes a new aggregate: the engine assigns its id (a
         UUIDv7, readable as ``cmd.<id_field>``; a client may not send that field), the handler
-        sees a fresh state, and the append expects the stream not to exist.
+        sees a fresh state, and the append expects the stream not to exist. Such a handler
+        may also return ``Append``s to other streams beside its events (a list mixing both):
+        everything is committed in one atomic append.
 
         Without ``aggregate`` the handler is *stateless* (the seed's form): the engine picks
         the stream from the events. The first segment of the first event's type is the
@@ -696,7 +757,7 @@ class FlexCore:
         ``user_id="42"`` goes to ``user-42``; with no such field, to ``<category>-<a fresh
         UUIDv7>``. Every event of one command must land in that stream. The append has no
         version check (``Append.ANY``); return ``Append(stream_id, events, expected=...)``
-        to name the stream and the expectation yourself.
+        (one or several) to name the streams and their expectations yourself.
         """
 
         def register(func):
@@ -783,7 +844,16 @@ def _load(paths):
         _loading = None
 
 
-_context = None
+class _RunningState(threading.local):
+    """What the handler running on this thread may ask for. Per thread: each engine runtime
+    has its own Python thread, and one may run while another waits for a stream read."""
+
+    context = None  # its Context
+    reader = None  # the engine's stream reader, while a command handler runs
+    reads = None  # stream id -> the expectation its first read in this run implies
+
+
+_running = _RunningState()
 
 
 def principal():
@@ -793,7 +863,8 @@ def principal():
     ``None``). Events the command returns carry it as ``metadata.actor`` without the handler's
     help.
     """
-    return None if _context is None else _context.principal
+    context = _running.context
+    return None if context is None else context.principal
 
 
 class _Running:
@@ -803,12 +874,10 @@ class _Running:
         self.context = context
 
     def __enter__(self):
-        global _context
-        _context = self.context
+        _running.context = self.context
 
     def __exit__(self, *exc):
-        global _context
-        _context = None
+        _running.context = None
         return False
 
 
@@ -834,12 +903,31 @@ def _event_context(raw):
     )
 
 
-def _run_command(registry, command_type, payload_json, events_json, context_json=None):
+def _run_command(registry, command_type, payload_json, events_json, context_json=None, reader=None):
     """Runs a command handler; returns ``[(stream id or None, expected or None, events)]`` with
     each event ``(type, data JSON, extra metadata JSON or None)``. A stream of None is the
-    aggregate's (or, stateless, the one the events name)."""
-    with _Running(_caller_context(context_json)):
-        return _decide(registry, command_type, payload_json, events_json)
+    aggregate's (or, stateless, the one the events name), its expected None.
+
+    ``reader(stream_id)`` is the engine's: the JSON ``{"events": [...], "version": ...}`` of a
+    stream, for ``FlexCore.read_stream``."""
+    _running.reader, _running.reads = reader, {}
+    try:
+        with _Running(_caller_context(context_json)):
+            return _decide(registry, command_type, payload_json, events_json)
+    finally:
+        _running.reader, _running.reads = None, None
+
+
+def _read_event(raw, classes):
+    """A stored event read by ``FlexCore.read_stream``: an instance of its class if asked for."""
+    cls = classes.get(raw["event_type"])
+    if cls is None:
+        return _stored_event(raw)
+
+    def refuse(path, message):
+        raise ValueError(f"stored event {raw['event_id']} ('{raw['event_type']}') does not fit {cls.__name__}: {message}")
+
+    return _build(cls, raw["data"], "data.", refuse)
 
 
 def _decide(registry, command_type, payload_json, events_json):
@@ -864,12 +952,11 @@ def _decide(registry, command_type, payload_json, events_json):
     out = []
     for item in appends:
         if isinstance(item, Append):
-            if handler.aggregate is not None:
-                raise _InvalidReturn(
-                    "a handler with an aggregate writes to the aggregate's stream; return events, not an Append"
-                )
             events = [_event_parts(e, name) for e in item.events]
-            out.append((item.stream_id, item.expected, events))
+            expected = item.expected
+            if expected is None:
+                expected = _running.reads.get(item.stream_id, Append.ANY)
+            out.append((item.stream_id, expected, events))
         elif _is_event_list(item):
             out.append((None, None, [_event_parts(e, name) for e in item]))
         else:

@@ -7,9 +7,9 @@ use async_trait::async_trait;
 use flexcore_app::command::{CommandContext, CommandHandler};
 use flexcore_app::event_bus::EventHandler;
 use flexcore_app::query::{QueryContext, QueryHandler};
-use flexcore_app::repository::{RetryPolicy, retry_on_conflict};
+use flexcore_app::repository::RetryPolicy;
 use flexcore_app::security::Principal;
-use flexcore_app::store::{EventStore, MAX_READ_LIMIT, ReadStream, StreamWriteResult};
+use flexcore_app::store::{EventStore, StreamWrite, StreamWriteResult};
 use flexcore_app::{Error, Result};
 use flexcore_domain::{EventEnvelope, ExpectedVersion, NewEvent, RawJson, StreamId};
 use pyo3::prelude::*;
@@ -19,6 +19,7 @@ use uuid::Uuid;
 
 use crate::CommandRoute;
 use crate::failure::Failure;
+use crate::reads::{StreamReads, read_whole_stream};
 use crate::worker::{Ctx, Worker};
 
 pub(crate) struct PythonCommandHandler {
@@ -40,109 +41,179 @@ impl PythonCommandHandler {
         Ok(StreamId::for_aggregate(&self.route.category, id)?)
     }
 
-    async fn load_stream(&self, stream_id: &StreamId) -> Result<(Vec<EventEnvelope>, Option<u64>)> {
-        let mut events = Vec::new();
-        let mut request = ReadStream::forward(stream_id.clone());
-        loop {
-            let slice = self.store.read_stream(request.clone()).await?;
-            let full_page = slice.events.len() >= MAX_READ_LIMIT;
-            let next = slice.events.last().map(|e| e.stream_version + 1);
-            events.extend(slice.events);
-            if !full_page {
-                return Ok((events, slice.current_version));
-            }
-            request.from_version = next;
+    /// The payload the handler sees and its aggregate's stream (`None`: stateless). A command
+    /// that creates its aggregate gets a fresh UUIDv7 in `id_field`, assigned once, so that a
+    /// re-run after a conflict creates the same aggregate.
+    fn target(&self, payload: &Value) -> Result<(Value, Option<StreamId>)> {
+        if self.route.stateless {
+            return Ok((payload.clone(), None));
         }
+        let mut payload = payload.clone();
+        if self.route.creates {
+            let field = &self.route.id_field;
+            let fields = payload
+                .as_object_mut()
+                .ok_or_else(|| Error::validation("the command must be a JSON object"))?;
+            if fields.contains_key(field) {
+                return Err(Error::validation(format!(
+                    "{field} is assigned by the server; do not send it"
+                )));
+            }
+            fields.insert(field.clone(), Value::String(Uuid::now_v7().to_string()));
+        }
+        let stream_id = self.stream_id(&payload)?;
+        Ok((payload, Some(stream_id)))
     }
 
-    /// Loads the stream (unless the command creates it), runs the handler, appends.
+    /// One run: load the aggregate's stream (unless the command creates it), run the handler,
+    /// commit what it returned in one atomic append. Also says whether the decision rested on
+    /// reads (the aggregate's state or `FlexCore.read_stream`), which makes a conflict worth a
+    /// re-run.
     async fn attempt(
         &self,
         ctx: &CommandContext,
         payload: &Value,
-        stream_id: &StreamId,
-    ) -> Result<StreamWriteResult> {
-        let (history, version) = if self.route.creates {
-            ("[]".to_owned(), None)
-        } else {
-            let (history, version) = self.load_stream(stream_id).await?;
-            let history = serde_json::to_string(&history)
-                .map_err(|e| Error::internal(format!("cannot encode events for python: {e}")))?;
-            (history, version)
-        };
-        let decided = self.decide(ctx, payload, history).await?;
-        let Some(decided) = decided else {
-            return Ok(StreamWriteResult {
-                stream_id: stream_id.clone(),
-                current_version: version,
-                events: Vec::new(),
-            });
-        };
-        if decided.stream.is_some() || decided.expected.is_some() {
-            return Err(self.invalid(
-                "a handler with an aggregate writes to the aggregate's stream; return events, not an Append".into(),
-            ));
-        }
-        let events = self.new_events(ctx, decided.events)?;
-        self.store
-            .append(
-                stream_id.clone(),
-                ExpectedVersion::from_current(version),
-                events,
-            )
-            .await
+        own: Option<&StreamId>,
+    ) -> (Result<StreamWriteResult>, bool) {
+        let loads_state = own.is_some() && !self.route.creates;
+        let reads = StreamReads::new(self.store.clone());
+        let outcome = self.decide_and_append(ctx, payload, own, &reads).await;
+        (outcome, loads_state || reads.read_any())
     }
 
-    /// Runs a stateless handler (no aggregate) and appends what it returned where it says, or
-    /// where [`stream_by_rule`] puts it, with no version check unless an `Append` asks for one.
-    async fn attempt_stateless(
+    async fn decide_and_append(
         &self,
         ctx: &CommandContext,
         payload: &Value,
+        own: Option<&StreamId>,
+        reads: &Arc<StreamReads>,
     ) -> Result<StreamWriteResult> {
-        let decided = self.decide(ctx, payload, "[]".to_owned()).await?;
-        let Some(decided) = decided else {
-            // Nothing happened, so no stream was touched: report the command's own id.
-            let stream_id = StreamId::new(format!("command-{}", ctx.command_id))?;
+        let (history, version) = match own {
+            Some(stream_id) if !self.route.creates => {
+                let (history, version) = read_whole_stream(self.store.as_ref(), stream_id).await?;
+                let history = serde_json::to_string(&history).map_err(|e| {
+                    Error::internal(format!("cannot encode events for python: {e}"))
+                })?;
+                (history, version)
+            }
+            _ => ("[]".to_owned(), None),
+        };
+        let decided = self.decide(ctx, payload, history, reads).await?;
+        let writes = self.writes(ctx, own.map(|stream_id| (stream_id, version)), decided)?;
+        if writes.is_empty() {
+            // Nothing happened: report the aggregate's stream as it is, or, stateless, the
+            // command's own id.
+            let stream_id = match own {
+                Some(stream_id) => stream_id.clone(),
+                None => StreamId::new(format!("command-{}", ctx.command_id))?,
+            };
             return Ok(StreamWriteResult {
                 stream_id,
-                current_version: None,
+                current_version: version,
                 events: Vec::new(),
             });
-        };
-        let stream_id = match &decided.stream {
-            Some(named) => StreamId::new(named.clone())
-                .map_err(|e| self.invalid(format!("Append names an invalid stream: {e}")))?,
-            None => stream_by_rule(&decided.events).map_err(|problem| self.invalid(problem))?,
-        };
-        let expected = decided.expected.unwrap_or(ExpectedVersion::Any);
-        let events = self.new_events(ctx, decided.events)?;
-        self.store.append(stream_id, expected, events).await
+        }
+        let result = self.store.append_atomic(writes).await?;
+        result
+            .streams
+            .into_iter()
+            .next()
+            .ok_or_else(|| Error::internal("append returned no stream result"))
     }
 
-    /// Runs the Python handler: `None` when it returned nothing to append.
+    /// The writes of one decision, the aggregate's stream first: its bare events expecting
+    /// the version its state was built from; a stateless handler's bare events where
+    /// [`stream_by_rule`] puts them, with no check; then each `Append` with its expectation
+    /// (Python resolved a left-out one from the handler's reads). An `Append` with neither
+    /// events nor a check writes nothing and is dropped; the aggregate's stream is written (or
+    /// only checked) whenever anything else is.
+    fn writes(
+        &self,
+        ctx: &CommandContext,
+        own: Option<(&StreamId, Option<u64>)>,
+        decided: Vec<DecidedAppend>,
+    ) -> Result<Vec<StreamWrite>> {
+        let mut bare = Vec::new();
+        let mut named = Vec::new();
+        for append in decided {
+            match append.stream {
+                None => bare.extend(append.events),
+                Some(stream) => {
+                    let expected = append.expected.unwrap_or(ExpectedVersion::Any);
+                    if append.events.is_empty() && expected == ExpectedVersion::Any {
+                        continue;
+                    }
+                    let stream_id = StreamId::new(stream).map_err(|e| {
+                        self.invalid(format!("Append names an invalid stream: {e}"))
+                    })?;
+                    named.push(StreamWrite::new(
+                        stream_id,
+                        expected,
+                        self.new_events(ctx, append.events)?,
+                    ));
+                }
+            }
+        }
+        let mut writes = Vec::with_capacity(named.len() + 1);
+        match own {
+            Some((stream_id, version)) if !bare.is_empty() || !named.is_empty() => {
+                writes.push(StreamWrite::new(
+                    stream_id.clone(),
+                    ExpectedVersion::from_current(version),
+                    self.new_events(ctx, bare)?,
+                ));
+            }
+            None if !bare.is_empty() => {
+                let stream_id = stream_by_rule(&bare).map_err(|problem| self.invalid(problem))?;
+                writes.push(StreamWrite::new(
+                    stream_id,
+                    ExpectedVersion::Any,
+                    self.new_events(ctx, bare)?,
+                ));
+            }
+            _ => {}
+        }
+        for write in named {
+            if writes.iter().any(|w| w.stream_id == write.stream_id) {
+                let problem = if own.is_some_and(|(stream_id, _)| *stream_id == write.stream_id) {
+                    format!(
+                        "an Append names the aggregate's own stream '{}'; return its events bare",
+                        write.stream_id
+                    )
+                } else {
+                    format!(
+                        "stream '{}' is written twice in one command; return one Append per stream",
+                        write.stream_id
+                    )
+                };
+                return Err(self.invalid(problem));
+            }
+            writes.push(write);
+        }
+        Ok(writes)
+    }
+
+    /// Runs the Python handler; a store failure met by `FlexCore.read_stream` answers with
+    /// its own kind (e.g. unavailable), whatever the handler made of it.
     async fn decide(
         &self,
         ctx: &CommandContext,
         payload: &Value,
         history: String,
-    ) -> Result<Option<DecidedAppend>> {
+        reads: &Arc<StreamReads>,
+    ) -> Result<Vec<DecidedAppend>> {
         let payload = payload.to_string();
         let command_type = self.command_type.clone();
         let context = command_context_json(ctx);
-        let mut decided = self
+        let job_reads = Arc::clone(reads);
+        let decided = self
             .worker
-            .call(move |ctx| decide(ctx, &command_type, payload, history, context))
-            .await
-            .map_err(|f| f.into_error(&self.command_type))?;
-        decided.retain(|append| !append.events.is_empty());
-        if decided.len() > 1 {
-            return Err(self.invalid(format!(
-                "a command appends to one stream; the handler returned {} appends",
-                decided.len()
-            )));
+            .call(move |ctx| decide(ctx, &command_type, payload, history, context, &job_reads))
+            .await;
+        if let Some(failure) = reads.take_failure() {
+            return Err(failure);
         }
-        Ok(decided.pop())
+        decided.map_err(|f| f.into_error(&self.command_type))
     }
 
     /// The events to store, each with the command's metadata plus what the handler added.
@@ -319,10 +390,21 @@ fn decide(
     payload: String,
     history: String,
     context: String,
+    reads: &Arc<StreamReads>,
 ) -> Result<Vec<DecidedAppend>, Failure> {
+    let reader = reads
+        .reader(ctx.py)
+        .map_err(|e| Failure::Invalid(format!("cannot make the stream reader: {e}")))?;
     let returned = ctx.call(
         "_run_command",
-        (&ctx.registry, command_type, payload, history, context),
+        (
+            &ctx.registry,
+            command_type,
+            payload,
+            history,
+            context,
+            reader,
+        ),
     )?;
     let appends = returned
         .cast_into::<PyList>()
@@ -355,30 +437,26 @@ fn decide(
 
 #[async_trait]
 impl CommandHandler for PythonCommandHandler {
+    /// Runs the handler and commits its decision; on a conflict, runs it again (up to the
+    /// retry policy's attempts) only when the decision rested on reads that may be stale: a
+    /// handler that read nothing would decide the same, so its conflict is the answer.
     async fn handle(&self, ctx: &CommandContext, payload: &Value) -> Result<StreamWriteResult> {
-        if self.route.stateless {
-            // No state was read, so a lost race cannot be fixed by running the handler again.
-            return self.attempt_stateless(ctx, payload).await;
-        }
-        if self.route.creates {
-            // A fresh UUIDv7 names a stream that cannot exist: nothing to load, nothing to
-            // retry (the append still expects `no_stream`).
-            let field = &self.route.id_field;
-            let mut payload = payload.clone();
-            let fields = payload
-                .as_object_mut()
-                .ok_or_else(|| Error::validation("the command must be a JSON object"))?;
-            if fields.contains_key(field) {
-                return Err(Error::validation(format!(
-                    "{field} is assigned by the server; do not send it"
-                )));
+        let (payload, own) = self.target(payload)?;
+        let mut delay = self.retry.base_delay;
+        let mut attempt = 1;
+        loop {
+            match self.attempt(ctx, &payload, own.as_ref()).await {
+                (Err(e), true)
+                    if e.is_wrong_expected_version() && attempt < self.retry.max_attempts =>
+                {
+                    tracing::debug!(target: "flexcore_python", handler = %self.command_type, attempt, error = %e, "re-running a python command after a conflict");
+                    tokio::time::sleep(delay).await;
+                    delay = delay.saturating_mul(2);
+                    attempt += 1;
+                }
+                (outcome, _) => return outcome,
             }
-            fields.insert(field.clone(), Value::String(Uuid::now_v7().to_string()));
-            let stream_id = self.stream_id(&payload)?;
-            return self.attempt(ctx, &payload, &stream_id).await;
         }
-        let stream_id = self.stream_id(payload)?;
-        retry_on_conflict(self.retry, || self.attempt(ctx, payload, &stream_id)).await
     }
 }
 

@@ -4,7 +4,8 @@
 //! The crate's parts: [`PythonHandlers`] loads the modules and hands out bus handlers (this
 //! file); `worker` runs the interpreter on its own thread; `handlers` adapts Python handlers
 //! to the command, query and event buses; `failure` turns what Python raised into
-//! application errors; `live` reloads the modules when their files change.
+//! application errors; `reads` lets a command handler read any stream (`FlexCore.read_stream`);
+//! `live` reloads the modules when their files change.
 #![doc = ""]
 #![doc = include_str!("../../../docs/python.md")]
 
@@ -25,6 +26,7 @@ mod failure;
 mod handlers;
 mod live;
 mod module;
+mod reads;
 mod worker;
 
 pub use live::{HandlerNames, LivePython, PythonStatus};
@@ -42,7 +44,8 @@ pub struct PythonConfig {
     pub modules: Vec<PathBuf>,
     /// How long one handler call may take before its caller gets an error (default 5 s).
     pub timeout: Duration,
-    /// How often a command handler is re-run after losing a concurrency race.
+    /// How often a command handler is re-run after losing a concurrency race when its
+    /// decision rested on reads (its aggregate's state or `FlexCore.read_stream`).
     pub retry: RetryPolicy,
 }
 
