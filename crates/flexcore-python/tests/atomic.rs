@@ -3,88 +3,21 @@
 //! version it saw becomes the expectation, and a conflict re-runs only a handler that read.
 
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
-use async_trait::async_trait;
 use flexcore_app::command::{Command, CommandBus, CommandContext, CommandOutcome, CommandRouter};
 use flexcore_app::query::{Query, QueryBus, QueryContext, QueryRouter};
-use flexcore_app::store::{
-    AllSlice, AppendResult, EventAppender, EventReader, EventStore, InMemoryStore, ReadAll,
-    ReadStream, Snapshot, SnapshotStore, StreamAdmin, StreamSlice, StreamWrite,
-};
+use flexcore_app::store::{EventReader, EventStore, InMemoryStore, ReadStream};
 use flexcore_app::{ErrorKind, Result};
-use flexcore_domain::{EventEnvelope, ExpectedVersion, NewEvent, RawJson, StreamId};
+use flexcore_domain::{EventEnvelope, StreamId};
 use flexcore_python::{PythonConfig, PythonHandlers};
+use flexcore_test_support::{ProbedStore, RACING_EVENT};
 use serde_json::{Value, json};
-use tokio::sync::watch;
-
-/// An in-memory store where another writer gets in first: just before the next atomic
-/// append, it appends `interloper.wrote` to the stream it was armed with. That is the race a
-/// handler loses between its read and its append, made deterministic.
-#[derive(Default)]
-struct Interloper {
-    inner: InMemoryStore,
-    armed: Mutex<Option<StreamId>>,
-}
-
-impl Interloper {
-    fn arm(&self, stream_id: &str) {
-        *self.armed.lock().unwrap() = Some(StreamId::new(stream_id).unwrap());
-    }
-}
-
-#[async_trait]
-impl EventAppender for Interloper {
-    async fn append_atomic(&self, writes: Vec<StreamWrite>) -> Result<AppendResult> {
-        let armed = self.armed.lock().unwrap().take();
-        if let Some(stream_id) = armed {
-            let event = NewEvent::new("interloper.wrote", RawJson::from_value(&json!({})))?;
-            self.inner
-                .append(stream_id, ExpectedVersion::Any, vec![event])
-                .await?;
-        }
-        self.inner.append_atomic(writes).await
-    }
-}
-
-#[async_trait]
-impl EventReader for Interloper {
-    async fn read_stream(&self, request: ReadStream) -> Result<StreamSlice> {
-        self.inner.read_stream(request).await
-    }
-    async fn read_all(&self, request: ReadAll) -> Result<AllSlice> {
-        self.inner.read_all(request).await
-    }
-    fn head(&self) -> watch::Receiver<u64> {
-        self.inner.head()
-    }
-    async fn ping(&self) -> Result<()> {
-        self.inner.ping().await
-    }
-}
-
-#[async_trait]
-impl SnapshotStore for Interloper {
-    async fn save_snapshot(&self, snapshot: Snapshot) -> Result<()> {
-        self.inner.save_snapshot(snapshot).await
-    }
-    async fn load_snapshot(&self, stream_id: &StreamId) -> Result<Option<Snapshot>> {
-        self.inner.load_snapshot(stream_id).await
-    }
-}
-
-#[async_trait]
-impl StreamAdmin for Interloper {
-    async fn delete_stream(&self, stream_id: &StreamId, expected: ExpectedVersion) -> Result<()> {
-        self.inner.delete_stream(stream_id, expected).await
-    }
-    async fn truncate_before(&self, stream_id: &StreamId, version: u64) -> Result<()> {
-        self.inner.truncate_before(stream_id, version).await
-    }
-}
 
 struct Setup {
-    store: Arc<Interloper>,
+    /// The race of `race_next_append_on` is the one a handler loses between its read and its
+    /// append.
+    store: Arc<ProbedStore>,
     commands: CommandRouter,
     queries: QueryRouter,
 }
@@ -94,7 +27,7 @@ async fn setup() -> Setup {
     let python = PythonHandlers::load(PythonConfig::new([module]))
         .await
         .expect("the module loads");
-    let store = Arc::new(Interloper::default());
+    let store = Arc::new(ProbedStore::new(Arc::new(InMemoryStore::new())));
     let mut commands = CommandRouter::new();
     python
         .register_commands(&mut commands, store.clone() as Arc<dyn EventStore>)
@@ -193,21 +126,25 @@ async fn appends_to_several_streams_commit_together_or_not_at_all() {
 #[tokio::test]
 async fn the_version_read_is_expected_and_a_stale_read_is_run_again() {
     let setup = setup().await;
-    setup.store.arm("counter-c");
+    setup
+        .store
+        .race_next_append_on(StreamId::new("counter-c").unwrap());
     let counted = setup.send("count", json!({"counter": "c"})).await.unwrap();
     assert_eq!(counted.version, Some(1));
     assert_eq!(
         setup.contents("counter-c").await,
         [
-            ("interloper.wrote".to_owned(), json!({})),
+            (RACING_EVENT.to_owned(), json!({})),
             ("counter.counted".to_owned(), json!({"seen": 0})),
         ],
-        "the first run expected no stream and lost; the second saw the interloper"
+        "the first run expected no stream and lost; the second saw the racing event"
     );
     assert_eq!(setup.runs("count").await, 2);
 
     // An explicit expectation wins over the version read: no conflict, no re-run.
-    setup.store.arm("counter-d");
+    setup
+        .store
+        .race_next_append_on(StreamId::new("counter-d").unwrap());
     setup
         .send("count_blindly", json!({"counter": "d"}))
         .await
@@ -238,7 +175,9 @@ async fn an_aggregate_commits_its_events_with_appends_elsewhere_atomically() {
 
     // Someone uses voucher v2 between the read and the append: nothing is written for o2,
     // the handler runs again, sees the voucher used and refuses.
-    setup.store.arm("voucher-v2");
+    setup
+        .store
+        .race_next_append_on(StreamId::new("voucher-v2").unwrap());
     let err = setup
         .send("place_order", json!({"order_id": "o2", "voucher": "v2"}))
         .await

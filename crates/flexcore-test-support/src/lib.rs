@@ -40,7 +40,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use flexcore_app::store::EventStore;
-pub use probed::ProbedStore;
+pub use probed::{ProbedStore, RACING_EVENT};
 pub use sample::{module_buses, sample_buses};
 
 /// A store under test and whatever keeps its resources alive (a temp dir, a schema to drop).

@@ -1,5 +1,5 @@
-//! [`ProbedStore`]: an event-store decorator that lets a test see what the code under test read
-//! and make the backend look unreachable.
+//! [`ProbedStore`]: an event-store decorator that lets a test see what the code under test read,
+//! make the backend look unreachable, and let another writer in just before an append.
 
 use std::sync::Arc;
 use std::sync::Mutex;
@@ -11,16 +11,18 @@ use flexcore_app::store::{
     SnapshotStore, StreamAdmin, StreamSlice, StreamWrite,
 };
 use flexcore_app::{Error, Result};
-use flexcore_domain::{ExpectedVersion, StreamId};
+use flexcore_domain::{ExpectedVersion, NewEvent, RawJson, StreamId};
 use tokio::sync::watch;
 
 /// Delegates everything to another store, counting the events stream reads return; `ping` can
-/// be made to fail with a chosen error.
+/// be made to fail with a chosen error, and the next append can be raced.
 pub struct ProbedStore {
     inner: Arc<dyn EventStore>,
     stream_events_read: AtomicU64,
     /// The message of the `Unavailable` error `ping` answers with, when set.
     ping_failure: Mutex<Option<String>>,
+    /// The stream a racing writer appends to just before the next append, when set.
+    racing_writer: Mutex<Option<StreamId>>,
 }
 
 impl ProbedStore {
@@ -30,7 +32,15 @@ impl ProbedStore {
             inner,
             stream_events_read: AtomicU64::new(0),
             ping_failure: Mutex::new(None),
+            racing_writer: Mutex::new(None),
         }
+    }
+
+    /// Just before the next `append_atomic`, another writer appends one [`RACING_EVENT`] to
+    /// `stream_id` (with no expectation): the race a caller loses between reading a stream and
+    /// appending to it, made deterministic.
+    pub fn race_next_append_on(&self, stream_id: StreamId) {
+        *self.racing_writer.lock().unwrap_or_else(|p| p.into_inner()) = Some(stream_id);
     }
 
     /// How many events `read_stream` has returned so far, over every call.
@@ -46,9 +56,23 @@ impl ProbedStore {
     }
 }
 
+/// The event type the racing writer of [`ProbedStore::race_next_append_on`] appends (data `{}`).
+pub const RACING_EVENT: &str = "race.won";
+
 #[async_trait]
 impl EventAppender for ProbedStore {
     async fn append_atomic(&self, writes: Vec<StreamWrite>) -> Result<AppendResult> {
+        let racing = self
+            .racing_writer
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        if let Some(stream_id) = racing {
+            let event = NewEvent::new(RACING_EVENT, RawJson::from_string("{}".to_owned())?)?;
+            self.inner
+                .append(stream_id, ExpectedVersion::Any, vec![event])
+                .await?;
+        }
         self.inner.append_atomic(writes).await
     }
 }
