@@ -3,25 +3,40 @@
 The same API as the built-in Rust sample: ``create_user {email, profile?}``,
 ``change_email {user_id, email}``, ``get_user {user_id}``, plus ``list_users {}``.
 
-Email uniqueness: the Rust domain claims an ``email-{address}`` stream in the same atomic
-append as the user's event. A Python command handler appends to its aggregate's stream only,
-so here uniqueness is kept by an in-process index, ``EMAILS``: command handlers claim an
-address while deciding (Python handlers run one at a time, so check-and-claim cannot
-interleave), and the event handlers confirm it from the log. It holds within one server
-process; two servers sharing a database, or a reload racing an in-flight create, can let a
-duplicate through. See README.md.
+Email uniqueness works as in the Rust domain, with no process memory: every address has a
+reservation stream, ``email-{address}`` (``email.reserved`` / ``email.released``). A command
+reads it with ``FlexCore.read_stream`` and claims (or releases) it in the same atomic append
+as the user's event, expecting the version it read. Two commands racing for one address,
+through one server or several sharing a database, cannot both win: the loser's append fails
+its expectation, the engine re-runs it, and the re-run sees the address taken (409).
 """
 
 import json
 import os
+from dataclasses import dataclass
 
-from flexcore import Event, FlexCore, ValidationError
+from flexcore import Append, ConflictError, Event, FlexCore, NotFoundError, ValidationError
 
 MAX_EMAIL_LEN = 254
 
-# Read model and uniqueness index, rebuilt from the log at every start and reload.
+# The read model behind the queries, rebuilt from the log at every start and reload.
 USERS = {}  # user_id -> {"user_id", "email", "profile", "version", "stream_id"}
-EMAILS = {}  # address -> user_id
+
+
+@dataclass
+class EmailReserved:
+    """``email.reserved``: ``user_id`` now holds ``email``."""
+
+    email: str
+    user_id: str
+
+
+@dataclass
+class EmailReleased:
+    """``email.released``: ``user_id`` gave ``email`` up."""
+
+    email: str
+    user_id: str
 
 
 def parse_email(raw):
@@ -59,11 +74,31 @@ def parse_email(raw):
     return address
 
 
-def claim(address, user_id):
-    owner = EMAILS.get(address)
-    if owner is not None and owner != user_id:
-        raise ValidationError(f"email {address} is already in use")
-    EMAILS[address] = user_id
+def read_reservation(address):
+    """The reservation stream of ``address`` and the user holding it (or None)."""
+    stream = FlexCore.read_stream(f"email-{address}", EmailReserved, EmailReleased)
+    holder = None
+    for event in stream.events:
+        holder = event.user_id if isinstance(event, EmailReserved) else None
+    return stream, holder
+
+
+def reserve(address, user_id):
+    """The Append claiming ``address`` for ``user_id``; ConflictError if someone else holds
+    it. It expects the version read, so a claim made meanwhile fails the whole command."""
+    stream, holder = read_reservation(address)
+    if holder is not None and holder != user_id:
+        raise ConflictError(f"email {address} is already in use", code="email_taken")
+    events = [] if holder == user_id else [EmailReserved(email=address, user_id=user_id)]
+    return Append(stream.stream_id, events)
+
+
+def release(address, user_id):
+    """The Append giving ``address`` up if ``user_id`` holds it (otherwise it only checks
+    that the reservation did not change since it was read)."""
+    stream, holder = read_reservation(address)
+    events = [EmailReleased(email=address, user_id=user_id)] if holder == user_id else []
+    return Append(stream.stream_id, events)
 
 
 @FlexCore.aggregate("user", id_field="user_id")
@@ -90,29 +125,34 @@ def create_user(cmd):
     profile = cmd.get("profile")
     if profile is not None and not hasattr(profile, "to_dict"):
         raise ValidationError("profile must be an object")
-    claim(email, cmd.user_id)
-    return Event(
-        "user.created",
-        {
-            "user_id": cmd.user_id,
-            "email": email,
-            "profile": profile.to_dict() if profile is not None else {},
-        },
-    )
+    return [
+        Event(
+            "user.created",
+            {
+                "user_id": cmd.user_id,
+                "email": email,
+                "profile": profile.to_dict() if profile is not None else {},
+            },
+        ),
+        reserve(email, cmd.user_id),
+    ]
 
 
 @FlexCore.command_handler("change_email", aggregate=User)
 def change_email(cmd, user):
     if user.user_id is None:
-        raise ValidationError(f"user {cmd.user_id} does not exist")
+        raise NotFoundError(f"user {cmd.user_id} does not exist")
     email = parse_email(cmd.email)
     if email == user.email:
         return None  # nothing changes
-    claim(email, user.user_id)
-    return Event(
-        "user.email_changed",
-        {"user_id": user.user_id, "old_email": user.email, "new_email": email},
-    )
+    return [
+        Event(
+            "user.email_changed",
+            {"user_id": user.user_id, "old_email": user.email, "new_email": email},
+        ),
+        reserve(email, user.user_id),
+        release(user.email, user.user_id),
+    ]
 
 
 @FlexCore.event_handler("user.created")
@@ -130,7 +170,6 @@ def on_user_created(event):
         "version": event.stream_version,
         "stream_id": event.stream_id,
     }
-    EMAILS[event.data.email] = user_id
 
 
 @FlexCore.event_handler("user.email_changed")
@@ -141,16 +180,13 @@ def on_email_changed(event):
         return
     known["email"] = event.data.new_email
     known["version"] = event.stream_version
-    if EMAILS.get(event.data.old_email) == user_id:
-        del EMAILS[event.data.old_email]
-    EMAILS[event.data.new_email] = user_id
 
 
 @FlexCore.query_handler("get_user")
 def get_user(params):
     user = USERS.get(params.user_id)
     if user is None:
-        raise ValidationError(f"user {params.user_id} does not exist")
+        raise NotFoundError(f"user {params.user_id} does not exist")
     return user
 
 

@@ -4,21 +4,35 @@ import json
 
 import flexcore
 import pytest
-from flexcore import ValidationError
+from flexcore import ConflictError, NotFoundError, ValidationError
 
 
 def create(engine, email, **extra):
-    [event] = engine.send("create_user", {"email": email, **extra})
-    return event
+    """Creates a user: its ``user.created`` (the reservation's event comes with it)."""
+    created, reserved = engine.send("create_user", {"email": email, **extra})
+    assert reserved["event_type"] == "email.reserved"
+    return created
 
 
-def test_create_user_emits_user_created_with_a_normalised_email(engine):
-    event = create(engine, "  Ann@Example.COM ", profile={"name": "Ann"})
+def holder(engine, address):
+    """Who holds ``address``, by its reservation stream."""
+    held = None
+    for event in engine.streams.get(f"email-{address}", []):
+        held = event["data"]["user_id"] if event["event_type"] == "email.reserved" else None
+    return held
+
+
+def test_create_user_emits_user_created_with_a_normalised_email_and_reserves_it(engine):
+    event, reserved = engine.send(
+        "create_user", {"email": "  Ann@Example.COM ", "profile": {"name": "Ann"}}
+    )
     assert event["event_type"] == "user.created"
     assert event["data"]["email"] == "ann@example.com"
     assert event["data"]["profile"] == {"name": "Ann"}
     assert event["stream_id"] == f"user-{event['data']['user_id']}"
     assert event["stream_version"] == 0
+    assert reserved["stream_id"] == "email-ann@example.com"
+    assert reserved["data"] == {"email": "ann@example.com", "user_id": event["data"]["user_id"]}
 
 
 @pytest.mark.parametrize(
@@ -51,22 +65,62 @@ def test_profile_must_be_an_object(engine):
 
 def test_an_email_can_belong_to_one_user_only(engine):
     create(engine, "ann@example.com")
-    with pytest.raises(ValidationError, match="already in use"):
+    with pytest.raises(ConflictError, match="already in use") as refused:
         create(engine, "ANN@example.com")
+    assert refused.value.code == "email_taken"
+    assert len(engine.streams["email-ann@example.com"]) == 1
 
 
-def test_a_claim_holds_before_the_event_handler_confirms_it(engine):
-    # The engine has not delivered the first user's event yet: the command handler's claim
-    # alone must refuse the second.
+def test_uniqueness_needs_no_read_model_or_process_memory(engine):
+    # Event handlers never run, and a fresh load of the module shares nothing with the first:
+    # the reservation stream alone refuses the second user.
     engine.deliver = lambda event: None
     create(engine, "bob@example.com")
-    with pytest.raises(ValidationError, match="already in use"):
-        create(engine, "bob@example.com")
+    again = type(engine)(engine.module.__file__)
+    again.streams, again.position, again.deliver = engine.streams, engine.position, engine.deliver
+    with pytest.raises(ConflictError, match="already in use"):
+        create(again, "bob@example.com")
+
+
+def test_a_claim_made_between_read_and_append_wins_and_the_loser_is_re_run(engine):
+    # Another server reserves the address after this command read the reservation stream:
+    # this command's append fails its expectation, writes nothing, and its re-run sees the
+    # address taken.
+    def racing_server():
+        engine.streams["email-eve@example.com"] = [
+            {"event_type": "email.reserved", "data": {"email": "eve@example.com", "user_id": "other"}}
+        ]
+
+    engine.before_append = racing_server
+    with pytest.raises(ConflictError, match="already in use"):
+        create(engine, "eve@example.com")
+    assert holder(engine, "eve@example.com") == "other"
+    assert not [s for s in engine.streams if s.startswith("user-")], "no user was written"
+
+
+def test_a_race_lost_on_every_attempt_ends_in_a_conflict(engine):
+    # Every attempt loses its race on the reservation stream: after the engine's attempts the
+    # conflict itself is the answer, and nothing of the user was written.
+    def always_racing():
+        engine.streams.setdefault("email-kim@example.com", []).append(
+            {"event_type": "email.released", "data": {"email": "kim@example.com", "user_id": "x"}}
+        )
+        engine.before_append = always_racing
+
+    engine.before_append = always_racing
+    with pytest.raises(engine.WrongExpectedVersion):
+        create(engine, "kim@example.com")
+    assert len(engine.streams["email-kim@example.com"]) == 5, "one racing write per attempt"
+    assert not [s for s in engine.streams if s.startswith("user-")]
 
 
 def test_change_email_sees_the_current_state(engine):
     user_id = create(engine, "cy@example.com")["data"]["user_id"]
-    [changed] = engine.send("change_email", {"user_id": user_id, "email": "cy@example.org"})
+    changed, reserved, released = engine.send(
+        "change_email", {"user_id": user_id, "email": "cy@example.org"}
+    )
+    assert (reserved["event_type"], reserved["stream_id"]) == ("email.reserved", "email-cy@example.org")
+    assert (released["event_type"], released["stream_id"]) == ("email.released", "email-cy@example.com")
     assert changed["event_type"] == "user.email_changed"
     assert changed["data"] == {
         "user_id": user_id,
@@ -76,15 +130,22 @@ def test_change_email_sees_the_current_state(engine):
     assert changed["stream_version"] == 1
     # Same address again: nothing to append.
     assert engine.send("change_email", {"user_id": user_id, "email": "CY@example.org"}) == []
-    # The old address is free again, the new one is taken.
-    create(engine, "cy@example.com")
-    with pytest.raises(ValidationError, match="already in use"):
+    # The new address is reserved and the old one released, at once (no event handler).
+    assert holder(engine, "cy@example.org") == user_id
+    assert holder(engine, "cy@example.com") is None
+    other = create(engine, "cy@example.com")["data"]["user_id"]
+    assert holder(engine, "cy@example.com") == other
+    with pytest.raises(ConflictError, match="already in use"):
         create(engine, "cy@example.org")
+    with pytest.raises(ConflictError, match="already in use"):
+        engine.send("change_email", {"user_id": other, "email": "cy@example.org"})
+    assert engine.ask("get_user", {"user_id": other})["email"] == "cy@example.com"
 
 
-def test_change_email_of_an_unknown_user_is_refused(engine):
-    with pytest.raises(ValidationError, match="does not exist"):
+def test_change_email_of_an_unknown_user_is_not_found(engine):
+    with pytest.raises(NotFoundError, match="does not exist"):
         engine.send("change_email", {"user_id": "nobody", "email": "x@example.com"})
+    assert "email-x@example.com" not in engine.streams
 
 
 def test_queries_answer_from_the_read_model(engine):
@@ -98,7 +159,7 @@ def test_queries_answer_from_the_read_model(engine):
         "abe@example.com",
         "ann@example.com",
     ]
-    with pytest.raises(ValidationError, match="does not exist"):
+    with pytest.raises(NotFoundError, match="does not exist"):
         engine.ask("get_user", {"user_id": "nobody"})
     with pytest.raises(ValidationError, match="user_id is required"):
         engine.ask("get_user", {})
@@ -107,12 +168,11 @@ def test_queries_answer_from_the_read_model(engine):
 def test_event_handlers_are_idempotent_and_ignore_stale_events(engine):
     created = create(engine, "dee@example.com")
     user_id = created["data"]["user_id"]
-    [changed] = engine.send("change_email", {"user_id": user_id, "email": "dee@example.org"})
+    changed = engine.send("change_email", {"user_id": user_id, "email": "dee@example.org"})[0]
     # Redelivery, and a replay arriving after the newer event, change nothing.
     engine.deliver(changed)
     engine.deliver(created)
     assert engine.ask("get_user", {"user_id": user_id})["email"] == "dee@example.org"
-    assert engine.module.EMAILS == {"dee@example.org": user_id}
 
 
 def test_welcome_messages_are_a_durable_consumer_writing_to_the_spool(engine, tmp_path, monkeypatch):
