@@ -78,6 +78,20 @@ where
     }
 }
 
+/// The text field `field` of each object in the JSON array `items`.
+fn texts<'a>(items: &'a Value, field: &str) -> Vec<&'a str> {
+    items
+        .as_array()
+        .unwrap_or_else(|| panic!("not an array: {items}"))
+        .iter()
+        .map(|item| {
+            item[field]
+                .as_str()
+                .unwrap_or_else(|| panic!("no {field} in {item}"))
+        })
+        .collect()
+}
+
 fn user_id(outcome: &Value) -> String {
     outcome["stream_id"]
         .as_str()
@@ -208,14 +222,8 @@ async fn the_python_users_example_serves_the_sample_domain() {
     .await;
     assert_eq!(status, 200, "{problem}");
     let reservation = get(&client, &server, "/v1/streams/email-ann@example.com").await;
-    let types: Vec<&str> = reservation["events"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|e| e["event_type"].as_str().unwrap())
-        .collect();
     assert_eq!(
-        types,
+        texts(&reservation["events"], "event_type"),
         ["email.reserved", "email.released", "email.reserved"]
     );
     let users = eventually("two users", || async {
@@ -223,23 +231,17 @@ async fn the_python_users_example_serves_the_sample_domain() {
         (list["users"].as_array().map(Vec::len) == Some(2)).then_some(list)
     })
     .await;
-    let emails: Vec<&str> = users["users"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|u| u["email"].as_str().unwrap())
-        .collect();
-    assert_eq!(emails, ["ann@example.com", "ann@example.org"]);
+    assert_eq!(
+        texts(&users["users"], "email"),
+        ["ann@example.com", "ann@example.org"]
+    );
 
     // The stream holds what Python returned.
     let stream = get(&client, &server, &format!("/v1/streams/user-{ann}")).await;
-    let types: Vec<&str> = stream["events"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|e| e["event_type"].as_str().unwrap())
-        .collect();
-    assert_eq!(types, ["user.created", "user.email_changed"]);
+    assert_eq!(
+        texts(&stream["events"], "event_type"),
+        ["user.created", "user.email_changed"]
+    );
     assert_eq!(stream["events"][1]["data"]["old_email"], "ann@example.com");
 }
 
