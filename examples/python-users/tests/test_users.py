@@ -189,3 +189,8 @@ def test_welcome_messages_are_a_durable_consumer_writing_to_the_spool(engine, tm
         "subject": "Welcome!",
     }
 
+
+
+def test_reading_a_stream_outside_a_command_handler_is_a_clear_error(engine):
+    with pytest.raises(RuntimeError, match="only be called while a command handler runs"):
+        flexcore.FlexCore.read_stream("email-ann@example.com")
