@@ -18,6 +18,9 @@ struct Setup {
     /// The race of `race_next_append_on` is the one a handler loses between its read and its
     /// append.
     store: Arc<ProbedStore>,
+    /// What `store` wraps: read directly, so a test can see what was written while reads
+    /// through `store` fail.
+    written: Arc<InMemoryStore>,
     commands: CommandRouter,
     queries: QueryRouter,
 }
@@ -27,7 +30,8 @@ async fn setup() -> Setup {
     let python = PythonHandlers::load(PythonConfig::new([module]))
         .await
         .expect("the module loads");
-    let store = Arc::new(ProbedStore::new(Arc::new(InMemoryStore::new())));
+    let written = Arc::new(InMemoryStore::new());
+    let store = Arc::new(ProbedStore::new(written.clone()));
     let mut commands = CommandRouter::new();
     python
         .register_commands(&mut commands, store.clone() as Arc<dyn EventStore>)
@@ -36,6 +40,7 @@ async fn setup() -> Setup {
     python.register_queries(&mut queries).unwrap();
     Setup {
         store,
+        written,
         commands,
         queries,
     }
@@ -68,7 +73,7 @@ impl Setup {
     }
 
     async fn stream(&self, stream_id: &str) -> Vec<EventEnvelope> {
-        self.store
+        self.written
             .read_stream(ReadStream::forward(StreamId::new(stream_id).unwrap()))
             .await
             .unwrap()
@@ -227,4 +232,20 @@ async fn read_stream_builds_declared_event_classes_and_only_works_in_a_command()
     let err = setup.ask("read_outside").await.unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Internal);
     assert!(err.to_string().contains("RuntimeError"), "{err}");
+}
+
+#[tokio::test]
+async fn a_store_failure_while_reading_answers_with_its_own_kind() {
+    let setup = setup().await;
+    setup.store.fail_stream_reads_with("the database went away");
+    let err = setup
+        .send("count_carelessly", json!({"counter": "e"}))
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Unavailable, "{err}");
+    assert!(err.to_string().contains("went away"), "{err}");
+    assert!(
+        setup.stream("counter-e").await.is_empty(),
+        "nothing was appended"
+    );
 }

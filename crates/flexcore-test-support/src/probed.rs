@@ -23,6 +23,8 @@ pub struct ProbedStore {
     ping_failure: Mutex<Option<String>>,
     /// The stream a racing writer appends to just before the next append, when set.
     racing_writer: Mutex<Option<StreamId>>,
+    /// The message of the `Unavailable` error `read_stream` answers with, when set.
+    read_failure: Mutex<Option<String>>,
 }
 
 impl ProbedStore {
@@ -33,7 +35,13 @@ impl ProbedStore {
             stream_events_read: AtomicU64::new(0),
             ping_failure: Mutex::new(None),
             racing_writer: Mutex::new(None),
+            read_failure: Mutex::new(None),
         }
+    }
+
+    /// Makes every later `read_stream` fail with `Error::unavailable(message)`.
+    pub fn fail_stream_reads_with(&self, message: impl Into<String>) {
+        *self.read_failure.lock().unwrap_or_else(|p| p.into_inner()) = Some(message.into());
     }
 
     /// Just before the next `append_atomic`, another writer appends one [`RACING_EVENT`] to
@@ -80,6 +88,14 @@ impl EventAppender for ProbedStore {
 #[async_trait]
 impl EventReader for ProbedStore {
     async fn read_stream(&self, request: ReadStream) -> Result<StreamSlice> {
+        let failure = self
+            .read_failure
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        if let Some(message) = failure {
+            return Err(Error::unavailable(message));
+        }
         let slice = self.inner.read_stream(request).await?;
         self.stream_events_read
             .fetch_add(slice.events.len() as u64, Ordering::SeqCst);

@@ -89,6 +89,16 @@ def own_stream_twice(cmd):
     return [Event("order.placed", {}), Append(f"order-{cmd.order_id}", [Event("order.noted", {})])]
 
 
+@FlexCore.command_handler("count_carelessly")
+def count_carelessly(cmd):
+    # Swallows whatever reading raised: the store's failure must answer all the same.
+    try:
+        FlexCore.read_stream(f"counter-{cmd.counter}")
+    except Exception:
+        pass
+    return Append(f"counter-{cmd.counter}", [Event("counter.counted", {"seen": None})])
+
+
 @FlexCore.query_handler("runs")
 def runs(params):
     return RUNS
