@@ -4,12 +4,12 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use flexcore_app::command::{CommandContext, CommandHandler};
+use flexcore_app::command::{CommandContext, CommandHandler, ENGINE_METADATA_KEYS};
 use flexcore_app::event_bus::EventHandler;
 use flexcore_app::query::{QueryContext, QueryHandler};
 use flexcore_app::repository::RetryPolicy;
 use flexcore_app::security::Principal;
-use flexcore_app::store::{EventStore, StreamWrite, StreamWriteResult};
+use flexcore_app::store::{EventStore, StreamWrite, StreamWriteResult, read_whole_stream};
 use flexcore_app::{Error, Result};
 use flexcore_domain::{EventEnvelope, ExpectedVersion, NewEvent, RawJson, StreamId};
 use pyo3::prelude::*;
@@ -19,7 +19,7 @@ use uuid::Uuid;
 
 use crate::CommandRoute;
 use crate::failure::Failure;
-use crate::reads::{StreamReads, read_whole_stream};
+use crate::reads::StreamReads;
 use crate::worker::{Ctx, Worker};
 
 pub(crate) struct PythonCommandHandler {
@@ -240,7 +240,7 @@ impl PythonCommandHandler {
                     self.invalid(format!("the metadata of event '{event_type}': {e}"))
                 })?;
                 for (key, value) in added {
-                    if ENGINE_METADATA.contains(&key.as_str()) {
+                    if ENGINE_METADATA_KEYS.contains(&key.as_str()) {
                         tracing::warn!(target: "flexcore_python", handler = %self.command_type, key, "a python handler's event metadata cannot override the engine's; ignored");
                         continue;
                     }
@@ -256,16 +256,6 @@ impl PythonCommandHandler {
         Failure::Invalid(problem).into_error(&self.command_type)
     }
 }
-
-/// The metadata keys the engine writes itself; a handler's event metadata cannot set them.
-const ENGINE_METADATA: [&str; 6] = [
-    "correlation_id",
-    "causation_id",
-    "actor",
-    "tenant",
-    "traceparent",
-    "tracestate",
-];
 
 /// The stream a stateless handler's events go to when it does not name one: the first
 /// segment of the event type is the category, the event's `<category>_id` field the id

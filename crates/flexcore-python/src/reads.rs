@@ -8,33 +8,14 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
-use flexcore_app::store::{EventStore, MAX_READ_LIMIT, ReadStream};
-use flexcore_app::{Error, Result};
-use flexcore_domain::{EventEnvelope, StreamId};
+use flexcore_app::Error;
+use flexcore_app::store::{EventStore, read_whole_stream};
+use flexcore_domain::StreamId;
 use pyo3::exceptions::{PyRuntimeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyCFunction, PyDict, PyTuple};
 use serde_json::json;
 use tokio::runtime::Handle;
-
-/// Reads a whole stream, page after page: its events and its version (`None`: no stream).
-pub(crate) async fn read_whole_stream(
-    store: &dyn EventStore,
-    stream_id: &StreamId,
-) -> Result<(Vec<EventEnvelope>, Option<u64>)> {
-    let mut events = Vec::new();
-    let mut request = ReadStream::forward(stream_id.clone());
-    loop {
-        let slice = store.read_stream(request.clone()).await?;
-        let full_page = slice.events.len() >= MAX_READ_LIMIT;
-        let next = slice.events.last().map(|e| e.stream_version + 1);
-        events.extend(slice.events);
-        if !full_page {
-            return Ok((events, slice.current_version));
-        }
-        request.from_version = next;
-    }
-}
 
 /// The reads of one run of a command handler: the store and runtime it reads through, whether
 /// it read anything, and the first store failure (which then answers the command, with its
