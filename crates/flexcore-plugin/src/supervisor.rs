@@ -456,7 +456,8 @@ fn p99(latencies: &VecDeque<Duration>) -> Option<Duration> {
 }
 
 /// The newest modification time under `folder` (one level of subfolders deep is enough for
-/// a plugin's files), and how many files there are.
+/// a plugin's files), and how many files there are. The plugin's own `data/` subfolder (what
+/// it writes while it runs) and `__pycache__` are not looked at: writing there reloads nothing.
 fn folder_stamp(folder: &Path) -> (Option<SystemTime>, usize) {
     fn visit(folder: &Path, depth: u8, stamp: &mut (Option<SystemTime>, usize)) {
         let Ok(entries) = std::fs::read_dir(folder) else {
@@ -467,7 +468,8 @@ fn folder_stamp(folder: &Path) -> (Option<SystemTime>, usize) {
                 continue;
             };
             if metadata.is_dir() {
-                if depth > 0 && entry.file_name() != "__pycache__" {
+                let name = entry.file_name();
+                if depth > 0 && name != "__pycache__" && name != DATA_FOLDER {
                     visit(&entry.path(), depth - 1, stamp);
                 }
                 continue;
@@ -482,6 +484,9 @@ fn folder_stamp(folder: &Path) -> (Option<SystemTime>, usize) {
     visit(folder, 1, &mut stamp);
     stamp
 }
+
+/// The subfolder of a plugin's folder that is the plugin's own: not watched for changes.
+pub const DATA_FOLDER: &str = "data";
 
 /// The restart delay: doubles from the initial delay up to the maximum.
 struct Backoff {

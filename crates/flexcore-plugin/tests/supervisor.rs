@@ -368,6 +368,17 @@ async fn a_changed_folder_is_reloaded() {
     plugin.initialize(Value::Null).await.unwrap();
     // File times may have a coarse resolution: let the clock move past the first write.
     tokio::time::sleep(Duration::from_millis(50)).await;
+    // What the plugin writes into its own data/ folder reloads nothing.
+    let pid = plugin.status().pid;
+    std::fs::create_dir_all(folder.join("data")).unwrap();
+    std::fs::write(folder.join("data/outbox.jsonl"), "{}\n").unwrap();
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!(
+        plugin.status().pid,
+        pid,
+        "a write under data/ restarted the plugin"
+    );
+    assert_eq!(plugin.status().restarts, 0);
     common::write_manifest(&folder, |m| {
         m.insert("version".into(), "1.1.0".into());
     });

@@ -103,8 +103,12 @@ fn plugins_folder(root: &Path, outbox: &Path) -> Option<PathBuf> {
     std::fs::copy(user_stats_binary(), plugins.join("user-stats/user-stats")).unwrap();
     let mailer = plugins.join("welcome-mailer/plugin.toml");
     let manifest = std::fs::read_to_string(&mailer).unwrap().replace(
-        "outbox_file = \"welcome-outbox.jsonl\"",
+        "outbox_file = \"data/welcome-outbox.jsonl\"",
         &format!("outbox_file = {:?}", outbox.display().to_string()),
+    );
+    assert!(
+        manifest.contains(&outbox.display().to_string()),
+        "the example's outbox_file line changed: point the test at the new one"
     );
     std::fs::write(&mailer, manifest).unwrap();
     std::fs::create_dir_all(plugins.join("payload-guard")).unwrap();

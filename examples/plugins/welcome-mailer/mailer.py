@@ -3,6 +3,7 @@ to `config.outbox_file`. Delivery is at least once, so a re-delivered event (sam
 writes nothing new: the ids already sent are read back from the file at start."""
 
 import json
+import os
 import threading
 
 from flexcore_plugin import Plugin, ValidationError
@@ -20,6 +21,9 @@ def open_outbox(config):
     if not isinstance(outbox_file, str) or not outbox_file:
         raise ValueError("config.outbox_file must name a file")
     settings["outbox_file"] = outbox_file
+    folder = os.path.dirname(outbox_file)
+    if folder:
+        os.makedirs(folder, exist_ok=True)
     settings["sender"] = config.get("sender", "welcome@flexcore.example")
     try:
         with open(outbox_file, encoding="utf-8") as lines:
