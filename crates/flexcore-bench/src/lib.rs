@@ -150,6 +150,11 @@ pub struct GatewayArgs {
     /// unsecured gateways'.
     #[arg(long)]
     pub auth: bool,
+    /// Also run the HTTP case with the command handled by an out-of-process plugin (a Python
+    /// SDK plugin owning `register_member`; needs `python3 -m pip install ./sdk/python`)
+    /// (`http+plugin`), interleaved, and report its throughput over the Rust sample's.
+    #[arg(long)]
+    pub plugin: bool,
     /// Runs and output.
     #[command(flatten)]
     pub run: RunArgs,

@@ -72,6 +72,15 @@ impl HttpClient {
     /// Opens the connection now (and checks `GET /health`) so the measured requests find it
     /// ready.
     pub(super) async fn connect(addr: SocketAddr, token: Option<String>) -> anyhow::Result<Self> {
+        Self::connect_command(addr, token, "create_user").await
+    }
+
+    /// [`connect`](Self::connect), sending `command_type` commands (with the same payload).
+    pub(super) async fn connect_command(
+        addr: SocketAddr,
+        token: Option<String>,
+        command_type: &str,
+    ) -> anyhow::Result<Self> {
         let stream = tokio::net::TcpStream::connect(addr).await?;
         stream.set_nodelay(true)?;
         let (sender, connection) =
@@ -83,7 +92,7 @@ impl HttpClient {
         });
         let mut client = Self {
             sender,
-            uri: format!("http://{addr}/v1/commands/create_user").parse()?,
+            uri: format!("http://{addr}/v1/commands/{command_type}").parse()?,
             host: addr.to_string(),
             authorization: token.map(|token| format!("Bearer {token}")),
         };

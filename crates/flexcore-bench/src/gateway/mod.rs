@@ -41,6 +41,7 @@
 //! the first case so every case pays for its metrics alike.
 
 mod clients;
+mod plugin;
 mod report;
 mod server;
 mod timed_store;
@@ -96,6 +97,9 @@ async fn measure_on(stores: &TempStores, args: &GatewayArgs) -> anyhow::Result<G
     let mut layers = Layer::ALL.to_vec();
     if args.auth {
         layers.extend(Layer::SECURED);
+    }
+    if args.plugin {
+        layers.push(Layer::HttpPlugin);
     }
     let mut phases = Phases {
         stores,
@@ -255,6 +259,24 @@ async fn run_once(
                 .map(|_| BusClient(Arc::clone(&commands)))
                 .collect();
             measure(clients, duration, rate).await
+        }
+        Layer::HttpPlugin => {
+            let serve = flexcore::cli::ServeArgs {
+                plugins_dir: Some(plugin::folder(stores.dir())?),
+                ..stores.serve_args(store)
+            };
+            let server = Server::start(serve, &appends).await?;
+            let mut clients = Vec::with_capacity(connections);
+            for _ in 0..connections {
+                clients.push(
+                    HttpClient::connect_command(server.http, None, plugin::COMMAND_TYPE).await?,
+                );
+            }
+            let measured = measure(clients, duration, rate).await;
+            let stopped = server.stop().await;
+            let run = measured?;
+            stopped?;
+            Ok(run)
         }
         Layer::Http | Layer::Grpc | Layer::HttpAuth | Layer::GrpcAuth => {
             let secured = matches!(layer, Layer::HttpAuth | Layer::GrpcAuth);

@@ -29,6 +29,8 @@ pub enum Layer {
     HttpAuth,
     /// The gRPC gateway with authentication (JWT) and RBAC on.
     GrpcAuth,
+    /// The HTTP gateway, the command handled by an out-of-process plugin (Python SDK).
+    HttpPlugin,
 }
 
 impl Layer {
@@ -46,6 +48,7 @@ impl Layer {
             Self::Grpc => "grpc",
             Self::HttpAuth => "http+auth",
             Self::GrpcAuth => "grpc+auth",
+            Self::HttpPlugin => "http+plugin",
         }
     }
 }
@@ -106,6 +109,9 @@ pub struct GatewayRatios {
     pub http_auth_over_http: Option<f64>,
     /// With `--auth`: gRPC throughput with authentication and RBAC / without.
     pub grpc_auth_over_grpc: Option<f64>,
+    /// With `--plugin`: HTTP throughput with the command handled by an out-of-process plugin /
+    /// by the Rust sample.
+    pub http_plugin_over_http: Option<f64>,
 }
 
 /// The cases of one way of loading the layers.
@@ -146,6 +152,9 @@ impl GatewayPhase {
                     grpc_auth_over_grpc: phase
                         .find(Layer::GrpcAuth, n)
                         .map(|secured| secured.commands_per_s / grpc.commands_per_s),
+                    http_plugin_over_http: phase
+                        .find(Layer::HttpPlugin, n)
+                        .map(|plugin| plugin.commands_per_s / http.commands_per_s),
                 })
             })
             .collect();
@@ -249,6 +258,13 @@ pub(super) fn print_text(report: &GatewayReport) {
                 r.http_p99_over_bus_ms,
                 r.grpc_p99_over_bus_ms,
             );
+            if let Some(plugin) = r.http_plugin_over_http {
+                eprintln!(
+                    "{store:<6} connections={}: command by an out-of-process plugin / by the Rust \
+                     sample, over HTTP: {plugin:.3} (issue 15's target at 32 connections: ≥ 0.30)",
+                    r.connections,
+                );
+            }
             if let (Some(http), Some(grpc)) = (r.http_auth_over_http, r.grpc_auth_over_grpc) {
                 eprintln!(
                     "{store:<6} connections={}: with authentication + RBAC / without: http {:.3} \
