@@ -55,6 +55,9 @@ pub enum Command {
     /// GDPR tools of a running server: export a data subject's events, forget a subject.
     #[command(subcommand)]
     Gdpr(crate::gdpr::GdprCommand),
+    /// Python handler modules: check that they load and list what they register.
+    #[command(subcommand)]
+    Python(crate::python_check::PythonCommand),
 }
 
 /// `flexcore config …`.

@@ -12,6 +12,8 @@
 //!   invalidate;
 //! * [`server`]: opens the store named by the store URL, assembles the engine around the
 //!   loaded modules, and serves HTTP and gRPC until shutdown;
+//! * [`python_check`]: `flexcore python check`, which imports Python handler modules and
+//!   lists what they register, or shows the first error with its traceback;
 //! * [`store_url`]: the event store and read-model store a store URL names;
 //! * [`telemetry`]: OTLP export of spans and W3C trace context;
 //! * [`validation`]: `[limits]` and `[schemas]`, compiled into the store and command-bus
@@ -28,6 +30,7 @@ pub mod gdpr;
 pub mod logging;
 pub mod modules;
 pub mod operations;
+pub mod python_check;
 pub mod readside;
 pub mod security;
 pub mod server;

@@ -39,6 +39,7 @@ fn main() -> ExitCode {
             Command::Audit(args) => Ok(flexcore::audit::audit(args).await),
             Command::Token(command) => Err(flexcore::security::run_token(command)),
             Command::Gdpr(command) => Ok(flexcore::gdpr::run(command).await),
+            Command::Python(command) => Err(flexcore::python_check::run(command).await),
         }
     });
     let result = match client {

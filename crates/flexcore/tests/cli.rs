@@ -129,3 +129,41 @@ fn an_unreachable_server_exits_3_and_help_is_complete() {
     let usage = flexcore("http://127.0.0.1:9", &["send"]);
     assert_eq!(usage.status.code(), Some(2));
 }
+
+#[test]
+fn python_check_lists_what_modules_register_or_shows_the_traceback() {
+    let example = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../examples/python-users/users.py"
+    );
+    let checked = Command::new(env!("CARGO_BIN_EXE_flexcore"))
+        .args(["python", "check", example, "--json"])
+        .output()
+        .unwrap();
+    assert!(checked.status.success(), "{checked:?}");
+    let listed: Value = serde_json::from_str(&stdout(&checked)).unwrap();
+    assert_eq!(
+        listed["commands"],
+        serde_json::json!(["change_email", "create_user"])
+    );
+    assert_eq!(
+        listed["queries"],
+        serde_json::json!(["get_user", "list_users"])
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    let broken = dir.path().join("broken.py");
+    std::fs::write(&broken, "import flexcore_no_such_module\n").unwrap();
+    let failed = Command::new(env!("CARGO_BIN_EXE_flexcore"))
+        .args(["python", "check"])
+        .arg(&broken)
+        .output()
+        .unwrap();
+    assert_eq!(failed.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&failed.stderr);
+    assert!(
+        stderr.contains("Traceback") && stderr.contains("flexcore_no_such_module"),
+        "{stderr}"
+    );
+    assert!(stdout(&failed).is_empty());
+}
