@@ -89,6 +89,36 @@ pub type HealthDetails = Arc<dyn Fn() -> serde_json::Map<String, serde_json::Val
 /// Adopts a request's trace context (from its headers) as the parent of a span.
 pub type TraceParentHook = Arc<dyn Fn(&HeaderMap, &tracing::Span) + Send + Sync>;
 
+impl AppState {
+    /// A state over these buses and this store with everything else at its default: the
+    /// default request limits, asynchronous commands over `commands`
+    /// ([`AsyncCommands::DEFAULT_CAPACITY`]), no `/metrics`, trace hook, health details or
+    /// operator routes, authentication off, and no shutdown signal (see [`serve`], which sets
+    /// its own). Set the rest with struct-update syntax.
+    pub fn new(
+        commands: Arc<dyn CommandBus>,
+        queries: Arc<dyn QueryBus>,
+        store: Arc<dyn EventStore>,
+    ) -> Self {
+        Self {
+            async_commands: Arc::new(AsyncCommands::new(
+                Arc::clone(&commands),
+                AsyncCommands::DEFAULT_CAPACITY,
+            )),
+            commands,
+            queries,
+            store,
+            limits: RequestLimits::default(),
+            metrics: None,
+            trace_parent: None,
+            health_details: None,
+            operations: Operations::default(),
+            gate: Arc::default(),
+            shutdown: never_shut_down(),
+        }
+    }
+}
+
 /// A shutdown signal that never fires (for routers driven without [`serve`], e.g. in tests).
 pub fn never_shut_down() -> watch::Receiver<bool> {
     watch::channel(false).1

@@ -8,7 +8,6 @@ use axum::Router;
 use axum::body::Body;
 use axum::http::{Method, Request, StatusCode, header};
 use flexcore_app::RequestLimits;
-use flexcore_app::command::AsyncCommands;
 use flexcore_app::store::{EventFilter, EventStore, InMemoryStore, ReadAll};
 use flexcore_http::{AppState, router};
 use http_body_util::BodyExt;
@@ -24,24 +23,17 @@ fn app() -> TestApp {
     let store: Arc<dyn EventStore> = Arc::new(InMemoryStore::new());
     let (commands, queries) = flexcore_test_support::sample_buses(Arc::clone(&store));
     let state = AppState {
-        async_commands: Arc::new(AsyncCommands::new(Arc::clone(&commands), 100)),
-        commands,
-        queries,
-        store: Arc::clone(&store),
         limits: RequestLimits {
             max_request_bytes: 64 * 1024,
             max_json_depth: 32,
         },
         metrics: Some(Arc::new(|| "flexcore_test_metric 1\n".to_owned())),
-        trace_parent: None,
         health_details: Some(Arc::new(|| {
             let mut details = serde_json::Map::new();
             details.insert("python".into(), json!({"ok": true, "error": null}));
             details
         })),
-        operations: flexcore_http::Operations::default(),
-        gate: Default::default(),
-        shutdown: flexcore_http::never_shut_down(),
+        ..AppState::new(commands, queries, Arc::clone(&store))
     };
     TestApp {
         router: router(state),

@@ -8,7 +8,6 @@ use async_trait::async_trait;
 use axum::Router;
 use axum::body::Body;
 use axum::http::{Request, StatusCode, header};
-use flexcore_app::RequestLimits;
 use flexcore_app::command::{AsyncCommands, Command, CommandBus, CommandContext, CommandOutcome};
 use flexcore_app::store::{EventStore, InMemoryStore};
 use flexcore_app::{Error, Result};
@@ -32,16 +31,7 @@ fn app_over(
 ) -> Router {
     router(AppState {
         async_commands: Arc::new(AsyncCommands::new(Arc::clone(&commands), capacity)),
-        commands,
-        queries,
-        store,
-        limits: RequestLimits::default(),
-        metrics: None,
-        trace_parent: None,
-        health_details: None,
-        operations: flexcore_http::Operations::default(),
-        gate: Default::default(),
-        shutdown: flexcore_http::never_shut_down(),
+        ..AppState::new(commands, queries, store)
     })
 }
 

@@ -11,7 +11,6 @@ use axum::Router;
 use axum::body::Body;
 use axum::http::{Method, StatusCode};
 use flexcore_app::RequestLimits;
-use flexcore_app::command::AsyncCommands;
 use flexcore_app::store::{EventStore, InMemoryStore};
 use flexcore_app::validation::{SchemaViolation, Violation};
 use flexcore_app::{Error, ErrorKind};
@@ -64,20 +63,11 @@ fn app() -> TestApp {
     let dyn_store: Arc<dyn EventStore> = Arc::clone(&store) as Arc<dyn EventStore>;
     let (commands, queries) = flexcore_test_support::sample_buses(Arc::clone(&dyn_store));
     let state = AppState {
-        async_commands: Arc::new(AsyncCommands::new(Arc::clone(&commands), 100)),
-        commands,
-        queries,
-        store: dyn_store,
         limits: RequestLimits {
             max_request_bytes: MAX_BODY,
             ..RequestLimits::default()
         },
-        metrics: None,
-        trace_parent: None,
-        health_details: None,
-        operations: flexcore_http::Operations::default(),
-        gate: Default::default(),
-        shutdown: flexcore_http::never_shut_down(),
+        ..AppState::new(commands, queries, dyn_store)
     };
     TestApp {
         router: router(state),

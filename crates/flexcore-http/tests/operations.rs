@@ -9,8 +9,6 @@ use async_trait::async_trait;
 use axum::Router;
 use axum::body::Body;
 use axum::http::{Method, Request, StatusCode};
-use flexcore_app::RequestLimits;
-use flexcore_app::command::AsyncCommands;
 use flexcore_app::durable::{DurableConsumer, DurableOptions, InMemoryCheckpoints};
 use flexcore_app::event_bus::EventHandler;
 use flexcore_app::store::{EventAppender, EventStore, InMemoryStore};
@@ -98,22 +96,13 @@ async fn parked_events_are_listed_retried_and_skipped_over_http() {
     let event_store: Arc<dyn EventStore> = store.clone();
     let (commands, queries) = flexcore_test_support::sample_buses(Arc::clone(&event_store));
     let app = router(AppState {
-        async_commands: Arc::new(AsyncCommands::new(Arc::clone(&commands), 100)),
-        commands,
-        queries,
-        store: event_store,
-        limits: RequestLimits::default(),
-        metrics: None,
-        trace_parent: None,
-        health_details: None,
         operations: Operations {
             projections: None,
             consumers: vec![control].into(),
             gdpr: None,
             plugins: None,
         },
-        gate: Default::default(),
-        shutdown: flexcore_http::never_shut_down(),
+        ..AppState::new(commands, queries, event_store)
     });
 
     let mut letters = Value::Null;

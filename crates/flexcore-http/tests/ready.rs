@@ -6,8 +6,6 @@ use std::sync::{Arc, Mutex};
 
 use axum::body::Body;
 use axum::http::{Request, StatusCode, header};
-use flexcore_app::RequestLimits;
-use flexcore_app::command::AsyncCommands;
 use flexcore_app::store::{EventStore, InMemoryStore};
 use flexcore_http::{AppState, router};
 use flexcore_test_support::ProbedStore;
@@ -21,19 +19,7 @@ const DRIVER_TEXT: &str =
 
 fn state(store: Arc<dyn EventStore>) -> AppState {
     let (commands, queries) = flexcore_test_support::sample_buses(Arc::clone(&store));
-    AppState {
-        async_commands: Arc::new(AsyncCommands::new(Arc::clone(&commands), 100)),
-        commands,
-        queries,
-        store,
-        limits: RequestLimits::default(),
-        metrics: None,
-        trace_parent: None,
-        health_details: None,
-        operations: flexcore_http::Operations::default(),
-        gate: Default::default(),
-        shutdown: flexcore_http::never_shut_down(),
-    }
+    AppState::new(commands, queries, store)
 }
 
 async fn get_ready(state: AppState) -> (StatusCode, String, String) {

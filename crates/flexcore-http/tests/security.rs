@@ -8,8 +8,7 @@ use std::sync::Arc;
 use axum::Router;
 use axum::body::Body;
 use axum::http::{Method, Request, StatusCode, header};
-use flexcore_app::RequestLimits;
-use flexcore_app::command::{AsyncCommands, CommandBus, CommandBusExt};
+use flexcore_app::command::{CommandBus, CommandBusExt};
 use flexcore_app::query::{QueryBus, QueryBusExt};
 use flexcore_app::store::{EventFilter, EventStore, InMemoryStore, ReadAll};
 use flexcore_auth::Bucket;
@@ -33,17 +32,8 @@ fn app(rate_limit: Option<Bucket>) -> SecuredApp {
     let commands: Arc<dyn CommandBus> = Arc::new(commands.with_authorization(Arc::clone(&policy)));
     let queries: Arc<dyn QueryBus> = Arc::new(queries.with_authorization(policy));
     let state = AppState {
-        async_commands: Arc::new(AsyncCommands::new(Arc::clone(&commands), 100)),
-        commands,
-        queries,
-        store: Arc::clone(&store),
-        limits: RequestLimits::default(),
-        metrics: None,
-        trace_parent: None,
-        health_details: None,
-        operations: flexcore_http::Operations::default(),
         gate,
-        shutdown: flexcore_http::never_shut_down(),
+        ..AppState::new(commands, queries, Arc::clone(&store))
     };
     SecuredApp {
         router: router(state),

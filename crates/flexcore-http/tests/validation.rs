@@ -7,8 +7,7 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::http::{Method, StatusCode};
-use flexcore_app::RequestLimits;
-use flexcore_app::command::{AsyncCommands, CommandBus, CommandBusExt};
+use flexcore_app::command::{CommandBus, CommandBusExt};
 use flexcore_app::store::{EventFilter, EventStore, ReadAll};
 use flexcore_http::{AppState, router};
 use flexcore_test_support::validation::{guarded_store, required_strings};
@@ -26,19 +25,7 @@ fn app() -> TestApp {
     let (commands, queries) = flexcore_test_support::sample_buses(Arc::clone(&store));
     let commands: Arc<dyn CommandBus> =
         Arc::new(commands.with_schemas(required_strings(&[("create_user", &["email"])])));
-    let state = AppState {
-        async_commands: Arc::new(AsyncCommands::new(Arc::clone(&commands), 100)),
-        commands,
-        queries,
-        store: Arc::clone(&store),
-        limits: RequestLimits::default(),
-        metrics: None,
-        trace_parent: None,
-        health_details: None,
-        operations: flexcore_http::Operations::default(),
-        gate: Default::default(),
-        shutdown: flexcore_http::never_shut_down(),
-    };
+    let state = AppState::new(commands, queries, Arc::clone(&store));
     TestApp {
         router: router(state),
         store,
