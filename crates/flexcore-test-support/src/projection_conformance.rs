@@ -424,6 +424,8 @@ pub async fn a_rebuild_that_cannot_create_its_tables_can_be_tried_again(
 ) {
     let broken = Arc::new(AtomicBool::new(false));
     let node = start(fixture, Arc::new(BreakableSchema(broken.clone()))).await;
+    // A generation is live before the rebuilds: during the initial build there is none to keep.
+    wait_live(&node.projections, "users", 1).await;
     let (_, last) = node.create_users(0, 5).await;
 
     broken.store(true, Ordering::SeqCst);
